@@ -1,0 +1,161 @@
+"""The prepared data set: built once from the raw files, then reused.
+
+Folder `<cache>/prepared/<dataset>-<key>/`:
+  manifest.json      parameters, counts, source and content hashes
+  prompts.jsonl      one {"prompt", "label", "user", "item"} per sample (train, valid, test order)
+  meta.safetensors   labels, users, items, split (0 train, 1 valid, 2 test), forget mask
+  tokens-<tok>.safetensors   token ids per tokenizer (flat ids + offsets), written on first use
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import fail, load_safetensors, save_safetensors_atomic, staged_dir, write_json_atomic
+from .loaders import Interactions, fetch_recbole_wheel, load_dataset
+from .samples import build_samples, render_prompt, split_samples
+
+PREP_VERSION = 1
+SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
+
+
+@dataclass
+class Prepared:
+    folder: Path
+    manifest: dict
+    prompts: list[str]
+    labels: torch.Tensor  # (N,) int64
+    users: torch.Tensor  # (N,) int64
+    items: torch.Tensor  # (N,) int64
+    split: torch.Tensor  # (N,) int8
+    forget: torch.Tensor  # (N,) bool, True only for D_f samples of train
+    _tokens: dict = field(default_factory=dict)
+
+    def index(self, part: str) -> torch.Tensor:
+        """Sample indices of 'train', 'valid', 'test', 'forget' (D_f) or 'retain' (D_r)."""
+        tr = self.split == SPLIT_TRAIN
+        sel = {
+            "train": tr,
+            "valid": self.split == SPLIT_VALID,
+            "test": self.split == SPLIT_TEST,
+            "forget": tr & self.forget,
+            "retain": tr & ~self.forget,
+        }[part]
+        return sel.nonzero().flatten()
+
+    def train_prompts(self) -> list[str]:
+        return [self.prompts[i] for i in self.index("train").tolist()]
+
+    def tokens(self, tokenizer, tok_key: str, max_length: int = 512) -> list[torch.Tensor]:
+        """Token ids of every prompt under `tokenizer`, cached in the folder by `tok_key`."""
+        if tok_key in self._tokens:
+            return self._tokens[tok_key]
+        path = self.folder / f"tokens-{tok_key}.safetensors"
+        if path.exists():
+            t = load_safetensors(path)
+            ids, off = t["ids"].long(), t["offsets"]
+        else:
+            enc = tokenizer(self.prompts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+            lens = torch.tensor([len(e) for e in enc])
+            off = torch.zeros(len(enc) + 1, dtype=torch.int64)
+            off[1:] = lens.cumsum(0)
+            ids = torch.tensor([t for e in enc for t in e], dtype=torch.int64)
+            save_safetensors_atomic({"ids": ids.int(), "offsets": off}, path)
+        seqs = [ids[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+        self._tokens[tok_key] = seqs
+        return seqs
+
+
+def _sha(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
+
+
+def _source_files(dataset: str, data_dir, cache_dir) -> list[Path]:
+    if dataset == "ml-100k" and data_dir is None:
+        return [fetch_recbole_wheel(cache_dir)]
+    if data_dir is None:
+        raise fail(None, f"--dataset {dataset} needs --data-dir (the folder with its raw files)")
+    d = Path(data_dir)
+    if not d.exists():
+        raise fail(d, "data folder not found")
+    if d.is_file():
+        return [d]
+    return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_samples: int | None = 100_000,
+            forget_ratio: float = 0.2, seed: int = 42, min_history: int = 5, k: int = 10) -> Prepared:
+    """Build (or reuse) the prepared data set. See the module docstring for the layout."""
+    if dataset not in ("ml-100k", "ml-1m", "goodreads"):
+        raise fail(None, f"unknown dataset {dataset!r} (choose ml-100k, ml-1m or goodreads)")
+    if not 0.0 < forget_ratio < 1.0:
+        raise fail(None, f"--forget-ratio must be in (0, 1), got {forget_ratio}")
+    if max_samples is not None and max_samples < 10:
+        raise fail(None, f"--max-samples must be at least 10, got {max_samples}")
+    cache_dir = Path(os.path.expanduser(str(cache_dir)))
+    sources = _source_files(dataset, data_dir, cache_dir)
+    params = dict(dataset=dataset, max_samples=max_samples, forget_ratio=forget_ratio, seed=seed,
+                  min_history=min_history, k=k, template="simple", version=PREP_VERSION)
+    src_hash = _sha(*[p.name.encode() + p.read_bytes() for p in sources])
+    key = _sha(json.dumps(params, sort_keys=True).encode(), src_hash.encode())[:16]
+    folder = cache_dir / "prepared" / f"{dataset}-{key}"
+    if (folder / "manifest.json").exists():
+        try:
+            return _load(folder)
+        except Exception as e:  # a damaged cache is rebuilt, with a note
+            print(f"{folder}: prepared data unreadable ({e}); rebuilding", file=sys.stderr)
+
+    inter = load_dataset(dataset, data_dir, cache_dir)
+    samples = build_samples(inter, min_history=min_history, k=k)
+    sp = split_samples(samples, max_samples, forget_ratio, seed)
+    all_s = sp.train + sp.valid + sp.test
+    prompts = [render_prompt(s, inter) for s in all_s]
+    n_tr, n_va = len(sp.train), len(sp.valid)
+    split = torch.tensor([SPLIT_TRAIN] * n_tr + [SPLIT_VALID] * n_va + [SPLIT_TEST] * len(sp.test), dtype=torch.int8)
+    forget = torch.tensor(sp.forget_mask + [False] * (len(all_s) - n_tr))
+    labels = torch.tensor([s.label for s in all_s])
+    lines = "".join(json.dumps({"prompt": p, "label": s.label, "user": s.user, "item": s.item}) + "\n" for p, s in zip(prompts, all_s))
+    n_f = int(forget.sum())
+    manifest = dict(
+        params=params,
+        source_files=[str(p) for p in sources],
+        source_hash=src_hash,
+        content_hash=_sha(lines.encode()),
+        counts=dict(
+            ratings=len(inter.ratings), users=len(inter.users) or len({r[0] for r in inter.ratings}), items=len(inter.titles),
+            samples_after_filter=sp.n_after_filter, samples=len(all_s), train=n_tr, valid=n_va, test=len(sp.test),
+            train_users=len({s.user for s in sp.train}), forget_users=len(sp.forget_users), forget=n_f, retain=n_tr - n_f,
+            positive_rate=round(float(labels.float().mean()), 4),
+        ),
+    )
+    with staged_dir(folder) as tmp:
+        (tmp / "prompts.jsonl").write_text(lines, encoding="utf-8")
+        save_safetensors_atomic(dict(labels=labels, users=torch.tensor([s.user for s in all_s]),
+                                     items=torch.tensor([s.item for s in all_s]), split=split, forget=forget),
+                                tmp / "meta.safetensors")
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return _load(folder)
+
+
+def _load(folder: Path) -> Prepared:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    text = (folder / "prompts.jsonl").read_text(encoding="utf-8")
+    if _sha(text.encode()) != manifest["content_hash"]:
+        raise ValueError("prompts.jsonl does not match the manifest's content hash")
+    prompts = [json.loads(line)["prompt"] for line in text.splitlines()]
+    m = load_safetensors(folder / "meta.safetensors")
+    return Prepared(folder, manifest, prompts, m["labels"], m["users"], m["items"], m["split"], m["forget"])
+
+
+def interactions_summary(inter: Interactions) -> str:
+    return f"{inter.name}: {len(inter.ratings)} ratings, {len(inter.users)} users, {len(inter.titles)} items"

@@ -1,0 +1,59 @@
+"""Metrics (DESIGN.md section 4; the authors' evaluate.py).
+
+- AUC, ACC (p(yes) > 0.5), LogLoss of p(yes) = softmax([No, Yes] logits)[1] on test.
+- "JSD" (the authors' symmetric KL): 0.5*KL(p||q) + 0.5*KL(q||p) with
+  KL(a||b) = sum a * log((a + 1e-12) / (b + 1e-12)), p = the retrained model's
+  full-vocabulary softmax at the answer position, q = the evaluated model's; mean over D_f.
+- L2: ||p - q||_2 of the same distributions, mean over D_f.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from .models.scoring import answer_logits, pad, yes_no
+
+EPS = 1e-12
+
+
+@torch.no_grad()
+def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch_size: int = 64,
+                   device: str = "cpu", full: bool = False) -> torch.Tensor:
+    """Answer-position logits for samples `idx`: (N, V) if full else (N, 2) [No, Yes]."""
+    model.eval()
+    out = []
+    order = sorted(idx.tolist(), key=lambda i: len(seqs[i]))  # length-sorted: less padding
+    for s in range(0, len(order), batch_size):
+        chunk = order[s : s + batch_size]
+        ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
+        lg = answer_logits(bb, model, ids.to(device), mask.to(device)).float()
+        out.append(lg if full else yes_no(bb, lg))
+    lg = torch.cat(out).cpu()
+    # rows are in `order`; bring them back to the order of `idx`
+    pos = {i: k for k, i in enumerate(order)}
+    return lg[torch.tensor([pos[i] for i in idx.tolist()])]
+
+
+def p_yes(yes_no_logits: torch.Tensor) -> np.ndarray:
+    return torch.softmax(yes_no_logits.double(), -1)[:, 1].numpy()
+
+
+def ctr_metrics(labels, prob) -> dict:
+    labels = np.asarray(labels)
+    prob = np.asarray(prob, dtype=np.float64)
+    return dict(
+        auc=float(roc_auc_score(labels, prob)) if len(set(labels.tolist())) > 1 else float("nan"),
+        acc=float(np.mean((prob > 0.5) == (labels == 1))),
+        logloss=float(log_loss(labels, np.clip(prob, 1e-15, 1 - 1e-15), labels=[0, 1])),
+    )
+
+
+def jsd_l2(p_logits: torch.Tensor, q_logits: torch.Tensor) -> dict:
+    """The authors' "JSD" and L2 between two (N, V) logit tensors (p = retrained)."""
+    p = torch.softmax(p_logits.double(), -1)
+    q = torch.softmax(q_logits.double(), -1)
+    kl_pq = (p * torch.log((p + EPS) / (q + EPS))).sum(-1)
+    kl_qp = (q * torch.log((q + EPS) / (p + EPS))).sum(-1)
+    return dict(jsd=float((0.5 * kl_pq + 0.5 * kl_qp).mean()), l2=float(torch.linalg.vector_norm(p - q, dim=-1).mean()))

@@ -1,0 +1,300 @@
+"""E2URec: a LoRA student on the frozen Original, guided by two teachers.
+
+    forgetting teacher on D_f:  v_f = v - alpha * relu(v_aug - v)
+    L_FGT = KL(softmax(v_f) || student)                    on D_f
+    L_REM = CE(answer) + KL(softmax(v) || student)         on D_r
+    loss  = w * L_REM + (1 - w) * L_FGT   (w = --retain-weight; the authors' code: w = 0.6)
+
+Schedule (authors' code): `--forget-epochs` epochs over D_f with L_FGT only, then
+joint steps that zip a D_r batch with a D_f batch, up to `--student-steps` steps.
+
+Two implementations:
+- reference: mirrors the authors' code; teacher forward passes every step, the
+  cross-entropy form of "KL" (-sum p log(q + 1e-12)) over the full vocabulary at every
+  target position, the full target LM loss, random padded batches, fp32.
+- fast: teacher logits cached once (safetensors), the student's decoder run only to
+  the answer position, KL over the Yes/No pair there (or the full vocabulary with
+  --kl-scope full) through the fused op, length-bucketed pre-tokenized batches, one
+  forward over the D_r and D_f halves together, gradients only for LoRA.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..errors import UserError, save_safetensors_atomic
+from ..evaluate import predict_logits
+from ..models.backbone import Backbone
+from ..models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, save_adapter
+from ..models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
+from ..teachers import cached_teachers
+from ..train import TrainConfig, fit
+from .common import Job, finetune, n_params
+
+AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5)
+
+
+def add_arguments(ap):
+    g = ap.add_argument_group("E2URec")
+    g.add_argument("--impl", default="fast", choices=["fast", "reference", "both"],
+                   help="fast path, the reference path that mirrors the authors' code, or both side by side")
+    g.add_argument("--authors-settings", action="store_true",
+                   help="the authors' hyper-parameters: student lr 1e-3, alpha 2, retain weight 0.6, 1000 steps, aug lr 5e-5")
+    g.add_argument("--student-lr", type=float, default=1e-4, help="AdamW learning rate of the LoRA student")
+    g.add_argument("--alpha", type=float, default=2.0, help="forgetting-teacher strength in v - alpha*relu(v_aug - v)")
+    g.add_argument("--retain-weight", type=float, default=0.6,
+                   help="w in w*(CE_r + KL_r) + (1-w)*KL_f (the authors' code weights the retain side with 0.6)")
+    g.add_argument("--student-steps", type=int, default=300, help="student steps in all (forget-only epochs included)")
+    g.add_argument("--forget-epochs", type=int, default=1, help="epochs over D_f with the forgetting loss only, first")
+    g.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    g.add_argument("--lora-alpha", type=float, default=32, help="LoRA alpha (scaling alpha/r)")
+    g.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
+    g.add_argument("--aug-lr", type=float, default=1e-4, help="learning rate of the augmented model (Original fine-tuned on D_f)")
+    g.add_argument("--aug-epochs", type=int, default=1, help="epochs of the augmented model over D_f")
+    g.add_argument("--kl-scope", default="yesno", choices=["yesno", "full"],
+                   help="fast path: KL over the Yes/No pair or the full vocabulary at the answer position")
+    g.add_argument("--kernel-backend", default="auto", choices=list(ops.BACKENDS), help="teacher-KL op backend")
+    g.add_argument("--no-teacher-cache", action="store_true", help="fast path: teacher forward passes every step")
+    g.add_argument("--no-bucketing", action="store_true", help="fast path: random padded batches")
+    g.add_argument("--no-batch-fusion", action="store_true", help="fast path: separate D_r and D_f forward passes")
+    g.add_argument("--keep-artifacts", action="store_true",
+                   help="keep the augmented model and the D_f teacher logits (derived from the forgotten data)")
+    g.add_argument("--no-cache-rebuild", action="store_true", help="refuse a stale teacher cache instead of rebuilding it")
+
+
+def settings(args) -> dict:
+    if args.authors_settings:
+        for k, v in AUTHORS.items():
+            setattr(args, k, v)
+        args.authors_settings = False  # applied once
+        args._authors = True
+    keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
+            "lora_dropout", "aug_lr", "aug_epochs", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
+            "no_batch_fusion", "keep_artifacts"]
+    return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
+
+
+# ----------------------------------------------------------------- loss terms
+def ce_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """The authors' "KL": -sum softmax(p) * log(softmax(q) + 1e-12), mean over rows."""
+    p = torch.softmax(p_logits, -1)
+    q = torch.softmax(q_logits, -1)
+    return -(p * torch.log(q + 1e-12)).sum(-1).mean()
+
+
+def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict: bool = False) -> dict:
+    """Loss terms as the authors compute them (teachers run here, every step).
+
+    restrict=True keeps only the [No, Yes] logits at the answer position (the parity oracle
+    for the fast path); else full vocabulary at every target position.
+    """
+
+    def logits(model, b):
+        lg, tgt = full_logits(student, model, b.ids, b.mask, b.labels)
+        if restrict:
+            return yes_no(student, lg[:, student.answer_pos]), tgt
+        return lg, tgt
+
+    out = {}
+    if fb is not None:
+        s_f, _ = logits(student.model, fb)
+        with torch.no_grad():
+            v, _ = logits(orig, fb)
+            v_aug, _ = logits(aug, fb)
+        out["kl_f"] = ce_kl(v - alpha * F.relu(v_aug - v), s_f)
+    if rb is not None:
+        s_r, tgt = logits(student.model, rb)
+        with torch.no_grad():
+            v_r, _ = logits(orig, rb)
+        if restrict:
+            out["ce_r"] = F.cross_entropy(s_r, rb.labels)
+        else:
+            out["ce_r"] = F.cross_entropy(s_r.flatten(0, 1), tgt.flatten(), ignore_index=-100)
+        out["kl_r"] = ce_kl(v_r, s_r)
+    return out
+
+
+def fast_terms(student: Backbone, tables: dict, rb, fb, alpha: float, scope: str = "yesno", backend: str = "auto",
+               fuse: bool = True) -> dict:
+    """Loss terms from cached teachers; one forward over D_r and D_f together when `fuse`."""
+
+    def head(lg):
+        return yes_no(student, lg) if scope == "yesno" else lg
+
+    parts = [b for b in (rb, fb) if b is not None]
+    if fuse and len(parts) == 2:
+        ids, mask = pad([*[r[m.bool()] for r, m in zip(rb.ids, rb.mask)], *[r[m.bool()] for r, m in zip(fb.ids, fb.mask)]],
+                        student.pad_id)
+        lg = head(answer_logits(student, student.model, ids.to(rb.ids.device), mask.to(rb.ids.device)))
+        s_r, s_f = lg[: len(rb)], lg[len(rb) :]
+    else:
+        s_r = head(answer_logits(student, student.model, rb.ids, rb.mask)) if rb is not None else None
+        s_f = head(answer_logits(student, student.model, fb.ids, fb.mask)) if fb is not None else None
+    out = {}
+    if fb is not None:
+        out["kl_f"] = ops.teacher_kl(s_f, tables["orig_f"][fb.idx], tables["aug_f"][fb.idx], alpha, backend=backend)
+    if rb is not None:
+        yn = s_r if scope == "yesno" else yes_no(student, s_r)
+        out["ce_r"] = F.cross_entropy(yn.float(), rb.labels)
+        out["kl_r"] = ops.teacher_kl(s_r, tables["orig_r"][rb.idx], backend=backend)
+    return out
+
+
+def combine(terms: dict, w: float) -> torch.Tensor:
+    if "ce_r" not in terms:
+        return terms["kl_f"]
+    return w * (terms["ce_r"] + terms["kl_r"]) + (1 - w) * terms["kl_f"]
+
+
+# ----------------------------------------------------------------- the method
+@dataclass
+class Schedule:
+    forget_steps: int
+    total: int
+
+
+def schedule(n_forget: int, batch: int, forget_epochs: int, total: int) -> Schedule:
+    return Schedule(min(total, forget_epochs * math.ceil(n_forget / batch)), total)
+
+
+def student_batches(job: Job, sched: Schedule, bucket: bool):
+    """('f', None, D_f batch) for the forget-only epochs, then ('j', D_r batch, D_f batch)."""
+    b = job.batcher(bucket=bucket)
+    f_idx, r_idx = job.prepared.index("forget"), job.prepared.index("retain")
+    step, ep = 0, 0
+    while step < sched.forget_steps:
+        for fb in b.epoch(f_idx, ep):
+            if step >= sched.forget_steps:
+                break
+            yield ("f", None, fb)
+            step += 1
+        ep += 1
+    ep_r = 0
+    while step < sched.total:  # zip(retain, forget) stops at the shorter loader, as in the authors' code
+        for rb, fb in zip(b.epoch(r_idx, ep_r + 1000), b.epoch(f_idx, ep)):
+            if step >= sched.total:
+                break
+            yield ("j", rb, fb)
+            step += 1
+        ep, ep_r = ep + 1, ep_r + 1
+
+
+def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
+    t0 = time.perf_counter()
+    aug = Backbone(copy.deepcopy(orig.model), orig.tokenizer, orig.family, orig.folder, orig.yes_id, orig.no_id,
+                   orig.prefix, orig.targets)
+    torch.manual_seed(job.seed + 1)
+    finetune(job, aug, job.prepared.index("forget"), TrainConfig(lr=args.aug_lr, batch_size=job.batch_size,
+             epochs=args.aug_epochs), desc="augment")
+    aug.model.eval()
+    return aug, time.perf_counter() - t0
+
+
+def unlearn(job: Job, orig: Backbone, args, impl: str = "fast"):
+    """Run E2URec; returns (student backbone with its adapter, info dict)."""
+    if args.student_steps < 1:
+        raise UserError("--student-steps must be at least 1")
+    stages = {}
+    t_all = time.perf_counter()
+    orig.model.eval()
+    aug, stages["augment"] = make_augmented(job, orig, args)
+
+    # the student: the Original's weights, frozen, with a fresh adapter
+    torch.manual_seed(job.seed + 2)
+    student = Backbone(copy.deepcopy(orig.model), orig.tokenizer, orig.family, orig.folder, orig.yes_id, orig.no_id,
+                       orig.prefix, orig.targets)
+    cfg = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family])
+    inject_lora(student.model, cfg)
+
+    cache_dir = job.out / "cache"
+    cache_status = None
+    use_cache = impl == "fast" and not args.no_teacher_cache
+    fuse = not args.no_batch_fusion
+    if use_cache:
+        t0 = time.perf_counter()
+        full = args.kl_scope == "full"
+        prep = job.prepared
+        seqs = job.seqs
+        f_idx, r_idx = prep.index("forget"), prep.index("retain")
+
+        def logits_of(model, idx):
+            return lambda: (predict_logits(orig, model, seqs, idx, job.eval_batch_size, job.device, full=full), idx)
+
+        base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
+                       scope=args.kl_scope, prefix=orig.prefix.tolist())
+        tabs_r, st_r = cached_teachers(cache_dir / "teacher_retain.safetensors", base_fp,
+                                       {"orig_r": logits_of(orig.model, r_idx)}, len(prep.labels),
+                                       rebuild=not args.no_cache_rebuild, device=job.device)
+        tabs_f, st_f = cached_teachers(cache_dir / "teacher_forget.safetensors", base_fp | dict(aug=aug.fingerprint()),
+                                       {"orig_f": logits_of(orig.model, f_idx), "aug_f": logits_of(aug.model, f_idx)},
+                                       len(prep.labels), rebuild=not args.no_cache_rebuild, device=job.device)
+        tables = tabs_r | tabs_f
+        cache_status = dict(retain=st_r, forget=st_f)
+        stages["cache"] = time.perf_counter() - t0
+
+    w, alpha = args.retain_weight, args.alpha
+
+    def step(batch):
+        kind, rb, fb = batch
+        if impl == "reference":
+            terms = reference_terms(student, orig.model, aug.model, rb, fb, alpha)
+        elif use_cache:
+            terms = fast_terms(student, tables, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
+        else:  # fast path without the cache: teacher forwards at the answer position only
+            live = {}
+            with torch.no_grad():
+                for name, model, b in (("orig_r", orig.model, rb), ("orig_f", orig.model, fb), ("aug_f", aug.model, fb)):
+                    if b is not None:
+                        lg = answer_logits(orig, model, b.ids, b.mask)
+                        lg = yes_no(orig, lg) if args.kl_scope == "yesno" else lg
+                        live[name] = _Rows(lg, b.idx)
+            terms = fast_terms(student, live, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
+        n = sum(len(b) for b in (rb, fb) if b is not None)
+        return combine(terms, w if kind == "j" else 0.0), n
+
+    sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
+    bucket = impl == "fast" and not args.no_bucketing
+    torch.manual_seed(job.seed + 3)
+    t0 = time.perf_counter()
+    res = fit(student.model, lambda e: student_batches(job, sched, bucket), step,
+              TrainConfig(lr=args.student_lr, batch_size=job.batch_size, epochs=1, max_steps=sched.total, grad_clip=None),
+              desc=f"E2URec student ({impl})", progress=job.progress)
+    stages["student"] = time.perf_counter() - t0
+    student.model.eval()
+    time_s = time.perf_counter() - t_all
+
+    adapter_dir = save_adapter(student.model, job.out / f"adapter{'' if impl == 'fast' else '_' + impl}",
+                               base_model_name=str(orig.folder))
+    kept = []
+    if args.keep_artifacts:
+        save_safetensors_atomic(aug.model.state_dict(), job.out / "artifacts" / "augmented_model.safetensors")
+        kept = ["artifacts/augmented_model.safetensors"] + (["cache/teacher_forget.safetensors"] if use_cache else [])
+    elif use_cache:
+        (cache_dir / "teacher_forget.safetensors").unlink(missing_ok=True)
+    if not args.keep_artifacts and (job.out / "artifacts").exists():
+        shutil.rmtree(job.out / "artifacts")
+    del aug
+    info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,
+                forget_steps=sched.forget_steps, final_loss=res.loss_history[-1], loss_head=res.loss_history[:5],
+                adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept,
+                samples_per_s=res.samples / max(stages["student"], 1e-9))
+    return student, info
+
+
+class _Rows:
+    """A teacher table over one live batch (for the fast path without the cache)."""
+
+    def __init__(self, logits, idx):
+        self.logits, self.idx = logits, idx
+
+    def __getitem__(self, idx):
+        assert torch.equal(idx, self.idx)
+        return self.logits

@@ -1,0 +1,1 @@
+from .backbone import PRESETS, Backbone, build_preset, load_backbone, resolve_backbone  # noqa: F401

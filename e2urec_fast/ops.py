@@ -1,0 +1,100 @@
+"""Public fused ops with one dispatch point: triton | native | torch.
+
+teacher_kl(student, teacher, augmented=None, alpha=0.0, reduction="mean", backend="auto")
+
+    t = teacher                                   if augmented is None
+    t = teacher - alpha * relu(augmented - teacher)   (the forgetting teacher)
+    per row: KL(softmax(t) || softmax(student)) = sum_v p_t (log p_t - log p_s)
+
+Inputs (N, V), any V >= 2, fp32/bf16/fp16; result fp32; gradient w.r.t. student only.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "torch", "native", "triton")
+
+
+def forgetting_teacher(teacher: torch.Tensor, augmented: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """v_f = v - alpha * relu(v_aug - v) (in fp32)."""
+    t = teacher.float()
+    if augmented is None:
+        return t
+    return t - alpha * torch.relu(augmented.float() - t)
+
+
+def teacher_kl_ref(student, teacher, augmented=None, alpha: float = 0.0, reduction: str = "mean", upcast: bool = True):
+    """Plain PyTorch reference (float64 when upcast=True is requested by tests via .double())."""
+    s = student.float() if upcast else student
+    t = forgetting_teacher(teacher, augmented, alpha).detach()
+    logp_t = F.log_softmax(t, -1)
+    kl = (logp_t.exp() * (logp_t - F.log_softmax(s, -1))).sum(-1)
+    return _reduce(kl, reduction)
+
+
+def _reduce(kl: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return kl.mean()
+    if reduction == "sum":
+        return kl.sum()
+    if reduction == "none":
+        return kl
+    raise ValueError(f"reduction must be mean, sum or none, not {reduction!r}")
+
+
+_warned: set = set()
+
+
+def _available(backend: str, x: torch.Tensor) -> bool:
+    if backend == "torch":
+        return True
+    if backend == "native":
+        from . import native
+
+        return native.available(x.device)
+    if backend == "triton":
+        from .kernels import teacher_kl as tk
+
+        return tk.available(x.device)
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    if backend == "auto":
+        order = ["triton", "native"] if x.is_cuda else ["native"]
+        for b in order:
+            try:
+                if _available(b, x):
+                    return b
+            except Exception:
+                pass
+        return "torch"
+    if _available(backend, x):
+        return backend
+    if backend not in _warned:
+        warnings.warn(f"teacher_kl backend {backend!r} is not available on {x.device}; using the torch reference",
+                      stacklevel=3)
+        _warned.add(backend)
+    return "torch"
+
+
+def teacher_kl(student, teacher, augmented=None, alpha: float = 0.0, reduction: str = "mean", backend: str = "auto"):
+    if student.dim() != 2 or student.shape != teacher.shape or (augmented is not None and augmented.shape != teacher.shape):
+        raise ValueError(f"teacher_kl wants equal (N, V) shapes, got {tuple(student.shape)}, {tuple(teacher.shape)}"
+                         + (f", {tuple(augmented.shape)}" if augmented is not None else ""))
+    if student.shape[1] < 2:
+        raise ValueError("teacher_kl needs V >= 2")
+    b = resolve_backend(backend, student)
+    if b == "torch":
+        return teacher_kl_ref(student, teacher, augmented, alpha, reduction)
+    if b == "native":
+        from . import native
+
+        return _reduce(native.TeacherKLFunction.apply(student, teacher, augmented, float(alpha)), reduction)
+    from .kernels import teacher_kl as tk
+
+    return _reduce(tk.TeacherKLFunction.apply(student, teacher, augmented, float(alpha)), reduction)

@@ -1,0 +1,68 @@
+"""Teacher-logit cache: answer-position logits computed once, stored in safetensors.
+
+A file holds named (rows, W) tensors plus, per name, the sample indices of its rows
+(`<name>.idx`), and a fingerprint in its metadata (weights, tokenizer, prepared
+data, settings). A matching file is reused; a stale one is rebuilt, or refused with
+a clear error when rebuilding is switched off.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import fail, load_safetensors, save_safetensors_atomic
+
+
+class TeacherTable:
+    """Rows of cached logits looked up by sample index."""
+
+    def __init__(self, logits: torch.Tensor, idx: torch.Tensor, n_total: int):
+        self.logits = logits
+        self.pos = torch.full((n_total,), -1, dtype=torch.long)
+        self.pos[idx] = torch.arange(len(idx))
+
+    def __getitem__(self, sample_idx: torch.Tensor) -> torch.Tensor:
+        rows = self.pos[sample_idx.cpu()]
+        if (rows < 0).any():
+            raise KeyError("sample not in the teacher cache")
+        return self.logits[rows.to(self.logits.device)]
+
+    def to(self, device) -> "TeacherTable":
+        self.logits = self.logits.to(device)
+        return self
+
+
+def _fingerprint_of(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("fingerprint")
+    except Exception:
+        return None
+
+
+def cached_teachers(path, fingerprint: dict, compute: dict, n_total: int, rebuild: bool = True, device="cpu"):
+    """Return {name: TeacherTable}; `compute[name]()` -> (logits, idx) runs only on a miss.
+
+    Returns (tables, status) with status "reused" or "built".
+    """
+    path = Path(path)
+    fp = json.dumps(fingerprint, sort_keys=True)
+    if path.exists():
+        have = _fingerprint_of(path)
+        if have == fp:
+            t = load_safetensors(path)
+            if all(n in t and f"{n}.idx" in t for n in compute):
+                return {n: TeacherTable(t[n], t[f"{n}.idx"], n_total).to(device) for n in compute}, "reused"
+        if not rebuild:
+            raise fail(path, "stale teacher cache (built for another model, data set or settings); delete it or allow rebuilding")
+    tensors = {}
+    for n, fn in compute.items():
+        logits, idx = fn()
+        tensors[n], tensors[f"{n}.idx"] = logits.float().cpu(), idx.cpu()
+    save_safetensors_atomic(tensors, path, metadata={"fingerprint": fp})
+    return {n: TeacherTable(tensors[n], tensors[f"{n}.idx"], n_total).to(device) for n in compute}, "built"

@@ -1,0 +1,135 @@
+"""The one minimal training loop every method shares.
+
+    for each epoch: for each batch: loss = step(batch); loss.backward(); AdamW step
+    every `eval_every` steps (or each epoch): valid loss -> keep the best weights,
+    stop after `patience` evaluations without improvement; stop at `max_steps`.
+
+A method supplies `batches(epoch)` (any iterable) and `step(batch) -> (loss, n)`.
+Checkpoints (the best trainable weights) are written as safetensors, atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import save_safetensors_atomic
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps: int | None = None
+    patience: int = 1
+    eval_every: int | None = None  # steps between validations; None = once per epoch
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    fused_optimizer: bool = False
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    best_valid: float | None = None
+    valid_history: list = field(default_factory=list)
+    loss_history: list = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckpt=None, desc: str = "train",
+        progress: bool = True) -> TrainResult:
+    """Train the parameters of `model` that require grad. See the module docstring."""
+    params = named_trainable(model)
+    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.fused_optimizer:
+        kw["fused"] = True
+    opt = torch.optim.AdamW(list(params.values()), **kw)
+    res = TrainResult()
+    best_state = None
+    bad = 0
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=0.5 if tty else 30.0)
+
+    def validate() -> bool:
+        nonlocal best_state, bad
+        v = float(valid())
+        res.valid_history.append((res.steps, v))
+        if res.best_valid is None or v < res.best_valid:
+            res.best_valid, bad = v, 0
+            best_state = {n: p.detach().clone() for n, p in params.items()}
+            if ckpt is not None:
+                save_safetensors_atomic(best_state, ckpt, metadata={"step": str(res.steps), "valid": repr(v)})
+            return False
+        bad += 1
+        return bad >= cfg.patience
+
+    stop = False
+    for epoch in range(cfg.epochs):
+        model.train()
+        for batch in batches(epoch):
+            loss, n = step(batch)
+            if not torch.isfinite(loss.detach()):
+                bar.close()
+                raise DivergedError(f"{desc}: loss became {loss.item()} at step {res.steps + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+            opt.step()
+            res.steps += 1
+            res.samples += n
+            lv = loss.item()
+            res.loss_history.append(lv)
+            el = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{lv:.4f}", sps=f"{res.samples / max(el, 1e-9):.0f}", refresh=False)
+            if valid is not None and cfg.eval_every and res.steps % cfg.eval_every == 0:
+                stop = validate()
+                model.train()
+            if stop or (cfg.max_steps and res.steps >= cfg.max_steps):
+                stop = True
+                break
+        if stop:
+            res.stopped_early = cfg.max_steps is None or res.steps < cfg.max_steps
+            break
+        if valid is not None and not cfg.eval_every:
+            if validate():
+                res.stopped_early = True
+                break
+    bar.close()
+    if valid is not None and (not res.valid_history or res.valid_history[-1][0] != res.steps):
+        validate()
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(best_state[n])
+    elif ckpt is not None:
+        save_safetensors_atomic({n: p.detach() for n, p in params.items()}, ckpt, metadata={"step": str(res.steps)})
+    res.seconds = time.perf_counter() - t0
+    if res.steps == 0:
+        raise DivergedError(f"{desc}: no training step ran (empty data?)")
+    model.eval()
+    return res
+
+
+def loss_mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

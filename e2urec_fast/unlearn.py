@@ -1,0 +1,202 @@
+"""Command line: python -m e2urec_fast.unlearn
+
+Runs one unlearning job end to end: prepare the data, build or load the backbone,
+train Original and Retrain (cached), run the unlearning methods, evaluate them and
+write report.json / report.md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_METHODS = ["original", "retrain", "e2urec"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m e2urec_fast.unlearn",
+        description="Make an LLM recommender forget the forgetting users' training data with E2URec "
+        "(LoRA student, remembering and forgetting teachers) and compare it with Original and Retrain.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = ap.add_argument_group("data")
+    g.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m", "goodreads"], help="data set")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the raw files (ML-1M: ratings.dat/movies.dat/users.dat; ML-100K: u.data/u.item/u.user "
+                   "or ml-100k.inter/.item/.user; GoodReads: ratings.csv/books.csv). ML-100K without it: the recbole wheel from PyPI")
+    g.add_argument("--max-samples", type=int, default=10_000,
+                   help="keep the last N samples after the history filter (the paper: 100000)")
+    g.add_argument("--paper-scale", action="store_true", help="shorthand for --max-samples 100000")
+    g.add_argument("--forget-ratio", type=float, default=0.2, help="share of train users who ask to be forgotten")
+    g.add_argument("--cache-dir", default=os.environ.get("E2UREC_CACHE", "~/.cache/e2urec_fast"),
+                   help="prepared data, backbones and trained Original/Retrain models (env E2UREC_CACHE)")
+    g = ap.add_argument_group("model and run")
+    g.add_argument("--backbone", default="tiny",
+                   help="a preset (tiny, small, t5-base-config, t5-large-config, bart-tiny, bart-base-config) or a local "
+                   "HuggingFace T5/BART folder with model.safetensors")
+    g.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods: original,retrain,e2urec")
+    g.add_argument("--seed", type=int, default=42, help="seed of the forget split, shuffling and initialisation")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    g.add_argument("--out", default="e2urec_out", help="output folder for report.json, report.md and the adapter")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = ap.add_argument_group("Original / Retrain training")
+    g.add_argument("--epochs", type=int, default=3, help="maximum epochs (early stopping on valid loss)")
+    g.add_argument("--patience", type=int, default=1, help="validations without improvement before stopping")
+    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the full fine-tunes")
+    g.add_argument("--batch-size", type=int, default=16, help="training batch size")
+    g.add_argument("--no-model-cache", action="store_true", help="retrain Original/Retrain even if cached")
+    from .methods import e2urec
+
+    e2urec.add_arguments(ap)
+    return ap
+
+
+def _git_rev() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def env_info(device: str) -> dict:
+    import torch
+    import transformers
+
+    dev = device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(torch.device(device))
+    else:
+        dev = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return dict(device=dev, torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+                git=_git_rev())
+
+
+def run(args) -> dict:
+    import torch
+
+    from .data import prepare
+    from .errors import UserError, write_json_atomic, write_text_atomic
+    from .evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
+    from .methods import e2urec
+    from .methods.common import Job, n_params
+    from .methods.retrain import train_on
+    from .models import resolve_backbone
+    from .report import markdown_table, render_markdown
+    from .train import TrainConfig
+
+    t_start = time.perf_counter()
+    methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    known = ["original", "retrain", "e2urec"]
+    bad = [m for m in methods if m not in known]
+    if bad or not methods:
+        raise UserError(f"--methods: unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
+    if args.paper_scale:
+        args.max_samples = 100_000
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    cache = Path(os.path.expanduser(args.cache_dir))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a folder")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    prep = prepare(args.dataset, args.data_dir, cache, args.max_samples, args.forget_ratio, args.seed)
+    c = prep.manifest["counts"]
+    log(f"data {args.dataset}: {c['samples_after_filter']} samples after the history filter, using the last {c['samples']}: "
+        f"train {c['train']} / valid {c['valid']} / test {c['test']}; forgetting users {c['forget_users']} of "
+        f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}")
+    bdir = resolve_backbone(args.backbone, prep, cache, seed=args.seed)
+    job = Job(prep, bdir, out, device=args.device, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    log(f"backbone {bdir} ({n_params(job.backbone().model, False):,} parameters)")
+    test_idx, forget_idx = prep.index("test"), prep.index("forget")
+    test_labels = prep.labels[test_idx].numpy()
+    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience)
+    model_cache = None if args.no_model_cache else cache
+
+    def evaluate(bb):
+        seqs = job.seqs
+        yn = predict_logits(bb, bb.model, seqs, test_idx, job.eval_batch_size, job.device)
+        full = predict_logits(bb, bb.model, seqs, forget_idx, job.eval_batch_size, job.device, full=True)
+        return ctr_metrics(test_labels, p_yes(yn)), full
+
+    rows, extra = [], {}
+    log("training Original (on train) ...")
+    orig, orig_s, orig_info = train_on(job, "train", cfg, model_cache, "Original")
+    orig_m, orig_full = evaluate(orig)
+    log("training Retrain (on D_r) ...")
+    retr, retr_s, retr_info = train_on(job, "retain", cfg, model_cache, "Retrain")
+    retr_m, retr_full = evaluate(retr)
+    extra["original"], extra["retrain"] = orig_info, retr_info
+    if "original" in methods:
+        rows.append(dict(method="Original", **orig_m, **jsd_l2(retr_full, orig_full), time_s=None, train_time_s=orig_s,
+                         trainable_params=n_params(orig.model, False)))
+    if "retrain" in methods:
+        rows.append(dict(method="Retrain", **retr_m, **jsd_l2(retr_full, retr_full), time_s=retr_s,
+                         trainable_params=n_params(retr.model, False)))
+    if "e2urec" in methods:
+        for impl in (["reference", "fast"] if args.impl == "both" else [args.impl]):
+            log(f"E2URec ({impl} path) ...")
+            bb, info = e2urec.unlearn(job, orig, args, impl)
+            m, full = evaluate(bb)
+            name = "E2URec" if args.impl != "both" else f"E2URec ({impl})"
+            rows.append(dict(method=name, **m, **jsd_l2(retr_full, full), time_s=info["time_s"],
+                             trainable_params=info["trainable_params"], stages=info["stages"], impl=impl))
+            extra[f"e2urec_{impl}"] = info
+    report = dict(
+        rows=rows,
+        settings=dict(dataset=args.dataset, backbone=args.backbone, backbone_dir=str(bdir), max_samples=args.max_samples,
+                      forget_ratio=args.forget_ratio, seed=args.seed, methods=methods, epochs=args.epochs, lr=args.lr,
+                      batch_size=args.batch_size, **e2urec.settings(args)),
+        counts=c,
+        details=extra,
+        env=env_info(args.device),
+        total_s=time.perf_counter() - t_start,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", render_markdown(report))
+    print(markdown_table(rows))
+    log(f"wrote {out / 'report.json'} and {out / 'report.md'} ({report['total_s']:.0f} s in all)")
+    return report
+
+
+def main(argv=None) -> int:
+    from .errors import EXIT_USER_ERROR, UserError
+
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
