@@ -1,0 +1,86 @@
+"""The CLI end to end on a small ML-1M-format data set, and its handling of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_ml1m
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "e2urec_fast.unlearn", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_ml1m(tmp_path_factory.mktemp("cli") / "ml1m")
+
+
+def test_end_to_end_report(data, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                "--max-samples", "200", "--epochs", "1", "--student-steps", "6", "--batch-size", "8", "--quiet",
+                "--forget-ratio", "0.25")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert [row["method"] for row in rep["rows"]] == ["Original", "Retrain", "E2URec"]
+    for row in rep["rows"]:
+        assert {"method", "auc", "acc", "logloss", "jsd", "l2", "time_s", "trainable_params"} <= set(row)
+    e2u = rep["rows"][2]
+    assert set(e2u["stages"]) == {"augment", "cache", "student"} and 0 < e2u["trainable_params"] < rep["rows"][0]["trainable_params"]
+    assert rep["rows"][1]["jsd"] == 0.0
+    c = rep["counts"]
+    assert c["samples"] == 200 and (c["train"], c["valid"], c["test"]) == (120, 40, 40)
+    assert "| E2URec |" in (out / "report.md").read_text() and "| E2URec |" in r.stdout
+    # privacy: nothing derived from D_f stays behind but the adapter and the report
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "cache", "report.json", "report.md"]
+    assert sorted(p.name for p in (out / "cache").iterdir()) == ["teacher_retain.safetensors"]
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--dataset", "ml-1m"], "needs --data-dir"),
+    (["--dataset", "ml-1m", "--data-dir", "/nonexistent/x"], "/nonexistent/x: data folder not found"),
+    (["--forget-ratio", "1.5"], "--forget-ratio must be in (0, 1)"),
+    (["--methods", "original,bogus"], "unknown method(s) bogus"),
+    (["--backbone", "/nonexistent/model"], "/nonexistent/model: backbone not found"),
+])
+def test_bad_arguments_exit_2(args, msg, tmp_path, data):
+    if "--data-dir" not in args and "--dataset" not in args:
+        args = ["--dataset", "ml-1m", "--data-dir", str(data), *args]
+    out = tmp_path / "out"
+    r = run_cli(*args, "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--quiet")
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and msg in last
+    assert not out.exists()
+
+
+def test_malformed_file_exit_2(tmp_path):
+    d = make_ml1m(tmp_path / "bad")
+    lines = (d / "ratings.dat").read_text().splitlines()
+    lines[6] = lines[6].replace("::", ",")
+    (d / "ratings.dat").write_text("\n".join(lines) + "\n")
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(d), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert f"{d / 'ratings.dat'}:7: expected 4 '::'-separated fields, found 1" in r.stderr
+    assert not (tmp_path / "o").exists() and not list((tmp_path / "c").glob("prepared/*"))
+
+
+def test_model_folder_without_weights(tmp_path, data):
+    m = tmp_path / "model"
+    m.mkdir()
+    (m / "config.json").write_text('{"model_type": "t5"}')
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--backbone", str(m), "--cache-dir", str(tmp_path / "c"),
+                "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "no model.safetensors weights" in r.stderr
+
+
+def test_help_documents_flags():
+    r = run_cli("--help")
+    for flag in ("--dataset", "--data-dir", "--backbone", "--max-samples", "--forget-ratio", "--seed", "--device", "--out",
+                 "--impl", "--keep-artifacts"):
+        assert flag in r.stdout

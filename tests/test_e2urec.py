@@ -1,0 +1,111 @@
+"""E2URec: fast-path loss terms and LoRA gradients equal the reference path's terms
+restricted to the Yes/No pair; both paths converge to the same place."""
+
+import copy
+
+import pytest
+import torch
+
+from e2urec_fast import ops
+from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
+from e2urec_fast.methods import e2urec
+from e2urec_fast.models.lora import LoraConfig, inject_lora, lora_modules
+from e2urec_fast.teachers import TeacherTable
+from e2urec_fast.unlearn import build_parser
+from helpers import tiny_job
+
+
+def entropy(logits):
+    lp = torch.log_softmax(logits.double(), -1)
+    return -(lp.exp() * lp).sum(-1).mean()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    job = tiny_job(tmp_path_factory.mktemp("e2u"))
+    orig = job.fresh()
+    aug = job.fresh()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in aug.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    student = job.fresh()
+    inject_lora(student.model, LoraConfig(4, 8, 0.0, ["q", "v"]))
+    for m in lora_modules(student.model).values():
+        torch.nn.init.normal_(m.lora_B.weight, std=0.1)
+    for bb in (orig, aug, student):
+        bb.model.eval()
+    return job, orig, aug, student
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_fast_terms_equal_reference_restricted(setup, backend, fuse):
+    job, orig, aug, student = setup
+    prep = job.prepared
+    b = job.batcher(batch_size=8, bucket=False)
+    rb = b.make(prep.index("retain")[:8].tolist())
+    fb = b.make(prep.index("forget")[:8].tolist())
+    n = len(prep.labels)
+    tables = {}
+    for name, model, idx in (("orig_r", orig.model, rb.idx), ("orig_f", orig.model, fb.idx), ("aug_f", aug.model, fb.idx)):
+        tables[name] = TeacherTable(predict_logits(orig, model, job.seqs, idx, 64), idx, n)
+    alpha, w = 2.0, 0.6
+    lora = [p for p in student.model.parameters() if p.requires_grad]
+
+    ref = e2urec.reference_terms(student, orig.model, aug.model, rb, fb, alpha, restrict=True)
+    g_ref = torch.autograd.grad(e2urec.combine(ref, w), lora)
+    fast = e2urec.fast_terms(student, tables, rb, fb, alpha, "yesno", backend, fuse)
+    g_fast = torch.autograd.grad(e2urec.combine(fast, w), lora)
+
+    # the reference's "KL" is the cross-entropy form: KL + H(teacher); same gradient
+    t_f = ops.forgetting_teacher(tables["orig_f"][fb.idx], tables["aug_f"][fb.idx], alpha)
+    assert float(fast["kl_f"].detach()) + float(entropy(t_f)) == pytest.approx(float(ref["kl_f"]), rel=1e-5)
+    assert float(fast["kl_r"]) + float(entropy(tables["orig_r"][rb.idx])) == pytest.approx(float(ref["kl_r"]), rel=1e-5)
+    assert float(fast["ce_r"]) == pytest.approx(float(ref["ce_r"]), rel=1e-5)
+    for a, c in zip(g_fast, g_ref):
+        assert torch.allclose(a, c, rtol=1e-5, atol=1e-7), (a - c).abs().max()
+
+
+def test_forgetting_teacher_from_cache_is_independent_formula(setup):
+    job, orig, aug, _ = setup
+    idx = job.prepared.index("forget")[:5]
+    v = predict_logits(orig, orig.model, job.seqs, idx)
+    v_aug = predict_logits(orig, aug.model, job.seqs, idx)
+    by_hand = torch.stack([torch.tensor([v[i, j] - 2.0 * max(0.0, float(v_aug[i, j] - v[i, j])) for j in range(2)])
+                           for i in range(len(idx))])
+    assert torch.allclose(ops.forgetting_teacher(v, v_aug, 2.0), by_hand, atol=1e-6)
+
+
+def test_schedule_forget_epoch_then_joint(setup):
+    job = setup[0]
+    sched = e2urec.schedule(len(job.prepared.index("forget")), 8, 1, 30)
+    kinds = [k for k, _, _ in e2urec.student_batches(job, sched, bucket=True)]
+    assert len(kinds) == 30 and kinds[: sched.forget_steps] == ["f"] * sched.forget_steps
+    assert set(kinds[sched.forget_steps :]) == {"j"}
+
+
+def test_paths_converge_to_the_same_model(tmp_path):
+    job = tiny_job(tmp_path)
+    orig = job.fresh()
+    from e2urec_fast.methods.common import finetune
+    from e2urec_fast.train import TrainConfig
+
+    torch.manual_seed(0)
+    finetune(job, orig, job.prepared.index("train"), TrainConfig(lr=1e-3, batch_size=8, epochs=1), "orig")
+    retr = job.fresh()
+    finetune(job, retr, job.prepared.index("retain"), TrainConfig(lr=1e-3, batch_size=8, epochs=1), "retr")
+    test, forget = job.prepared.index("test"), job.prepared.index("forget")
+    r_full = predict_logits(retr, retr.model, job.seqs, forget, full=True)
+    out = {}
+    for impl in ("reference", "fast"):
+        args = build_parser().parse_args(["--student-steps", "30", "--student-lr", "1e-4", "--kl-scope", "full", "--quiet"])
+        e2urec.settings(args)
+        job.out = tmp_path / impl
+        bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, impl)
+        m = ctr_metrics(job.prepared.labels[test].numpy(), p_yes(predict_logits(bb, bb.model, job.seqs, test)))
+        out[impl] = m | jsd_l2(r_full, predict_logits(bb, bb.model, job.seqs, forget, full=True))
+        assert info["steps"] == 30
+    print(out)
+    assert abs(out["fast"]["auc"] - out["reference"]["auc"]) <= 0.005
+    assert out["fast"]["jsd"] <= 1.1 * out["reference"]["jsd"] and out["reference"]["jsd"] <= 1.1 * out["fast"]["jsd"]
