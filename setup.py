@@ -30,5 +30,5 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff>=0.5"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "peft>=0.13"]},
 )

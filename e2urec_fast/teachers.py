@@ -30,7 +30,7 @@ class TeacherTable:
             raise KeyError("sample not in the teacher cache")
         return self.logits[rows.to(self.logits.device)]
 
-    def to(self, device) -> "TeacherTable":
+    def to(self, device) -> TeacherTable:
         self.logits = self.logits.to(device)
         return self
 

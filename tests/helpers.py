@@ -3,7 +3,6 @@
 from pathlib import Path
 
 from conftest import make_ml1m
-
 from e2urec_fast.data import prepare
 from e2urec_fast.methods.common import Job
 from e2urec_fast.models import resolve_backbone

@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
     return job, orig, aug, student
 
 
-@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("backend", ["torch", "native", "triton"])
 @pytest.mark.parametrize("fuse", [True, False])
 def test_fast_terms_equal_reference_restricted(setup, backend, fuse):
     job, orig, aug, student = setup

@@ -4,8 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from e2urec_fast.models.lora import (LoraConfig, LoRALinear, adapter_disabled, inject_lora, load_adapter, lora_modules,
-                                     save_adapter)
+from e2urec_fast.models.lora import (
+    LoraConfig,
+    LoRALinear,
+    adapter_disabled,
+    inject_lora,
+    load_adapter,
+    lora_modules,
+    save_adapter,
+)
 from e2urec_fast.models.scoring import answer_logits, pad
 
 

@@ -34,7 +34,7 @@ from ..errors import UserError, save_safetensors_atomic
 from ..evaluate import predict_logits
 from ..models.backbone import Backbone
 from ..models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, save_adapter
-from ..models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
+from ..models.scoring import answer_logits, full_logits, pad, yes_no
 from ..teachers import cached_teachers
 from ..train import TrainConfig, fit
 from .common import Job, finetune, n_params
@@ -281,7 +281,6 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast"):
         (cache_dir / "teacher_forget.safetensors").unlink(missing_ok=True)
     if not args.keep_artifacts and (job.out / "artifacts").exists():
         shutil.rmtree(job.out / "artifacts")
-    del aug
     info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,
                 forget_steps=sched.forget_steps, final_loss=res.loss_history[-1], loss_head=res.loss_history[:5],
                 adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept,

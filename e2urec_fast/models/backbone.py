@@ -81,7 +81,7 @@ class Backbone:
 
 def train_tokenizer(texts: list[str], vocab_size: int, family: str):
     """A BPE tokenizer trained on the prompts; "Yes", "No" and "." are single tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = T5_SPECIALS if family == "t5" else BART_SPECIALS
