@@ -41,7 +41,7 @@ def load():
     try:
         from torch.utils.cpp_extension import load as _load
 
-        _mod = _load(name="e2urec_teacher_kl", sources=[str(_source())], extra_cflags=["-O3", "-fopenmp"],
+        _mod = _load(name="e2urec_teacher_kl", sources=[str(_source())], extra_cflags=["-O3", "-fopenmp", "-march=native", "-ffast-math"],
                      extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # a failed build falls back to torch
         _error = f"{type(e).__name__}: {str(e)[:300]}"

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="e2urec_out", help="output folder for report.json, report.md and the adapter")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g = ap.add_argument_group("Original / Retrain training")
-    g.add_argument("--epochs", type=int, default=3, help="maximum epochs (early stopping on valid loss)")
+    g.add_argument("--epochs", type=int, default=2, help="maximum epochs (early stopping on valid loss)")
     g.add_argument("--patience", type=int, default=1, help="validations without improvement before stopping")
     g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the full fine-tunes")
     g.add_argument("--batch-size", type=int, default=16, help="training batch size")

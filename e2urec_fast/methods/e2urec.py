@@ -198,14 +198,20 @@ def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
     return aug, time.perf_counter() - t0
 
 
-def unlearn(job: Job, orig: Backbone, args, impl: str = "fast"):
-    """Run E2URec; returns (student backbone with its adapter, info dict)."""
+def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | None = None):
+    """Run E2URec; returns (student backbone with its adapter, info dict).
+
+    `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
+    """
     if args.student_steps < 1:
         raise UserError("--student-steps must be at least 1")
     stages = {}
     t_all = time.perf_counter()
     orig.model.eval()
-    aug, stages["augment"] = make_augmented(job, orig, args)
+    if aug is None:
+        aug, stages["augment"] = make_augmented(job, orig, args)
+    else:
+        stages["augment"] = 0.0
 
     # the student: the Original's weights, frozen, with a fresh adapter
     torch.manual_seed(job.seed + 2)
