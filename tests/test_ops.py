@@ -17,46 +17,50 @@ INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def backends():
-    out = ["torch"]
-    if native.available("cpu"):
-        out.append("native")
+    """(backend, device) pairs that run here: CPU always, CUDA when there is a GPU."""
     from e2urec_fast.kernels import teacher_kl as tk
 
+    out = [("torch", "cpu")]
+    if native.available("cpu"):
+        out.append(("native", "cpu"))
     if tk.available("cpu"):
-        out.append("triton")
+        out.append(("triton", "cpu"))
+    if torch.cuda.is_available():
+        out += [("torch", "cuda")] + ([("triton", "cuda")] if tk.available("cuda") else [])
     return out
 
 
 def ref64(s, t, a, alpha, g):
-    s64 = s.detach().double().requires_grad_()
-    t64 = t.double()
-    tf = t64 if a is None else t64 - alpha * torch.relu(a.double() - t64)
+    s64 = s.detach().cpu().double().requires_grad_()
+    t64 = t.cpu().double()
+    tf = t64 if a is None else t64 - alpha * torch.relu(a.cpu().double() - t64)
     lp_t = torch.log_softmax(tf, -1)
     kl = (lp_t.exp() * (lp_t - torch.log_softmax(s64, -1))).sum(-1)
-    (kl * g.double()).sum().backward()
+    (kl * g.cpu().double()).sum().backward()
     return kl.detach(), s64.grad
 
 
 SHAPES = [(1, 2), (17, 2), (4096, 2), (17, 3), (41, 1271), (4, 32128)]
 
 
-@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("backend,device", backends())
 @pytest.mark.parametrize("N,V", SHAPES)
 @pytest.mark.parametrize("alpha", [0.0, 2.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_teacher_kl_parity(backend, N, V, alpha, dtype):
-    if backend == "triton" and N * V > 200_000:
+def test_teacher_kl_parity(backend, device, N, V, alpha, dtype):
+    if backend == "triton" and device == "cpu" and N * V > 200_000:
         N = max(1, 200_000 // V)  # the interpreter is slow
     gen = torch.Generator().manual_seed(N * 7 + V)
-    s = (torch.randn(N, V, generator=gen) * 4).to(dtype)
-    t = (torch.randn(N, V, generator=gen) * 4).to(dtype)
-    a = (torch.randn(N, V, generator=gen) * 4).to(dtype) if alpha else None
-    g = torch.rand(N, generator=gen) + 0.5  # grad_output != 1
+    s = (torch.randn(N, V, generator=gen) * 4).to(device, dtype)
+    t = (torch.randn(N, V, generator=gen) * 4).to(device, dtype)
+    a = (torch.randn(N, V, generator=gen) * 4).to(device, dtype) if alpha else None
+    g = torch.rand(N, generator=gen).to(device) + 0.5  # grad_output != 1
     s.requires_grad_()
     kl = ops.teacher_kl(s, t, a, alpha, reduction="none", backend=backend)
     assert kl.dtype == torch.float32 and kl.shape == (N,)
     (grad,) = torch.autograd.grad(kl, s, g)
     kl64, grad64 = ref64(s, t, a, alpha, g)
+    kl, grad = kl.cpu(), grad.cpu()
     vt, gt = (1e-5 * max(1.0, V / 1000), 1e-6) if dtype == torch.float32 else (1e-4 * max(1.0, V / 1000), 2e-2)
     print(backend, N, V, alpha, dtype, (kl.double() - kl64).abs().max().item(), (grad.double() - grad64).abs().max().item())
     assert torch.allclose(kl.double(), kl64, atol=vt, rtol=1e-5)
@@ -64,21 +68,21 @@ def test_teacher_kl_parity(backend, N, V, alpha, dtype):
     assert grad.dtype == dtype
 
 
-@pytest.mark.parametrize("backend", backends())
-def test_extreme_noncontiguous_and_reductions(backend):
+@pytest.mark.parametrize("backend,device", backends())
+def test_extreme_noncontiguous_and_reductions(backend, device):
     gen = torch.Generator().manual_seed(0)
-    big = torch.randn(64, 6, generator=gen) * 1e4  # logits of magnitude 1e4
+    big = (torch.randn(64, 6, generator=gen) * 1e4).to(device)  # logits of magnitude 1e4
     s = big[:, ::2].clone().requires_grad_()  # (64, 3)
     s_nc = big.t().contiguous().t()[:, ::2]  # non-contiguous view with the same values
-    t = (torch.randn(3, 64, generator=gen) * 1e4).t()  # non-contiguous
-    a = (torch.randn(3, 64, generator=gen) * 1e4).t()
+    t = (torch.randn(3, 64, generator=gen) * 1e4).to(device).t()  # non-contiguous
+    a = (torch.randn(3, 64, generator=gen) * 1e4).to(device).t()
     for x in (s, s_nc.detach().requires_grad_()):
         kl = ops.teacher_kl(x, t, a, 2.0, reduction="none", backend=backend)
         assert torch.isfinite(kl).all()
         kl64, g64 = ref64(x, t, a, 2.0, torch.ones(64))
-        assert torch.allclose(kl.double(), kl64, rtol=1e-4, atol=1e-2)
+        assert torch.allclose(kl.cpu().double(), kl64, rtol=1e-4, atol=1e-2)
         (g,) = torch.autograd.grad(kl.sum(), x)
-        assert torch.allclose(g.double(), g64, atol=1e-5)
+        assert torch.allclose(g.cpu().double(), g64, atol=1e-5)
     m = ops.teacher_kl(s, t, a, 2.0, backend=backend)
     sm = ops.teacher_kl(s, t, a, 2.0, reduction="sum", backend=backend)
     assert m.item() == pytest.approx(sm.item() / 64, rel=1e-6)
