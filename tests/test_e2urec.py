@@ -109,3 +109,39 @@ def test_paths_converge_to_the_same_model(tmp_path):
     print(out)
     assert abs(out["fast"]["auc"] - out["reference"]["auc"]) <= 0.005
     assert out["fast"]["jsd"] <= 1.1 * out["reference"]["jsd"] and out["reference"]["jsd"] <= 1.1 * out["fast"]["jsd"]
+
+
+def test_teacher_cache_reuse_stale_and_refusal(tmp_path):
+    from e2urec_fast.errors import UserError
+    from e2urec_fast.teachers import cached_teachers
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6.0).view(3, 2), torch.tensor([4, 0, 2])
+
+    path = tmp_path / "t.safetensors"
+    tabs, st = cached_teachers(path, {"model": "a"}, {"x": compute}, n_total=5)
+    assert st == "built" and torch.equal(tabs["x"][torch.tensor([2, 4])], torch.tensor([[4.0, 5.0], [0.0, 1.0]]))
+    _, st = cached_teachers(path, {"model": "a"}, {"x": compute}, n_total=5)
+    assert st == "reused" and len(calls) == 1
+    with pytest.raises(UserError, match="stale teacher cache"):
+        cached_teachers(path, {"model": "b"}, {"x": compute}, n_total=5, rebuild=False)
+    _, st = cached_teachers(path, {"model": "b"}, {"x": compute}, n_total=5)
+    assert st == "built" and len(calls) == 2
+    with pytest.raises(KeyError):
+        tabs["x"][torch.tensor([1])]  # sample 1 was never cached
+
+
+def test_lora_augmented_model(setup):
+    job, orig, _, _ = setup
+    args = build_parser().parse_args(["--aug-mode", "lora", "--aug-lr", "1e-2", "--quiet"])
+    e2urec.settings(args)
+    aug, _ = e2urec.make_augmented(job, orig, args)
+    mods = lora_modules(aug.model)
+    assert mods and all(m.merged for m in mods.values())
+    idx = job.prepared.index("forget")[:8]
+    a = predict_logits(orig, aug.model, job.seqs, idx)
+    b = predict_logits(orig, orig.model, job.seqs, idx)
+    assert not torch.allclose(a, b, atol=1e-4)  # the merged adapter changed the model

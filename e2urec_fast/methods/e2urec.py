@@ -33,8 +33,8 @@ from .. import ops
 from ..errors import UserError, save_safetensors_atomic
 from ..evaluate import predict_logits
 from ..models.backbone import Backbone
-from ..models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, save_adapter
-from ..models.scoring import answer_logits, full_logits, pad, yes_no
+from ..models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, lora_modules, save_adapter
+from ..models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
 from ..teachers import cached_teachers
 from ..train import TrainConfig, fit
 from .common import Job, finetune, n_params
@@ -59,6 +59,8 @@ def add_arguments(ap):
     g.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
     g.add_argument("--aug-lr", type=float, default=1e-4, help="learning rate of the augmented model (Original fine-tuned on D_f)")
     g.add_argument("--aug-epochs", type=int, default=1, help="epochs of the augmented model over D_f")
+    g.add_argument("--aug-mode", default="full", choices=["full", "lora"],
+                   help="augmented model: full fine-tune (the authors' code) or a LoRA adapter merged into a copy")
     g.add_argument("--kl-scope", default="yesno", choices=["yesno", "full"],
                    help="fast path: KL over the Yes/No pair or the full vocabulary at the answer position")
     g.add_argument("--kernel-backend", default="auto", choices=list(ops.BACKENDS), help="teacher-KL op backend")
@@ -77,7 +79,7 @@ def settings(args) -> dict:
         args.authors_settings = False  # applied once
         args._authors = True
     keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
-            "lora_dropout", "aug_lr", "aug_epochs", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
+            "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
             "no_batch_fusion", "keep_artifacts"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
 
@@ -192,8 +194,17 @@ def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
     aug = Backbone(copy.deepcopy(orig.model), orig.tokenizer, orig.family, orig.folder, orig.yes_id, orig.no_id,
                    orig.prefix, orig.targets)
     torch.manual_seed(job.seed + 1)
-    finetune(job, aug, job.prepared.index("forget"), TrainConfig(lr=args.aug_lr, batch_size=job.batch_size,
-             epochs=args.aug_epochs), desc="augment")
+    cfg = TrainConfig(lr=args.aug_lr, batch_size=job.batch_size, epochs=args.aug_epochs)
+    if getattr(args, "aug_mode", "full") == "lora":
+        inject_lora(aug.model, LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family]))
+        batcher = job.batcher()
+        fit(aug.model, lambda e: batcher.epoch(job.prepared.index("forget"), e),
+            lambda b: (lm_loss(aug, aug.model, b.ids, b.mask, b.labels), len(b)), cfg, desc="augment (LoRA)",
+            progress=job.progress)
+        for m in lora_modules(aug.model).values():
+            m.merge()
+    else:
+        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment")
     aug.model.eval()
     return aug, time.perf_counter() - t0
 
