@@ -43,7 +43,7 @@ if [ $DRY = 1 ]; then
   log "kernel benchmark (dry run)"
   python3 benchmarks/bench_teacher_kl.py --shapes 64x2,4x1271 --reps 2 --csv "$OUT/teacher_kl.csv" | tee -a "$OUT/device_check.log"
   log "E2URec reference vs fast (dry run)"
-  python3 -m e2urec_fast.unlearn $E2UREC_DATA_ARGS --backbone tiny --max-samples 300 --epochs 1 --student-steps 4 \
+  python3 -m e2urec_fast.unlearn $E2UREC_DATA_ARGS --backbone tiny --max-samples 300 --epochs 1 --student-steps 4 --forget-ratio 0.25 \
     --impl both --quiet --cache-dir "$OUT/cache" --out "$OUT/e2urec" 2>&1 | tail -8 | tee -a "$OUT/device_check.log"
 else
   log "GPU parity tests"

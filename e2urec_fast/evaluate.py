@@ -20,12 +20,18 @@ EPS = 1e-12
 
 @torch.no_grad()
 def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch_size: int = 64,
-                   device: str = "cpu", full: bool = False) -> torch.Tensor:
+                   device: str = "cpu", full: bool = False, desc: str | None = None) -> torch.Tensor:
     """Answer-position logits for samples `idx`: (N, V) if full else (N, 2) [No, Yes]."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     model.eval()
     out = []
     order = sorted(idx.tolist(), key=lambda i: len(seqs[i]))  # length-sorted: less padding
-    for s in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    quiet = desc is None or len(starts) < 50
+    for s in tqdm(starts, desc=desc, disable=quiet, leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0):
         chunk = order[s : s + batch_size]
         ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
         lg = answer_logits(bb, model, ids.to(device), mask.to(device)).float()

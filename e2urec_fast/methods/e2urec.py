@@ -243,7 +243,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         f_idx, r_idx = prep.index("forget"), prep.index("retain")
 
         def logits_of(model, idx):
-            return lambda: (predict_logits(orig, model, seqs, idx, job.eval_batch_size, job.device, full=full), idx)
+            return lambda: (predict_logits(orig, model, seqs, idx, job.eval_batch_size, job.device, full=full,
+                                           desc=None if not job.progress else "teacher cache"), idx)
 
         base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
                        scope=args.kl_scope, prefix=orig.prefix.tolist())
