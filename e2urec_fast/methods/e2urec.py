@@ -33,7 +33,7 @@ from .. import ops
 from ..errors import UserError, save_safetensors_atomic
 from ..evaluate import predict_logits
 from ..models.backbone import Backbone
-from ..models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, lora_modules, save_adapter
+from ..models.lora import DEFAULT_TARGETS, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
 from ..models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
 from ..teachers import cached_teachers
 from ..train import TrainConfig, fit
@@ -67,6 +67,9 @@ def add_arguments(ap):
     g.add_argument("--no-teacher-cache", action="store_true", help="fast path: teacher forward passes every step")
     g.add_argument("--no-bucketing", action="store_true", help="fast path: random padded batches")
     g.add_argument("--no-batch-fusion", action="store_true", help="fast path: separate D_r and D_f forward passes")
+    g.add_argument("--base-dropout", action="store_true",
+                   help="fast path: keep the frozen base model's dropout active in the student (the authors' code does; "
+                   "off by default: only the LoRA branches drop out, and attention runs in its fused kernel)")
     g.add_argument("--keep-artifacts", action="store_true",
                    help="keep the augmented model and the D_f teacher logits (derived from the forgotten data)")
     g.add_argument("--no-cache-rebuild", action="store_true", help="refuse a stale teacher cache instead of rebuilding it")
@@ -80,7 +83,7 @@ def settings(args) -> dict:
         args._authors = True
     keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
             "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
-            "no_batch_fusion", "keep_artifacts"]
+            "no_batch_fusion", "base_dropout", "keep_artifacts"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
 
 
@@ -260,8 +263,12 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
 
     w, alpha = args.retain_weight, args.alpha
 
+    base_eval = impl == "fast" and not args.base_dropout
+
     def step(batch):
         kind, rb, fb = batch
+        if base_eval:
+            base_eval_mode(student.model)
         if impl == "reference":
             terms = reference_terms(student, orig.model, aug.model, rb, fb, alpha)
         elif use_cache:

@@ -111,6 +111,14 @@ def adapter_disabled(model: nn.Module):
             m.disabled = o
 
 
+def base_eval_mode(model: nn.Module) -> nn.Module:
+    """Frozen base in eval mode (no dropout), LoRA branches in train mode (their dropout on)."""
+    model.eval()
+    for m in lora_modules(model).values():
+        m.dropout.train()
+    return model
+
+
 def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter weights in PEFT's key layout."""
     out = {}
