@@ -86,7 +86,9 @@ def test_schedule_forget_epoch_then_joint(setup):
 
 
 def test_paths_converge_to_the_same_model(tmp_path):
-    job = tiny_job(tmp_path)
+    # 180 test samples (~7,600 positive-negative pairs), so 0.5 AUC points is ~40 pairs; a tiny T5
+    # from scratch barely learns this synthetic set (AUC ~0.55): the real-data comparison is in the README
+    job = tiny_job(tmp_path, n_users=60, per_user=20, taste=False)
     orig = job.fresh()
     from e2urec_fast.methods.common import finetune
     from e2urec_fast.train import TrainConfig
