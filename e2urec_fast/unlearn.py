@@ -94,6 +94,7 @@ def run(args) -> dict:
     from .train import TrainConfig
 
     t_start = time.perf_counter()
+    e2u_settings = e2urec.settings(args)  # applies --authors-settings before anything runs
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     known = ["original", "retrain", "e2urec"]
     bad = [m for m in methods if m not in known]
@@ -164,7 +165,7 @@ def run(args) -> dict:
         rows=rows,
         settings=dict(dataset=args.dataset, backbone=args.backbone, backbone_dir=str(bdir), max_samples=args.max_samples,
                       forget_ratio=args.forget_ratio, seed=args.seed, methods=methods, epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, **e2urec.settings(args)),
+                      batch_size=args.batch_size, **e2u_settings),
         counts=c,
         details=extra,
         env=env_info(args.device),

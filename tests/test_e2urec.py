@@ -149,3 +149,13 @@ def test_lora_augmented_model(setup):
     a = predict_logits(orig, aug.model, job.seqs, idx)
     b = predict_logits(orig, orig.model, job.seqs, idx)
     assert not torch.allclose(a, b, atol=1e-4)  # the merged adapter changed the model
+
+
+def test_authors_settings_preset():
+    args = build_parser().parse_args(["--authors-settings"])
+    s = e2urec.settings(args)
+    assert (s["student_lr"], s["alpha"], s["retain_weight"], s["student_steps"], s["aug_lr"], s["base_dropout"]) == (
+        1e-3, 2.0, 0.6, 1000, 5e-5, True)
+    assert s["authors_settings"] and e2urec.settings(args) == s  # applying twice changes nothing
+    d = e2urec.settings(build_parser().parse_args([]))
+    assert (d["student_lr"], d["student_steps"], d["base_dropout"], d["authors_settings"]) == (1e-4, 300, False, False)

@@ -39,7 +39,7 @@ from ..teachers import cached_teachers
 from ..train import TrainConfig, fit
 from .common import Job, finetune, n_params
 
-AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5)
+AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5, base_dropout=True)
 
 
 def add_arguments(ap):
