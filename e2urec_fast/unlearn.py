@@ -8,6 +8,7 @@ write report.json / report.md into --out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import subprocess
@@ -167,6 +168,9 @@ def run(args) -> dict:
                       forget_ratio=args.forget_ratio, seed=args.seed, methods=methods, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, **e2u_settings),
         counts=c,
+        # which users were forgotten, hashed (never in clear), so a repeated request is recognised
+        forgotten_users_sha256=sorted(hashlib.sha256(f"{args.dataset}:{u}".encode()).hexdigest()
+                                      for u in prep.users[prep.forget].unique().tolist()),
         details=extra,
         env=env_info(args.device),
         total_s=time.perf_counter() - t_start,

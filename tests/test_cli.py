@@ -34,6 +34,8 @@ def test_end_to_end_report(data, tmp_path):
     assert rep["rows"][1]["jsd"] == 0.0
     c = rep["counts"]
     assert c["samples"] == 200 and (c["train"], c["valid"], c["test"]) == (120, 40, 40)
+    hashes = rep["forgotten_users_sha256"]
+    assert len(hashes) == c["forget_users"] and all(len(h) == 64 for h in hashes)
     assert "| E2URec |" in (out / "report.md").read_text() and "| E2URec |" in r.stdout
     # privacy: nothing derived from D_f stays behind but the adapter and the report
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "cache", "report.json", "report.md"]
@@ -84,3 +86,21 @@ def test_help_documents_flags():
     for flag in ("--dataset", "--data-dir", "--backbone", "--max-samples", "--forget-ratio", "--seed", "--device", "--out",
                  "--impl", "--keep-artifacts"):
         assert flag in r.stdout
+
+
+def test_goodreads_end_to_end(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    d = tmp_path / "gb"
+    d.mkdir()
+    (d / "books.csv").write_text("book_id,title\n" + "".join(f'{i},"Book {i}, Vol. {i % 3}"\n' for i in range(1, 31)))
+    rows = [f"{u},{b},{5 if b % 2 else rng.choice([1, 2, 3])}\n" for u in range(1, 25) for b in rng.sample(range(1, 31), 12)]
+    (d / "ratings.csv").write_text("user_id,book_id,rating\n" + "".join(rows))
+    out = tmp_path / "out"
+    r = run_cli("--dataset", "goodreads", "--data-dir", str(d), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                "--epochs", "1", "--student-steps", "3", "--batch-size", "8", "--quiet", "--forget-ratio", "0.25")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["dataset"] == "goodreads" and len(rep["rows"]) == 3
+    assert rep["counts"]["samples"] == 24 * (12 - 5)

@@ -147,3 +147,19 @@ def test_prepare_writes_once_and_reuses(ml1m_dir, tmp_path):
     assert torch.equal(q.forget, p.forget)
     with pytest.raises(UserError, match="selects no user"):
         prepare("ml-1m", ml1m_dir, tmp_path / "cache", max_samples=None, forget_ratio=0.01, seed=42)
+
+
+def test_ucsd_book_graph(tmp_path):
+    d = tmp_path / "ucsd"
+    d.mkdir()
+    (d / "goodreads_books.json").write_text('{"book_id": "7", "title": "Emma"}\n{"book_id": "9", "title": "Dune"}\n')
+    (d / "goodreads_interactions_dedup.json").write_text(
+        '{"user_id": "abc", "book_id": "7", "rating": 5, "date_added": "Tue Nov 17 11:37:35 -0800 2015"}\n'
+        '{"user_id": "abc", "book_id": "9", "rating": 0, "date_added": "Tue Nov 17 11:38:35 -0800 2015"}\n'
+        '{"user_id": "xyz", "book_id": "9", "rating": 2, "date_added": "Mon Nov 16 11:37:35 -0800 2015"}\n')
+    inter = load_goodreads(d)
+    assert [(r[0], r[1], r[2]) for r in inter.ratings] == [(1, 7, 5), (2, 9, 2)]  # the unrated shelf entry is skipped
+    assert inter.ratings[1][3] < inter.ratings[0][3]
+    (d / "goodreads_interactions_dedup.json").write_text('{"user_id": "abc", "book_id": "7"}\n')
+    with pytest.raises(UserError, match="goodreads_interactions_dedup.json:1: a record needs the keys"):
+        load_goodreads(d)
