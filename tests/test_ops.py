@@ -100,3 +100,25 @@ def test_bad_shapes():
         ops.teacher_kl(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="V >= 2"):
         ops.teacher_kl(torch.zeros(2, 1), torch.zeros(2, 1))
+
+
+def test_native_build_absent_falls_back_with_warning():
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch\n"
+        "from e2urec_fast import ops, native\n"
+        "assert not native.available('cpu') and 'E2UREC_NO_NATIVE' in native._error\n"
+        "s = torch.randn(4, 3, requires_grad=True); t = torch.randn(4, 3)\n"
+        "assert ops.resolve_backend('auto', s) == 'torch'\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    kl = ops.teacher_kl(s, t, backend='native')\n"
+        "assert any('not available' in str(x.message) for x in w)\n"
+        "assert torch.allclose(kl, ops.teacher_kl_ref(s, t))\n"
+        "print('ok')\n"
+    )
+    env = {**__import__("os").environ, "E2UREC_NO_NATIVE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
