@@ -185,6 +185,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     from .errors import EXIT_USER_ERROR, UserError
+    from .train import DivergedError
 
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -197,6 +198,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except DivergedError as e:  # a non-finite loss: say so in one line, write no report
+        print(f"error: training diverged: {e}; try a lower learning rate", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

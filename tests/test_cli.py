@@ -104,3 +104,13 @@ def test_goodreads_end_to_end(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["settings"]["dataset"] == "goodreads" and len(rep["rows"]) == 3
     assert rep["counts"]["samples"] == 24 * (12 - 5)
+
+
+def test_divergence_is_one_clear_line(data, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                "--epochs", "1", "--lr", "1e30", "--batch-size", "8", "--quiet", "--no-model-cache")
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged: Original: loss became") and "Traceback" not in r.stderr
+    assert not (out / "report.json").exists()
