@@ -10,7 +10,6 @@ Checkpoints (the best trainable weights) are written as safetensors, atomically.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -130,6 +129,3 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
     model.eval()
     return res
 
-
-def loss_mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan

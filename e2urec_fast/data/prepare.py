@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import fail, load_safetensors, save_safetensors_atomic, staged_dir, write_json_atomic
-from .loaders import Interactions, fetch_recbole_wheel, load_dataset
+from .loaders import fetch_recbole_wheel, load_dataset
 from .samples import build_samples, render_prompt, split_samples
 
 PREP_VERSION = 1
@@ -156,6 +156,3 @@ def _load(folder: Path) -> Prepared:
     m = load_safetensors(folder / "meta.safetensors")
     return Prepared(folder, manifest, prompts, m["labels"], m["users"], m["items"], m["split"], m["forget"])
 
-
-def interactions_summary(inter: Interactions) -> str:
-    return f"{inter.name}: {len(inter.ratings)} ratings, {len(inter.users)} users, {len(inter.titles)} items"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +37,7 @@ class Job:
         return self._bb
 
     def fresh(self) -> Backbone:
-        bb = self.backbone()
-        return Backbone(copy.deepcopy(bb.model), bb.tokenizer, bb.family, bb.folder, bb.yes_id, bb.no_id, bb.prefix, bb.targets)
+        return self.backbone().clone()
 
     def with_weights(self, state: dict) -> Backbone:
         bb = self.fresh()
@@ -92,6 +89,3 @@ def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, 
 def n_params(model: torch.nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)

@@ -20,7 +20,6 @@ Two implementations:
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 import time
@@ -194,8 +193,7 @@ def student_batches(job: Job, sched: Schedule, bucket: bool):
 
 def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
     t0 = time.perf_counter()
-    aug = Backbone(copy.deepcopy(orig.model), orig.tokenizer, orig.family, orig.folder, orig.yes_id, orig.no_id,
-                   orig.prefix, orig.targets)
+    aug = orig.clone()
     torch.manual_seed(job.seed + 1)
     cfg = TrainConfig(lr=args.aug_lr, batch_size=job.batch_size, epochs=args.aug_epochs)
     if getattr(args, "aug_mode", "full") == "lora":
@@ -229,8 +227,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
 
     # the student: the Original's weights, frozen, with a fresh adapter
     torch.manual_seed(job.seed + 2)
-    student = Backbone(copy.deepcopy(orig.model), orig.tokenizer, orig.family, orig.folder, orig.yes_id, orig.no_id,
-                       orig.prefix, orig.targets)
+    student = orig.clone()
     cfg = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family])
     inject_lora(student.model, cfg)
 

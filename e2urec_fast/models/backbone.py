@@ -8,6 +8,7 @@ the first decoder step (prefix = [decoder_start]); for BART, whose targets start
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -63,6 +64,11 @@ class Backbone:
     @property
     def answer_pos(self) -> int:
         return len(self.prefix) - 1
+
+    def clone(self) -> Backbone:
+        """The same backbone with a deep copy of the model (tokenizer and ids shared)."""
+        return Backbone(copy.deepcopy(self.model), self.tokenizer, self.family, self.folder, self.yes_id, self.no_id,
+                        self.prefix, self.targets)
 
     def tokenizer_key(self) -> str:
         """Hash of the tokenizer's vocabulary (token ids depend on nothing else)."""

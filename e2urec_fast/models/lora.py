@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -163,6 +163,3 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
         getattr(mods[name], key.rsplit(".", 2)[1]).weight.data.copy_(t)
     return model
 
-
-def config_dict(cfg: LoraConfig) -> dict:
-    return asdict(cfg)
