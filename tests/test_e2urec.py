@@ -9,7 +9,7 @@ import torch
 from e2urec_fast import ops
 from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
 from e2urec_fast.methods import e2urec
-from e2urec_fast.models.lora import LoraConfig, inject_lora, lora_modules
+from e2urec_fast.models.lora import LoraConfig, adapter_disabled, inject_lora, lora_modules
 from e2urec_fast.teachers import TeacherTable
 from e2urec_fast.unlearn import build_parser
 from helpers import tiny_job
@@ -159,3 +159,26 @@ def test_authors_settings_preset():
     assert s["authors_settings"] and e2urec.settings(args) == s  # applying twice changes nothing
     d = e2urec.settings(build_parser().parse_args([]))
     assert (d["student_lr"], d["student_steps"], d["base_dropout"], d["authors_settings"]) == (1e-4, 300, False, False)
+
+
+def test_e2urec_over_8bit_base(setup, tmp_path):
+    import bitsandbytes as bnb
+
+    job, orig, _, _ = setup
+    job.out = tmp_path / "q8"
+    args = build_parser().parse_args(["--load-in-8bit", "--student-steps", "4", "--quiet"])
+    e2urec.settings(args)
+    bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
+    b = info["base_model_bytes"]
+    assert b["8bit"] < 0.8 * b["fp32"]  # int8 q/k/v/o and wi; wo and the embeddings stay fp32
+    mods = lora_modules(bb.model)
+    assert mods and all(isinstance(m.base, bnb.nn.Linear8bitLt) for m in mods.values())
+    assert all(m.base.weight.dtype == torch.int8 for m in mods.values())
+    assert any(m.lora_B.weight.abs().sum() > 0 for m in mods.values())  # the adapter trained
+    idx = job.prepared.index("test")[:8]
+    q = predict_logits(bb, bb.model, job.seqs, idx)
+    with adapter_disabled(bb.model):
+        base = predict_logits(bb, bb.model, job.seqs, idx)
+    ref = predict_logits(orig, orig.model, job.seqs, idx)
+    assert torch.isfinite(q).all() and not torch.equal(q, base)
+    assert torch.allclose(base, ref, atol=0.1, rtol=0.05)  # int8 base ~ the fp32 Original

@@ -33,6 +33,7 @@ from ..errors import UserError, save_safetensors_atomic
 from ..evaluate import predict_logits
 from ..models.backbone import Backbone
 from ..models.lora import DEFAULT_TARGETS, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
+from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
 from ..teachers import cached_teachers
 from ..train import TrainConfig, fit
@@ -66,6 +67,8 @@ def add_arguments(ap):
     g.add_argument("--no-teacher-cache", action="store_true", help="fast path: teacher forward passes every step")
     g.add_argument("--no-bucketing", action="store_true", help="fast path: random padded batches")
     g.add_argument("--no-batch-fusion", action="store_true", help="fast path: separate D_r and D_f forward passes")
+    g.add_argument("--load-in-8bit", action="store_true",
+                   help="the student's frozen base in bitsandbytes int8 (T5's wo and lm_head stay fp32); LoRA on top")
     g.add_argument("--base-dropout", action="store_true",
                    help="fast path: keep the frozen base model's dropout active in the student (the authors' code does; "
                    "off by default: only the LoRA branches drop out, and attention runs in its fused kernel)")
@@ -82,7 +85,7 @@ def settings(args) -> dict:
         args._authors = True
     keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
             "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
-            "no_batch_fusion", "base_dropout", "keep_artifacts"]
+            "no_batch_fusion", "base_dropout", "load_in_8bit", "keep_artifacts"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
 
 
@@ -228,6 +231,10 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     # the student: the Original's weights, frozen, with a fresh adapter
     torch.manual_seed(job.seed + 2)
     student = orig.clone()
+    student_bytes = {"fp32": model_bytes(student.model)}
+    if getattr(args, "load_in_8bit", False):
+        quantize_8bit(student.model)
+        student_bytes["8bit"] = model_bytes(student.model)
     cfg = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family])
     inject_lora(student.model, cfg)
 
@@ -306,7 +313,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,
                 forget_steps=sched.forget_steps, final_loss=res.loss_history[-1], loss_head=res.loss_history[:5],
                 adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept,
-                samples_per_s=res.samples / max(stages["student"], 1e-9))
+                samples_per_s=res.samples / max(stages["student"], 1e-9), base_model_bytes=student_bytes,
+                peak_rss_mib=peak_rss_mib())
     return student, info
 
 
