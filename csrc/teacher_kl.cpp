@@ -42,51 +42,54 @@ inline float row_max(const float* x, int64_t V) {
   return m;
 }
 
-template <typename scalar_t>
-void forward_rows(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t N, int64_t V, float* kl,
-                  float* lse_s, float* lse_t) {
+// Runs body(i, s_row_fp32, t_row_fp32) for every row, rows split across threads; each
+// thread converts its rows into one reused fp32 buffer (forgetting teacher applied).
+template <typename scalar_t, typename Body>
+void for_each_row(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t N, int64_t V, Body body) {
   at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> buf(2 * V);
     float* sf = buf.data();
     float* tf = buf.data() + V;
     for (int64_t i = lo; i < hi; ++i) {
       load_row(s + i * V, t + i * V, a ? a + i * V : nullptr, alpha, V, sf, tf);
-      const float m_t = row_max(tf, V), m_s = row_max(sf, V);
-      double z_t = 0.0, z_s = 0.0, acc = 0.0;
-      for (int64_t b = 0; b < V; b += kBlock) {
-        const int64_t e = std::min(V, b + kBlock);
-        float bz_t = 0.f, bz_s = 0.f, bacc = 0.f;
-        for (int64_t v = b; v < e; ++v) {
-          const float et = std::exp(tf[v] - m_t);
-          bz_t += et;
-          bacc += et * (tf[v] - sf[v]);
-          bz_s += std::exp(sf[v] - m_s);
-        }
-        z_t += bz_t;
-        z_s += bz_s;
-        acc += bacc;
-      }
-      const double lt = m_t + std::log(z_t), ls = m_s + std::log(z_s);
-      kl[i] = static_cast<float>(acc / z_t - lt + ls);
-      lse_s[i] = static_cast<float>(ls);
-      lse_t[i] = static_cast<float>(lt);
+      body(i, sf, tf);
     }
+  });
+}
+
+template <typename scalar_t>
+void forward_rows(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t N, int64_t V, float* kl,
+                  float* lse_s, float* lse_t) {
+  for_each_row(s, t, a, alpha, N, V, [&](int64_t i, const float* sf, const float* tf) {
+    const float m_t = row_max(tf, V), m_s = row_max(sf, V);
+    double z_t = 0.0, z_s = 0.0, acc = 0.0;
+    for (int64_t b = 0; b < V; b += kBlock) {
+      const int64_t e = std::min(V, b + kBlock);
+      float bz_t = 0.f, bz_s = 0.f, bacc = 0.f;
+      for (int64_t v = b; v < e; ++v) {
+        const float et = std::exp(tf[v] - m_t);
+        bz_t += et;
+        bacc += et * (tf[v] - sf[v]);
+        bz_s += std::exp(sf[v] - m_s);
+      }
+      z_t += bz_t;
+      z_s += bz_s;
+      acc += bacc;
+    }
+    const double lt = m_t + std::log(z_t), ls = m_s + std::log(z_s);
+    kl[i] = static_cast<float>(acc / z_t - lt + ls);
+    lse_s[i] = static_cast<float>(ls);
+    lse_t[i] = static_cast<float>(lt);
   });
 }
 
 template <typename scalar_t>
 void backward_rows(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t N, int64_t V, const float* g,
                    const float* lse_s, const float* lse_t, scalar_t* out) {
-  at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> buf(2 * V);
-    float* sf = buf.data();
-    float* tf = buf.data() + V;
-    for (int64_t i = lo; i < hi; ++i) {
-      load_row(s + i * V, t + i * V, a ? a + i * V : nullptr, alpha, V, sf, tf);
-      const float gi = g[i], ls = lse_s[i], lt = lse_t[i];
-      scalar_t* oi = out + i * V;
-      for (int64_t v = 0; v < V; ++v) oi[v] = static_cast<scalar_t>(gi * (std::exp(sf[v] - ls) - std::exp(tf[v] - lt)));
-    }
+  for_each_row(s, t, a, alpha, N, V, [&](int64_t i, const float* sf, const float* tf) {
+    const float gi = g[i], ls = lse_s[i], lt = lse_t[i];
+    scalar_t* oi = out + i * V;
+    for (int64_t v = 0; v < V; ++v) oi[v] = static_cast<scalar_t>(gi * (std::exp(sf[v] - ls) - std::exp(tf[v] - lt)));
   });
 }
 
