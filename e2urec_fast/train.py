@@ -53,8 +53,13 @@ def named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckpt=None, desc: str = "train",
-        progress: bool = True) -> TrainResult:
-    """Train the parameters of `model` that require grad. See the module docstring."""
+        progress: bool = True, train_mode=None) -> TrainResult:
+    """Train the parameters of `model` that require grad. See the module docstring.
+
+    `train_mode(model)` puts the model in training mode (default `model.train()`); the
+    fast E2URec student uses it to keep its frozen base in eval mode.
+    """
+    train_mode = train_mode or (lambda m: m.train())
     params = named_trainable(model)
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.fused_optimizer:
@@ -83,7 +88,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
 
     stop = False
     for epoch in range(cfg.epochs):
-        model.train()
+        train_mode(model)
         for batch in batches(epoch):
             loss, n = step(batch)
             if not torch.isfinite(loss.detach()):
@@ -103,7 +108,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             bar.set_postfix(loss=f"{lv:.4f}", sps=f"{res.samples / max(el, 1e-9):.0f}", refresh=False)
             if valid is not None and cfg.eval_every and res.steps % cfg.eval_every == 0:
                 stop = validate()
-                model.train()
+                train_mode(model)
             if stop or (cfg.max_steps and res.steps >= cfg.max_steps):
                 stop = True
                 break

@@ -67,10 +67,12 @@ def mean_lm_loss(job: Job, bb: Backbone, idx: torch.Tensor) -> float:
 
 
 def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, desc: str,
-             valid_idx: torch.Tensor | None = None, ckpt=None) -> TrainResult:
-    """Full fine-tune of every weight on the answer cross-entropy (Original, Retrain, augment)."""
-    for p in bb.model.parameters():
-        p.requires_grad_(True)
+             valid_idx: torch.Tensor | None = None, ckpt=None, full: bool = True) -> TrainResult:
+    """Fine-tune on the answer cross-entropy (Original, Retrain, augment): every weight when
+    `full`, else only the parameters that already require grad (an injected adapter)."""
+    if full:
+        for p in bb.model.parameters():
+            p.requires_grad_(True)
     batcher = job.batcher(cfg.batch_size)
 
     def step(batch):

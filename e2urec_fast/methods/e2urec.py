@@ -34,7 +34,7 @@ from ..evaluate import predict_logits
 from ..models.backbone import Backbone
 from ..models.lora import DEFAULT_TARGETS, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
-from ..models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
+from ..models.scoring import answer_logits, full_logits, pad, yes_no
 from ..teachers import cached_teachers
 from ..train import TrainConfig, fit
 from .common import Job, finetune, n_params
@@ -201,10 +201,7 @@ def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
     cfg = TrainConfig(lr=args.aug_lr, batch_size=job.batch_size, epochs=args.aug_epochs)
     if getattr(args, "aug_mode", "full") == "lora":
         inject_lora(aug.model, LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family]))
-        batcher = job.batcher()
-        fit(aug.model, lambda e: batcher.epoch(job.prepared.index("forget"), e),
-            lambda b: (lm_loss(aug, aug.model, b.ids, b.mask, b.labels), len(b)), cfg, desc="augment (LoRA)",
-            progress=job.progress)
+        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment (LoRA)", full=False)
         for m in lora_modules(aug.model).values():
             m.merge()
     else:
@@ -267,12 +264,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
 
     w, alpha = args.retain_weight, args.alpha
 
-    base_eval = impl == "fast" and not args.base_dropout
-
     def step(batch):
         kind, rb, fb = batch
-        if base_eval:
-            base_eval_mode(student.model)
         if impl == "reference":
             terms = reference_terms(student, orig.model, aug.model, rb, fb, alpha)
         elif use_cache:
@@ -295,7 +288,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     t0 = time.perf_counter()
     res = fit(student.model, lambda e: student_batches(job, sched, bucket), step,
               TrainConfig(lr=args.student_lr, batch_size=job.batch_size, epochs=1, max_steps=sched.total, grad_clip=None),
-              desc=f"E2URec student ({impl})", progress=job.progress)
+              desc=f"E2URec student ({impl})", progress=job.progress,
+              train_mode=base_eval_mode if impl == "fast" and not args.base_dropout else None)
     stages["student"] = time.perf_counter() - t0
     student.model.eval()
     time_s = time.perf_counter() - t_all
