@@ -1,41 +1,124 @@
-"""Reports: the paper-style table (metrics x100) in Markdown, plus JSON."""
+"""Reports: the paper's table 1 layout (metrics x100) in Markdown and CSV, a plot of D_f
+JSD against unlearning time, plus JSON (written by the CLI).
+
+The best value of each column among the unlearning methods is marked in bold, as in the
+paper (higher is better for AUC and ACC, lower for the rest); Original, Retrain and the
+CTR floor are reference rows and take no part.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 COLUMNS = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2")]
+HIGHER_BETTER = {"auc", "acc"}
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
 def _fmt(v, scale=100.0, digits=2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v * scale:.{digits}f}"
+    return "-" if _num(v) is None else f"{v * scale:.{digits}f}"
 
 
 def _params(n) -> str:
     return "-" if not n else f"{n:.2e}" if n >= 1e5 else str(n)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def best_values(rows: list[dict]) -> dict:
+    """Column -> the best value among the unlearning methods' rows (rounded as displayed)."""
+    cand = [r for r in rows if r.get("kind", "unlearn") == "unlearn"]
+    best = {}
+    for key in [k for k, _ in COLUMNS] + ["time_s", "trainable_params"]:
+        if key in ("time_s",):
+            vals = [round(r[key], 1) for r in cand if _num(r.get(key)) is not None]
+        elif key == "trainable_params":
+            vals = [r[key] for r in cand if r.get(key)]
+        else:
+            vals = [round(r[key] * 100, 2) for r in cand if _num(r.get(key)) is not None]
+        if len(vals) >= 2:
+            best[key] = max(vals) if key in HIGHER_BETTER else min(vals)
+    return best
+
+
+def markdown_table(rows: list[dict], mark_best: bool = True) -> str:
+    best = best_values(rows) if mark_best else {}
     head = "| Method | " + " | ".join(c for _, c in COLUMNS) + " | Time(s) | #Params |"
     sep = "|" + "---|" * (len(COLUMNS) + 3)
     lines = [head, sep]
+
+    def bold(cell, key, shown):
+        unl = r.get("kind", "unlearn") == "unlearn"
+        return f"**{cell}**" if unl and key in best and shown is not None and shown == best[key] else cell
+
     for r in rows:
-        cells = [_fmt(r.get(k)) for k, _ in COLUMNS]
-        t = r.get("time_s")
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {'-' if t is None else f'{t:.1f}'} | {_params(r.get('trainable_params'))} |")
+        cells = []
+        for k, _ in COLUMNS:
+            shown = None if _num(r.get(k)) is None else round(r[k] * 100, 2)
+            cells.append(bold(_fmt(r.get(k)), k, shown))
+        t = _num(r.get("time_s"))
+        tc = bold("-" if t is None else f"{t:.1f}", "time_s", None if t is None else round(t, 1))
+        pc = bold(_params(r.get("trainable_params")), "trainable_params", r.get("trainable_params") or None)
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {tc} | {pc} |")
     return "\n".join(lines)
 
 
-def render_markdown(report: dict) -> str:
+def csv_table(rows: list[dict]) -> str:
+    """Raw fractions (not x100), one row per method."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "kind", *[k for k, _ in COLUMNS], "time_s", "trainable_params"])
+    for r in rows:
+        w.writerow([r["method"], r.get("kind", "unlearn"), *["" if _num(r.get(k)) is None else repr(r[k]) for k, _ in COLUMNS],
+                    "" if _num(r.get("time_s")) is None else f"{r['time_s']:.3f}", r.get("trainable_params") or ""])
+    return buf.getvalue()
+
+
+def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
+    """PNG: D_f JSD (x100) against unlearning time, one labelled point per method with both.
+    Returns False (and writes nothing) when fewer than one such method exists."""
+    pts = [(r["time_s"], r["jsd"] * 100, r["method"]) for r in rows
+           if r["method"] != "Retrain" and _num(r.get("time_s")) is not None and _num(r.get("jsd")) is not None]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .errors import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for t, j, name in pts:
+        color = "tab:red" if name.startswith("E2URec") else "tab:blue"
+        ax.scatter([t], [j], color=color, zorder=3)
+        ax.annotate(name, (t, j), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("unlearning time (s)")
+    ax.set_ylabel("JSD on D_f vs Retrain (x100, lower is better)")
+    if len(pts) > 1 and max(p[0] for p in pts) / max(min(p[0] for p in pts), 1e-9) > 20:
+        ax.set_xscale("log")
+    ax.set_title(title or "forgetting quality against unlearning time", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def render_markdown(report: dict, plot: str | None = None) -> str:
     c = report["counts"]
     s = report["settings"]
+    e = report["env"]
     parts = [
         f"# E2URec unlearning report: {s['dataset']}, backbone {s['backbone']}",
         "",
         "AUC, ACC, LogLoss on test; JSD (the authors' symmetric KL) and L2 on D_f against Retrain; all x100.",
-        "Time(s): unlearning wall-clock (Retrain: its training time). #Params: trainable parameters.",
+        "Time(s): unlearning wall-clock (Retrain, SISA, RecEraser: their training time). #Params: trainable parameters.",
+        "Bold: the best value of a column among the unlearning methods (Original, Retrain and the CTR floor take no part).",
         "",
         markdown_table(report["rows"]),
         "",
@@ -43,11 +126,16 @@ def render_markdown(report: dict) -> str:
         f"(train {c['train']}, valid {c['valid']}, test {c['test']}); forgetting users {c['forget_users']} of "
         f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}.",
         "",
-        f"Device {report['env']['device']}, torch {report['env']['torch']}, seed {s['seed']}, "
-        f"git {report['env']['git']}, wall-clock of the whole job {report['total_s']:.0f} s.",
+        f"Backbone {s['backbone']} ({report.get('backbone_params', 0):,} parameters). Device {e['device']}, torch {e['torch']}, "
+        f"transformers {e.get('transformers', '?')}, Python {e.get('python', '?')}, seed {s['seed']}, git {e['git']}, "
+        f"wall-clock of the whole job {report['total_s']:.0f} s.",
     ]
     for r in report["rows"]:
         if r.get("stages"):
             st = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items())
             parts.append(f"{r['method']} stages: {st}.")
+        if r.get("diverged"):
+            parts.append(f"{r['method']}: diverged ({r['diverged']}).")
+    if plot:
+        parts += ["", f"![D_f JSD against unlearning time]({plot})"]
     return "\n".join(parts) + "\n"

@@ -6,18 +6,33 @@
 
 A method supplies `batches(epoch)` (any iterable) and `step(batch) -> (loss, n)`.
 Checkpoints (the best trainable weights) are written as safetensors, atomically.
+
+Resumable runs: with `resume=Resume(path, key)` the full training state (trainable
+weights, AdamW moments, the torch RNG, step and epoch counters, losses) is written
+atomically every `every` steps and at the end; a run started again with the same key
+skips the batches already done and continues bit-identically (on the CPU). A state
+written under another key (other data, model or settings) is ignored and replaced.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .errors import save_safetensors_atomic
+
+
+@dataclass
+class Resume:
+    path: Path
+    key: str  # fingerprint of everything that determines the run
+    every: int = 50
 
 
 class DivergedError(RuntimeError):
@@ -46,6 +61,54 @@ class TrainResult:
     valid_history: list = field(default_factory=list)
     loss_history: list = field(default_factory=list)
     stopped_early: bool = False
+    resumed_at: int = 0
+
+
+def _save_state(resume: Resume, params, opt, res: TrainResult, epoch: int, in_epoch: int, elapsed: float) -> None:
+    t = {f"p.{n}": p.detach() for n, p in params.items()}
+    names = list(params)
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            t[f"opt.{names[i]}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    t["rng"] = torch.get_rng_state()
+    t["loss_history"] = torch.tensor(res.loss_history, dtype=torch.float64)
+    meta = dict(key=resume.key, steps=res.steps, samples=res.samples, epoch=epoch, in_epoch=in_epoch, elapsed=elapsed)
+    save_safetensors_atomic(t, resume.path, metadata={"state": json.dumps(meta)})
+
+
+def _load_state(resume: Resume, params, opt, res: TrainResult):
+    """Restore a matching state; returns (epoch, batches done in it, elapsed) or None."""
+    from safetensors import safe_open
+
+    from .errors import load_safetensors
+
+    if not Path(resume.path).exists():
+        return None
+    try:
+        with safe_open(str(resume.path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["state"])
+    except Exception:
+        meta = {}
+    if meta.get("key") != resume.key:
+        print(f"{resume.path}: a saved state of another run; starting afresh", file=sys.stderr)
+        return None
+    t = load_safetensors(resume.path)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(t[f"p.{n}"])
+    sd = opt.state_dict()
+    names = list(params)
+    state = {}
+    for i, n in enumerate(names):
+        st = {k[len(f"opt.{n}.") :]: v for k, v in t.items() if k.startswith(f"opt.{n}.")}
+        if st:
+            state[i] = st
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    torch.set_rng_state(t["rng"])
+    res.loss_history = t["loss_history"].tolist()
+    res.steps, res.samples, res.resumed_at = meta["steps"], meta["samples"], meta["steps"]
+    return meta["epoch"], meta["in_epoch"], meta["elapsed"]
 
 
 def named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -53,12 +116,15 @@ def named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckpt=None, desc: str = "train",
-        progress: bool = True, train_mode=None) -> TrainResult:
+        progress: bool = True, train_mode=None, resume: Resume | None = None) -> TrainResult:
     """Train the parameters of `model` that require grad. See the module docstring.
 
     `train_mode(model)` puts the model in training mode (default `model.train()`); the
-    fast E2URec student uses it to keep its frozen base in eval mode.
+    fast E2URec student uses it to keep its frozen base in eval mode. `resume`: see the
+    module docstring (not combined with `valid`).
     """
+    if resume is not None and valid is not None:
+        raise ValueError("resumable runs take no validation")
     train_mode = train_mode or (lambda m: m.train())
     params = named_trainable(model)
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -87,9 +153,24 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
         return bad >= cfg.patience
 
     stop = False
-    for epoch in range(cfg.epochs):
+    start_epoch, skip, before = 0, 0, 0.0
+    if resume is not None:
+        got = _load_state(resume, params, opt, res)
+        if got is not None:
+            start_epoch, skip, before = got
+            t0 -= before
+            bar.update(res.steps)
+            if cfg.max_steps and res.steps >= cfg.max_steps:
+                start_epoch = cfg.epochs  # already complete
+    for epoch in range(start_epoch, cfg.epochs):
         train_mode(model)
+        in_epoch = 0
         for batch in batches(epoch):
+            if skip:
+                skip -= 1
+                in_epoch += 1
+                continue
+            in_epoch += 1
             loss, n = step(batch)
             if not torch.isfinite(loss.detach()):
                 bar.close()
@@ -106,6 +187,8 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             el = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{lv:.4f}", sps=f"{res.samples / max(el, 1e-9):.0f}", refresh=False)
+            if resume is not None and (res.steps % resume.every == 0 or res.steps == cfg.max_steps):
+                _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - t0)
             if valid is not None and cfg.eval_every and res.steps % cfg.eval_every == 0:
                 stop = validate()
                 train_mode(model)

@@ -16,7 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_METHODS = ["original", "retrain", "e2urec"]
+DEFAULT_METHODS = ["original", "retrain", "e2urec", "neggrad", "negkl", "badt"]
+ALL_METHODS = DEFAULT_METHODS + ["sisa", "receraser", "e2urec-no-fgt", "e2urec-no-rem"]
+LABELS = {"neggrad": "NegGrad", "negkl": "NegKL", "badt": "Bad-T", "sisa": "SISA", "receraser": "RecEraser",
+          "e2urec-no-fgt": "E2URec w/o L_FGT", "e2urec-no-rem": "E2URec w/o L_REM"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default="tiny",
                    help="a preset (tiny, small, t5-base-config, t5-large-config, bart-tiny, bart-base-config) or a local "
                    "HuggingFace T5/BART folder with model.safetensors")
-    g.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods: original,retrain,e2urec")
+    g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated methods, or 'all' ({','.join(ALL_METHODS)}); a CTR floor row is always added")
     g.add_argument("--seed", type=int, default=42, help="seed of the forget split, shuffling and initialisation")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -54,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=16, help="training batch size")
     g.add_argument("--no-model-cache", action="store_true", help="retrain Original/Retrain even if cached")
     from .methods import e2urec
+    from .methods.common import add_baseline_arguments
 
     e2urec.add_arguments(ap)
+    add_baseline_arguments(ap)
     return ap
 
 
@@ -91,16 +97,22 @@ def run(args) -> dict:
     from .methods.common import Job, n_params
     from .methods.retrain import train_on
     from .models import resolve_backbone
-    from .report import markdown_table, render_markdown
+    from .report import csv_table, markdown_table, plot_jsd_time, render_markdown
     from .train import TrainConfig
 
     t_start = time.perf_counter()
     e2u_settings = e2urec.settings(args)  # applies --authors-settings before anything runs
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
-    known = ["original", "retrain", "e2urec"]
-    bad = [m for m in methods if m not in known]
+    if methods == ["all"]:
+        methods = list(ALL_METHODS)
+    bad = [m for m in methods if m not in ALL_METHODS]
     if bad or not methods:
-        raise UserError(f"--methods: unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
+        raise UserError(f"--methods: unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_METHODS)} or all")
+    if args.impl == "both" and "e2urec" not in methods:
+        raise UserError("--impl both compares E2URec's two paths: add e2urec to --methods")
+    for name in ("shards", "student_steps", "baseline_steps", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.paper_scale:
         args.max_samples = 100_000
     if args.device == "auto":
@@ -139,7 +151,10 @@ def run(args) -> dict:
         full = predict_logits(bb, bb.model, seqs, forget_idx, job.eval_batch_size, job.device, full=True)
         return ctr_metrics(test_labels, p_yes(yn)), full
 
-    rows, extra = [], {}
+    from .floor import floor_row
+    from .methods import badt, neggrad, negkl, receraser, sisa
+
+    rows, extra = [floor_row(prep)], {}
     log("training Original (on train) ...")
     orig, orig_s, orig_info = train_on(job, "train", cfg, model_cache, "Original")
     orig_m, orig_full = evaluate(orig)
@@ -148,25 +163,63 @@ def run(args) -> dict:
     retr_m, retr_full = evaluate(retr)
     extra["original"], extra["retrain"] = orig_info, retr_info
     if "original" in methods:
-        rows.append(dict(method="Original", **orig_m, **jsd_l2(retr_full, orig_full), time_s=None, train_time_s=orig_s,
-                         trainable_params=n_params(orig.model, False)))
+        rows.append(dict(method="Original", kind="reference", **orig_m, **jsd_l2(retr_full, orig_full), time_s=None,
+                         train_time_s=orig_s, trainable_params=n_params(orig.model, False)))
     if "retrain" in methods:
-        rows.append(dict(method="Retrain", **retr_m, **jsd_l2(retr_full, retr_full), time_s=retr_s,
+        rows.append(dict(method="Retrain", kind="reference", **retr_m, **jsd_l2(retr_full, retr_full), time_s=retr_s,
                          trainable_params=n_params(retr.model, False)))
-    if "e2urec" in methods:
-        for impl in (["reference", "fast"] if args.impl == "both" else [args.impl]):
-            log(f"E2URec ({impl} path) ...")
-            bb, info = e2urec.unlearn(job, orig, args, impl)
-            m, full = evaluate(bb)
-            name = "E2URec" if args.impl != "both" else f"E2URec ({impl})"
-            rows.append(dict(method=name, **m, **jsd_l2(retr_full, full), time_s=info["time_s"],
-                             trainable_params=info["trainable_params"], stages=info["stages"], impl=impl))
-            extra[f"e2urec_{impl}"] = info
+
+    def add(name, bb, info, **more):
+        if info.get("diverged"):
+            log(f"{name}: diverged ({info['diverged']}); its row is left empty")
+            rows.append(dict(method=name, kind="unlearn", auc=None, acc=None, logloss=None, jsd=None, l2=None, time_s=None,
+                             trainable_params=info["trainable_params"], diverged=info["diverged"]))
+            return
+        m, full = evaluate(bb)
+        rows.append(dict(method=name, kind="unlearn", **m, **jsd_l2(retr_full, full), time_s=info["time_s"],
+                         trainable_params=info["trainable_params"], **more))
+
+    work = out / "work"
+    for meth in methods:
+        if meth in ("original", "retrain"):
+            continue
+        if meth == "e2urec":
+            for impl in (["reference", "fast"] if args.impl == "both" else [args.impl]):
+                log(f"E2URec ({impl} path) ...")
+                bb, info = e2urec.unlearn(job, orig, args, impl)
+                add("E2URec" if args.impl != "both" else f"E2URec ({impl})", bb, info, stages=info["stages"], impl=impl)
+                extra[f"e2urec_{impl}"] = info
+        elif meth.startswith("e2urec-"):
+            log(f"{LABELS[meth]} (fast path) ...")
+            bb, info = e2urec.unlearn(job, orig, args, "fast", parts=("rem",) if meth == "e2urec-no-fgt" else ("fgt",),
+                                      name=meth.replace("-", "_"))
+            add(LABELS[meth], bb, info, stages=info["stages"])
+            extra[meth] = info
+        elif meth in ("neggrad", "negkl", "badt"):
+            log(f"{LABELS[meth]} ...")
+            mod = {"neggrad": neggrad, "negkl": negkl, "badt": badt}[meth]
+            from .methods.e2urec import run_key
+            from .train import Resume
+
+            key = run_key(job, orig, args, meth, ("baseline",))
+            bb, info = mod.unlearn(job, orig, args, resume=Resume(work / f"{meth}-{key}.safetensors", key, args.checkpoint_every))
+            add(LABELS[meth], bb, info)
+            extra[meth] = info
+        else:
+            log(f"{LABELS[meth]}: {args.shards} shards ...")
+            if meth == "sisa":
+                bb, info = sisa.unlearn(job, cfg, model_cache, args.shards)
+            else:
+                bb, info = receraser.unlearn(job, cfg, model_cache, args.shards, args.receraser_agg)
+            add(LABELS[meth] + (" (attention)" if meth == "receraser" and args.receraser_agg == "attention" else ""), bb, info)
+            extra[meth] = info
     report = dict(
         rows=rows,
         settings=dict(dataset=args.dataset, backbone=args.backbone, backbone_dir=str(bdir), max_samples=args.max_samples,
                       forget_ratio=args.forget_ratio, seed=args.seed, methods=methods, epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, **e2u_settings),
+                      batch_size=args.batch_size, baseline_steps=args.baseline_steps, baseline_lr=args.baseline_lr,
+                      neg_weight=args.neg_weight, shards=args.shards, receraser_agg=args.receraser_agg, **e2u_settings),
+        backbone_params=n_params(job.backbone().model, False),
         counts=c,
         # which users were forgotten, hashed (never in clear), so a repeated request is recognised
         forgotten_users_sha256=sorted(hashlib.sha256(f"{args.dataset}:{u}".encode()).hexdigest()
@@ -177,9 +230,15 @@ def run(args) -> dict:
     )
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
-    write_text_atomic(out / "report.md", render_markdown(report))
+    write_text_atomic(out / "report.csv", csv_table(rows))
+    plotted = plot_jsd_time(rows, out / "report.png", title=f"{args.dataset}, backbone {args.backbone}")
+    write_text_atomic(out / "report.md", render_markdown(report, plot="report.png" if plotted else None))
+    if work.exists():  # resumable states and the augmented model: derived from D_f, done with
+        import shutil
+
+        shutil.rmtree(work)
     print(markdown_table(rows))
-    log(f"wrote {out / 'report.json'} and {out / 'report.md'} ({report['total_s']:.0f} s in all)")
+    log(f"wrote {out / 'report.json'}, report.md, report.csv{', report.png' if plotted else ''} ({report['total_s']:.0f} s in all)")
     return report
 
 

@@ -22,23 +22,37 @@ def data(tmp_path_factory):
 def test_end_to_end_report(data, tmp_path):
     out = tmp_path / "out"
     r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
-                "--max-samples", "200", "--epochs", "1", "--student-steps", "6", "--batch-size", "8", "--quiet",
-                "--forget-ratio", "0.25")
+                "--max-samples", "200", "--epochs", "1", "--student-steps", "6", "--baseline-steps", "4", "--batch-size", "8",
+                "--quiet", "--forget-ratio", "0.25", "--methods", "all")
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
-    assert [row["method"] for row in rep["rows"]] == ["Original", "Retrain", "E2URec"]
+    names = [row["method"] for row in rep["rows"]]
+    assert names == ["CTR floor (LogReg)", "Original", "Retrain", "E2URec", "NegGrad", "NegKL", "Bad-T", "SISA", "RecEraser",
+                     "E2URec w/o L_FGT", "E2URec w/o L_REM"]
+    rows = {row["method"]: row for row in rep["rows"]}
     for row in rep["rows"]:
-        assert {"method", "auc", "acc", "logloss", "jsd", "l2", "time_s", "trainable_params"} <= set(row)
-    e2u = rep["rows"][2]
-    assert set(e2u["stages"]) == {"augment", "cache", "student"} and 0 < e2u["trainable_params"] < rep["rows"][0]["trainable_params"]
-    assert rep["rows"][1]["jsd"] == 0.0
+        assert {"method", "kind", "auc", "acc", "logloss", "jsd", "l2", "time_s", "trainable_params"} <= set(row)
+        assert row["kind"] == ("reference" if row["method"] in ("CTR floor (LogReg)", "Original", "Retrain") else "unlearn")
+        if row["kind"] == "unlearn":
+            assert row["time_s"] > 0 and 0 <= row["auc"] <= 1 and row["jsd"] >= 0
+    e2u = rows["E2URec"]
+    assert set(e2u["stages"]) == {"augment", "cache", "student"} and 0 < e2u["trainable_params"] < rows["Original"]["trainable_params"]
+    assert rows["E2URec w/o L_FGT"]["stages"]["augment"] == 0.0  # no forgetting teacher: no augmented model
+    assert rows["NegGrad"]["trainable_params"] == rows["Original"]["trainable_params"]
+    assert rows["SISA"]["trainable_params"] == 4 * rows["Original"]["trainable_params"]
+    assert rows["Retrain"]["jsd"] == 0.0
     c = rep["counts"]
     assert c["samples"] == 200 and (c["train"], c["valid"], c["test"]) == (120, 40, 40)
     hashes = rep["forgotten_users_sha256"]
     assert len(hashes) == c["forget_users"] and all(len(h) == 64 for h in hashes)
-    assert "| E2URec |" in (out / "report.md").read_text() and "| E2URec |" in r.stdout
-    # privacy: nothing derived from D_f stays behind but the adapter and the report
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "cache", "report.json", "report.md"]
+    md = (out / "report.md").read_text()
+    assert "| E2URec |" in md and "| E2URec |" in r.stdout and "**" in md and "![D_f JSD" in md
+    csv_lines = (out / "report.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,kind,auc") and len(csv_lines) == 1 + len(names)
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # privacy: nothing derived from D_f stays behind but the adapters and the report
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "adapter_e2urec_no_fgt", "adapter_e2urec_no_rem", "cache",
+                                                    "report.csv", "report.json", "report.md", "report.png"]
     assert sorted(p.name for p in (out / "cache").iterdir()) == ["teacher_retain.safetensors"]
     assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
@@ -99,10 +113,11 @@ def test_goodreads_end_to_end(tmp_path):
     (d / "ratings.csv").write_text("user_id,book_id,rating\n" + "".join(rows))
     out = tmp_path / "out"
     r = run_cli("--dataset", "goodreads", "--data-dir", str(d), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
-                "--epochs", "1", "--student-steps", "3", "--batch-size", "8", "--quiet", "--forget-ratio", "0.25")
+                "--epochs", "1", "--student-steps", "3", "--batch-size", "8", "--quiet", "--forget-ratio", "0.25",
+                "--methods", "original,retrain,e2urec")
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
-    assert rep["settings"]["dataset"] == "goodreads" and len(rep["rows"]) == 3
+    assert rep["settings"]["dataset"] == "goodreads" and len(rep["rows"]) == 4
     assert rep["counts"]["samples"] == 24 * (12 - 5)
 
 

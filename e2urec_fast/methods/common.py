@@ -9,6 +9,7 @@ import torch
 
 from ..batching import Batcher
 from ..data.prepare import Prepared
+from ..errors import UserError
 from ..models.backbone import Backbone, load_backbone
 from ..models.scoring import lm_loss
 from ..train import TrainConfig, TrainResult, fit
@@ -91,3 +92,128 @@ def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, 
 def n_params(model: torch.nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
+
+def paired_batches(job: Job, forget_steps: int, total: int, bucket: bool, retain: bool = True):
+    """The authors' unlearning schedule: ('f', None, D_f batch) for `forget_steps` steps, then
+    ('j', D_r batch, D_f batch) from zip(retain, forget) (which stops at the shorter loader; a
+    new epoch of both follows), `total` steps in all. retain=False: D_f batches only
+    throughout; forget_steps=0 and a `None` D_f: see `retain_batches`."""
+    b = job.batcher(bucket=bucket)
+    f_idx, r_idx = job.prepared.index("forget"), job.prepared.index("retain")
+    step, ep = 0, 0
+    first = forget_steps if retain else total
+    while step < first:
+        for fb in b.epoch(f_idx, ep):
+            if step >= first:
+                break
+            yield ("f", None, fb)
+            step += 1
+        ep += 1
+    ep_r = 0
+    while step < total:
+        for rb, fb in zip(b.epoch(r_idx, ep_r + 1000), b.epoch(f_idx, ep)):
+            if step >= total:
+                break
+            yield ("j", rb, fb)
+            step += 1
+        ep, ep_r = ep + 1, ep_r + 1
+
+
+def retain_batches(job: Job, total: int, bucket: bool):
+    """('r', D_r batch, None), `total` steps (E2URec without the forgetting loss)."""
+    b = job.batcher(bucket=bucket)
+    r_idx = job.prepared.index("retain")
+    step, ep = 0, 1000
+    while step < total:
+        for rb in b.epoch(r_idx, ep):
+            if step >= total:
+                break
+            yield ("r", rb, None)
+            step += 1
+        ep += 1
+
+
+def add_baseline_arguments(ap):
+    g = ap.add_argument_group("baselines (NegGrad, NegKL, Bad-T: full fine-tunes of Original; SISA, RecEraser: shards)")
+    g.add_argument("--baseline-steps", type=int, default=300,
+                   help="steps of NegGrad / NegKL / Bad-T (each step one D_r and one D_f batch, as in the authors' code)")
+    g.add_argument("--baseline-lr", type=float, default=1e-4,
+                   help="their AdamW learning rate (the authors: 5e-5, a tenth of their training lr; ours is a tenth of --lr)")
+    g.add_argument("--neg-weight", type=float, default=0.5, help="w of the D_f term in NegGrad (CE_r - w CE_f) and Bad-T (CE_r + w CE_f~)")
+    g.add_argument("--shards", type=int, default=4, help="SISA / RecEraser shards")
+    g.add_argument("--receraser-agg", default="mean", choices=["mean", "attention"],
+                   help="RecEraser aggregation: the mean of the shards' logits (the authors' code) or the RecEraser paper's "
+                   "learned attention over the shards")
+
+
+def unlearn_full(job: Job, orig: Backbone, args, loss_fn, desc: str, resume=None) -> tuple[Backbone, dict]:
+    """A full fine-tune of a copy of Original on the paired D_r / D_f schedule.
+
+    `loss_fn(bb, rb, fb) -> {term: tensor, "loss": tensor}`; returns (model, info)."""
+    from ..train import DivergedError
+
+    if args.baseline_steps < 1:
+        raise UserError("--baseline-steps must be at least 1")
+    bb = orig.clone()
+    for p in bb.model.parameters():
+        p.requires_grad_(True)
+    torch.manual_seed(job.seed + 5)
+    cfg = TrainConfig(lr=args.baseline_lr, batch_size=job.batch_size, epochs=1, max_steps=args.baseline_steps)
+
+    def step(batch):
+        _, rb, fb = batch
+        return loss_fn(bb, rb, fb)["loss"], len(rb) + len(fb)
+
+    info = dict(trainable_params=n_params(bb.model))
+    try:
+        res = fit(bb.model, lambda e: paired_batches(job, 0, args.baseline_steps, job.bucket), step, cfg, desc=desc,
+                  progress=job.progress, resume=resume)
+        info |= dict(time_s=res.seconds, steps=res.steps, final_loss=res.loss_history[-1])
+    except DivergedError as e:  # a baseline that diverges is a result, not a crash of the whole job
+        info |= dict(diverged=str(e))
+    for p in bb.model.parameters():
+        p.requires_grad_(False)
+    bb.model.eval()
+    return bb, info
+
+
+
+class Ensemble(torch.nn.Module):
+    """Shard models behind one forward: logits averaged (SISA, RecEraser in the authors'
+    code) or weighted per sample by a learned attention over the shards' decoder states
+    (the RecEraser paper's aggregation). Quacks like a seq2seq model for scoring."""
+
+    def __init__(self, models: list[torch.nn.Module], attention: torch.nn.Module | None = None):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+        self.attention = attention
+
+    def forward(self, input_ids, attention_mask, decoder_input_ids, use_cache=False, **_):
+        outs = [m(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False,
+                  output_hidden_states=self.attention is not None) for m in self.models]
+        logits = torch.stack([o.logits for o in outs])  # (K, B, T, V)
+        if self.attention is None:
+            return _Out(logits.mean(0))
+        a = self.attention(torch.stack([o.decoder_hidden_states[-1] for o in outs]))  # (K, B, T)
+        return _Out((a.unsqueeze(-1) * logits).sum(0))
+
+
+class _Out:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+def train_shards(job: Job, shards: list[torch.Tensor], cfg: TrainConfig, cache_dir, name: str):
+    """One full fine-tune of the pretrained backbone per shard (cached like Retrain); returns
+    (models, seconds summed over the shards, info)."""
+    from .retrain import train_on
+
+    models, total, info = [], 0.0, []
+    for k, idx in enumerate(shards):
+        if len(idx) == 0:
+            raise UserError(f"{name}: shard {k} is empty after removing D_f; use fewer --shards")
+        bb, s, inf = train_on(job, f"{name.lower()}{k}", cfg, cache_dir, f"{name}-shard{k}", idx=idx)
+        models.append(bb)
+        total += s
+        info.append(dict(samples=len(idx), seconds=s) | inf)
+    return models, total, info

@@ -20,6 +20,8 @@ Two implementations:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shutil
 import time
@@ -29,15 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..errors import UserError, save_safetensors_atomic
+from ..errors import UserError, load_safetensors, save_safetensors_atomic
 from ..evaluate import predict_logits
 from ..models.backbone import Backbone
 from ..models.lora import DEFAULT_TARGETS, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, full_logits, pad, yes_no
 from ..teachers import cached_teachers
-from ..train import TrainConfig, fit
-from .common import Job, finetune, n_params
+from ..train import Resume, TrainConfig, fit
+from .common import Job, finetune, n_params, paired_batches, retain_batches
 
 AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5, base_dropout=True)
 
@@ -75,6 +77,8 @@ def add_arguments(ap):
     g.add_argument("--keep-artifacts", action="store_true",
                    help="keep the augmented model and the D_f teacher logits (derived from the forgotten data)")
     g.add_argument("--no-cache-rebuild", action="store_true", help="refuse a stale teacher cache instead of rebuilding it")
+    g.add_argument("--checkpoint-every", type=int, default=50,
+                   help="steps between resumable states of the unlearning runs (a killed run started again resumes there)")
 
 
 def settings(args) -> dict:
@@ -156,9 +160,14 @@ def fast_terms(student: Backbone, tables: dict, rb, fb, alpha: float, scope: str
 
 
 def combine(terms: dict, w: float) -> torch.Tensor:
+    """w * L_REM + (1 - w) * L_FGT; a step with only one side (the forget-only epochs, the
+    ablations) is that side's loss alone."""
     if "ce_r" not in terms:
         return terms["kl_f"]
-    return w * (terms["ce_r"] + terms["kl_r"]) + (1 - w) * terms["kl_f"]
+    rem = terms["ce_r"] + terms["kl_r"]
+    if "kl_f" not in terms:
+        return rem
+    return w * rem + (1 - w) * terms["kl_f"]
 
 
 # ----------------------------------------------------------------- the method
@@ -172,26 +181,12 @@ def schedule(n_forget: int, batch: int, forget_epochs: int, total: int) -> Sched
     return Schedule(min(total, forget_epochs * math.ceil(n_forget / batch)), total)
 
 
-def student_batches(job: Job, sched: Schedule, bucket: bool):
-    """('f', None, D_f batch) for the forget-only epochs, then ('j', D_r batch, D_f batch)."""
-    b = job.batcher(bucket=bucket)
-    f_idx, r_idx = job.prepared.index("forget"), job.prepared.index("retain")
-    step, ep = 0, 0
-    while step < sched.forget_steps:
-        for fb in b.epoch(f_idx, ep):
-            if step >= sched.forget_steps:
-                break
-            yield ("f", None, fb)
-            step += 1
-        ep += 1
-    ep_r = 0
-    while step < sched.total:  # zip(retain, forget) stops at the shorter loader, as in the authors' code
-        for rb, fb in zip(b.epoch(r_idx, ep_r + 1000), b.epoch(f_idx, ep)):
-            if step >= sched.total:
-                break
-            yield ("j", rb, fb)
-            step += 1
-        ep, ep_r = ep + 1, ep_r + 1
+def student_batches(job: Job, sched: Schedule, bucket: bool, parts=("rem", "fgt")):
+    """('f', None, D_f batch) for the forget-only epochs, then ('j', D_r batch, D_f batch);
+    the ablations: D_r batches only (without L_FGT), D_f batches only (without L_REM)."""
+    if "fgt" not in parts:
+        return retain_batches(job, sched.total, bucket)
+    return paired_batches(job, sched.forget_steps, sched.total, bucket, retain="rem" in parts)
 
 
 def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
@@ -210,20 +205,45 @@ def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
     return aug, time.perf_counter() - t0
 
 
-def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | None = None):
+def run_key(job: Job, orig: Backbone, args, impl: str, parts) -> str:
+    """What determines a student run: a saved state under another key is not resumed."""
+    keys = {k: v for k, v in settings(args).items() if k not in ("keep_artifacts",)}
+    blob = json.dumps(dict(orig=orig.fingerprint(), data=job.prepared.manifest["content_hash"], impl=impl, parts=sorted(parts),
+                           seed=job.seed, batch=job.batch_size, bucket=job.bucket, s=keys), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | None = None, parts=("rem", "fgt"),
+            name: str = "e2urec"):
     """Run E2URec; returns (student backbone with its adapter, info dict).
 
     `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
+    `parts` drops a loss for the ablations: ("rem",) is E2URec without L_FGT, ("fgt",)
+    without L_REM. The run is resumable: its state and the augmented model live in
+    `<out>/work/` until the caller removes the folder after the report is written.
     """
     if args.student_steps < 1:
         raise UserError("--student-steps must be at least 1")
     stages = {}
     t_all = time.perf_counter()
     orig.model.eval()
-    if aug is None:
-        aug, stages["augment"] = make_augmented(job, orig, args)
-    else:
+    key = run_key(job, orig, args, impl, parts)
+    work = job.out / "work"
+    need_aug = "fgt" in parts
+    aug_path = work / f"{name}-{impl}-augmented-{key}.safetensors"
+    if not need_aug:
         stages["augment"] = 0.0
+    elif aug is not None:
+        stages["augment"] = 0.0
+    elif aug_path.exists():  # a resumed run: the augmented model of the interrupted one
+        t0 = time.perf_counter()
+        aug = orig.clone()
+        aug.model.load_state_dict(load_safetensors(aug_path), strict=True)
+        aug.model.eval()
+        stages["augment"] = time.perf_counter() - t0
+    else:
+        aug, stages["augment"] = make_augmented(job, orig, args)
+        save_safetensors_atomic(aug.model.state_dict(), aug_path)
 
     # the student: the Original's weights, frozen, with a fresh adapter
     torch.manual_seed(job.seed + 2)
@@ -252,14 +272,18 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
 
         base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
                        scope=args.kl_scope, prefix=orig.prefix.tolist())
-        tabs_r, st_r = cached_teachers(cache_dir / "teacher_retain.safetensors", base_fp,
-                                       {"orig_r": logits_of(orig.model, r_idx)}, len(prep.labels),
-                                       rebuild=not args.no_cache_rebuild, device=job.device)
-        tabs_f, st_f = cached_teachers(cache_dir / "teacher_forget.safetensors", base_fp | dict(aug=aug.fingerprint()),
-                                       {"orig_f": logits_of(orig.model, f_idx), "aug_f": logits_of(aug.model, f_idx)},
-                                       len(prep.labels), rebuild=not args.no_cache_rebuild, device=job.device)
-        tables = tabs_r | tabs_f
-        cache_status = dict(retain=st_r, forget=st_f)
+        tables, cache_status = {}, {}
+        if "rem" in parts:
+            t, cache_status["retain"] = cached_teachers(cache_dir / "teacher_retain.safetensors", base_fp,
+                                                        {"orig_r": logits_of(orig.model, r_idx)}, len(prep.labels),
+                                                        rebuild=not args.no_cache_rebuild, device=job.device)
+            tables |= t
+        if need_aug:
+            t, cache_status["forget"] = cached_teachers(cache_dir / "teacher_forget.safetensors",
+                                                        base_fp | dict(aug=aug.fingerprint()),
+                                                        {"orig_f": logits_of(orig.model, f_idx), "aug_f": logits_of(aug.model, f_idx)},
+                                                        len(prep.labels), rebuild=not args.no_cache_rebuild, device=job.device)
+            tables |= t
         stages["cache"] = time.perf_counter() - t0
 
     w, alpha = args.retain_weight, args.alpha
@@ -267,17 +291,18 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     def step(batch):
         kind, rb, fb = batch
         if impl == "reference":
-            terms = reference_terms(student, orig.model, aug.model, rb, fb, alpha)
+            terms = reference_terms(student, orig.model, aug.model if fb is not None else None, rb, fb, alpha)
         elif use_cache:
             terms = fast_terms(student, tables, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
         else:  # fast path without the cache: teacher forwards at the answer position only
             live = {}
             with torch.no_grad():
-                for name, model, b in (("orig_r", orig.model, rb), ("orig_f", orig.model, fb), ("aug_f", aug.model, fb)):
+                for tname, model, b in (("orig_r", orig.model, rb), ("orig_f", orig.model, fb),
+                                        ("aug_f", aug.model if fb is not None else None, fb)):
                     if b is not None:
                         lg = answer_logits(orig, model, b.ids, b.mask)
                         lg = yes_no(orig, lg) if args.kl_scope == "yesno" else lg
-                        live[name] = _Rows(lg, b.idx)
+                        live[tname] = _Rows(lg, b.idx)
             terms = fast_terms(student, live, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
         n = sum(len(b) for b in (rb, fb) if b is not None)
         return combine(terms, w if kind == "j" else 0.0), n
@@ -286,27 +311,28 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     bucket = impl == "fast" and not args.no_bucketing
     torch.manual_seed(job.seed + 3)
     t0 = time.perf_counter()
-    res = fit(student.model, lambda e: student_batches(job, sched, bucket), step,
+    resume = Resume(work / f"{name}-{impl}-student-{key}.safetensors", key, every=getattr(args, "checkpoint_every", 50))
+    res = fit(student.model, lambda e: student_batches(job, sched, bucket, parts), step,
               TrainConfig(lr=args.student_lr, batch_size=job.batch_size, epochs=1, max_steps=sched.total, grad_clip=None),
-              desc=f"E2URec student ({impl})", progress=job.progress,
-              train_mode=base_eval_mode if impl == "fast" and not args.base_dropout else None)
+              desc=f"{name} student ({impl})", progress=job.progress,
+              train_mode=base_eval_mode if impl == "fast" and not args.base_dropout else None, resume=resume)
     stages["student"] = time.perf_counter() - t0
     student.model.eval()
     time_s = time.perf_counter() - t_all
 
-    adapter_dir = save_adapter(student.model, job.out / f"adapter{'' if impl == 'fast' else '_' + impl}",
-                               base_model_name=str(orig.folder))
+    suffix = "" if (impl == "fast" and name == "e2urec") else "_" + (name if impl == "fast" else f"{name}_{impl}")
+    adapter_dir = save_adapter(student.model, job.out / f"adapter{suffix}", base_model_name=str(orig.folder))
     kept = []
-    if args.keep_artifacts:
-        save_safetensors_atomic(aug.model.state_dict(), job.out / "artifacts" / "augmented_model.safetensors")
-        kept = ["artifacts/augmented_model.safetensors"] + (["cache/teacher_forget.safetensors"] if use_cache else [])
+    if args.keep_artifacts and need_aug:
+        save_safetensors_atomic(aug.model.state_dict(), job.out / "artifacts" / f"augmented_model{suffix}.safetensors")
+        kept = [f"artifacts/augmented_model{suffix}.safetensors"] + (["cache/teacher_forget.safetensors"] if use_cache else [])
     elif use_cache:
         (cache_dir / "teacher_forget.safetensors").unlink(missing_ok=True)
     if not args.keep_artifacts and (job.out / "artifacts").exists():
         shutil.rmtree(job.out / "artifacts")
     info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,
-                forget_steps=sched.forget_steps, final_loss=res.loss_history[-1], loss_head=res.loss_history[:5],
-                adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept,
+                forget_steps=sched.forget_steps if need_aug else 0, final_loss=res.loss_history[-1], loss_head=res.loss_history[:5],
+                adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept, resumed_at_step=res.resumed_at,
                 samples_per_s=res.samples / max(stages["student"], 1e-9), base_model_bytes=student_bytes,
                 peak_rss_mib=peak_rss_mib())
     return student, info

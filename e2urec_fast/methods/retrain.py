@@ -18,19 +18,21 @@ from ..train import TrainConfig
 from .common import Job, finetune
 
 
-def _key(job: Job, part: str, cfg: TrainConfig) -> str:
+def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
+    rows = None if idx is None else hashlib.sha256(idx.numpy().tobytes()).hexdigest()
     blob = json.dumps(dict(bb=job.backbone().fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
-                           cfg=asdict(cfg), seed=job.seed, bucket=job.bucket), sort_keys=True)
+                           cfg=asdict(cfg), seed=job.seed, bucket=job.bucket, rows=rows), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_on(job: Job, part: str, cfg: TrainConfig, cache_dir: Path | None, desc: str):
-    """Fine-tune the pretrained backbone on `part` ('train' or 'retain'); returns (bb, seconds, info)."""
+def train_on(job: Job, part: str, cfg: TrainConfig, cache_dir: Path | None, desc: str, idx=None):
+    """Fine-tune the pretrained backbone on `part` ('train' or 'retain'), or on the sample
+    indices `idx` (shards; `part` then names them); returns (bb, seconds, info)."""
     import torch
 
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / "models" / f"{desc.lower()}-{_key(job, part, cfg)}.safetensors"
+        path = Path(cache_dir) / "models" / f"{desc.lower()}-{_key(job, part, cfg, idx)}.safetensors"
         if path.exists():
             from safetensors import safe_open
 
@@ -41,7 +43,7 @@ def train_on(job: Job, part: str, cfg: TrainConfig, cache_dir: Path | None, desc
                 return bb, float(meta["seconds"]), dict(cached=str(path), steps=int(meta.get("steps", 0)))
     bb = job.fresh()
     torch.manual_seed(job.seed)
-    res = finetune(job, bb, job.prepared.index(part), cfg, desc, valid_idx=job.prepared.index("valid"))
+    res = finetune(job, bb, job.prepared.index(part) if idx is None else idx, cfg, desc, valid_idx=job.prepared.index("valid"))
     info = dict(steps=res.steps, best_valid=res.best_valid, valid_history=res.valid_history, stopped_early=res.stopped_early)
     if path is not None:
         save_safetensors_atomic(bb.model.state_dict(), path, metadata={"seconds": repr(res.seconds), "steps": str(res.steps)})

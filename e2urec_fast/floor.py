@@ -1,0 +1,61 @@
+"""The CTR floor: what a logistic regression reads off the obvious statistics.
+
+Features of each sample, all computable from its prompt and the train split:
+the mean stars of the user's history in the prompt, the share of those ratings above 3,
+the last rating, the item's smoothed positive rate on train (Laplace-style shrinkage to the
+global rate with weight 10), and log(1 + the item's count on train). Fitted on train,
+scored on test: a reader sees at once whether the LLM recommender learned more than that.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+STARS = re.compile(r"\((\d) stars?\)")
+SMOOTH = 10.0
+
+
+def features(prepared) -> np.ndarray:
+    n = len(prepared.prompts)
+    x = np.zeros((n, 5))
+    for i, p in enumerate(prepared.prompts):
+        st = [int(v) for v in STARS.findall(p)]
+        if st:
+            x[i, 0] = np.mean(st)
+            x[i, 1] = np.mean([v > 3 for v in st])
+            x[i, 2] = st[-1]
+    tr = prepared.index("train").numpy()
+    items = prepared.items.numpy()
+    labels = prepared.labels.numpy().astype(np.float64)
+    prior = labels[tr].mean()
+    pos, cnt = {}, {}
+    for i in tr:
+        cnt[items[i]] = cnt.get(items[i], 0) + 1
+        pos[items[i]] = pos.get(items[i], 0.0) + labels[i]
+    for i in range(n):
+        c = cnt.get(items[i], 0)
+        x[i, 3] = (pos.get(items[i], 0.0) + SMOOTH * prior) / (c + SMOOTH)
+        x[i, 4] = np.log1p(c)
+    return x
+
+
+def floor_row(prepared) -> dict:
+    """Fit on train, score test; a row for the report (no JSD/L2: it has no vocabulary)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .evaluate import ctr_metrics
+
+    t0 = time.perf_counter()
+    x = features(prepared)
+    y = prepared.labels.numpy()
+    tr, te = prepared.index("train").numpy(), prepared.index("test").numpy()
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    clf.fit(x[tr], y[tr])
+    m = ctr_metrics(y[te], clf.predict_proba(x[te])[:, 1])
+    return dict(method="CTR floor (LogReg)", kind="reference", **m, jsd=None, l2=None, time_s=None, train_time_s=time.perf_counter() - t0,
+                trainable_params=x.shape[1] + 1)
