@@ -46,23 +46,36 @@ def _fingerprint_of(path: Path) -> str | None:
 
 
 def cached_teachers(path, fingerprint: dict, compute: dict, n_total: int, rebuild: bool = True, device="cpu"):
-    """Return {name: TeacherTable}; `compute[name]()` -> (logits, idx) runs only on a miss.
+    """Return ({name: TeacherTable}, status) for `compute = {name: (fn, idx)}`, where
+    `fn(idx) -> logits` runs only for the rows of `idx` the file does not hold.
 
-    Returns (tables, status) with status "reused" or "built".
+    status: "reused" (every row was there), "extended" (missing rows added to a matching
+    file), "built" (no file, or a stale one rebuilt), or "empty" (no rows needed, none written).
     """
     path = Path(path)
     fp = json.dumps(fingerprint, sort_keys=True)
+    have: dict = {}
     if path.exists():
-        have = _fingerprint_of(path)
-        if have == fp:
+        if _fingerprint_of(path) == fp:
             t = load_safetensors(path)
-            if all(n in t and f"{n}.idx" in t for n in compute):
-                return {n: TeacherTable(t[n], t[f"{n}.idx"], n_total).to(device) for n in compute}, "reused"
-        if not rebuild:
+            have = {n: (t[n], t[f"{n}.idx"]) for n in compute if n in t and f"{n}.idx" in t}
+        elif not rebuild:
             raise fail(path, "stale teacher cache (built for another model, data set or settings); delete it or allow rebuilding")
-    tensors = {}
-    for n, fn in compute.items():
-        logits, idx = fn()
-        tensors[n], tensors[f"{n}.idx"] = logits.float().cpu(), idx.cpu()
-    save_safetensors_atomic(tensors, path, metadata={"fingerprint": fp})
-    return {n: TeacherTable(tensors[n], tensors[f"{n}.idx"], n_total).to(device) for n in compute}, "built"
+    tensors, added = {}, False
+    for n, (fn, idx) in compute.items():
+        logits, got = have.get(n, (None, torch.empty(0, dtype=torch.long)))
+        known = torch.zeros(n_total, dtype=torch.bool)
+        known[got] = True
+        missing = idx[~known[idx]]
+        if len(missing):
+            new = fn(missing).float().cpu()
+            logits = new if logits is None or not len(got) else torch.cat([logits, new])
+            got = torch.cat([got, missing.cpu()])
+            added = True
+        if logits is None:  # nothing needed, nothing cached (a schedule that never visits these rows)
+            logits = torch.empty(0, 0)
+        tensors[n], tensors[f"{n}.idx"] = logits, got
+    status = ("reused" if have else "empty") if not added else ("extended" if have else "built")
+    if added:
+        save_safetensors_atomic(tensors, path, metadata={"fingerprint": fp})
+    return {n: TeacherTable(tensors[n], tensors[f"{n}.idx"], n_total).to(device) for n in compute}, status

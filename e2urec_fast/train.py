@@ -116,12 +116,13 @@ def named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckpt=None, desc: str = "train",
-        progress: bool = True, train_mode=None, resume: Resume | None = None) -> TrainResult:
+        progress: bool = True, train_mode=None, resume: Resume | None = None, hook=None) -> TrainResult:
     """Train the parameters of `model` that require grad. See the module docstring.
 
     `train_mode(model)` puts the model in training mode (default `model.train()`); the
     fast E2URec student uses it to keep its frozen base in eval mode. `resume`: see the
-    module docstring (not combined with `valid`).
+    module docstring (not combined with `valid`). `hook(steps, seconds)` runs after every
+    step (the benchmarks evaluate there); its time is left out of `seconds`.
     """
     if resume is not None and valid is not None:
         raise ValueError("resumable runs take no validation")
@@ -187,6 +188,11 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             el = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{lv:.4f}", sps=f"{res.samples / max(el, 1e-9):.0f}", refresh=False)
+            if hook is not None:
+                th = time.perf_counter()
+                hook(res.steps, th - t0)
+                train_mode(model)
+                t0 += time.perf_counter() - th
             if resume is not None and (res.steps % resume.every == 0 or res.steps == cfg.max_steps):
                 _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - t0)
             if valid is not None and cfg.eval_every and res.steps % cfg.eval_every == 0:

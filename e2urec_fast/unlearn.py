@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None,
                    help="folder with the raw files (ML-1M: ratings.dat/movies.dat/users.dat; ML-100K: u.data/u.item/u.user "
                    "or ml-100k.inter/.item/.user; GoodReads: ratings.csv/books.csv). ML-100K without it: the recbole wheel from PyPI")
-    g.add_argument("--max-samples", type=int, default=10_000,
-                   help="keep the last N samples after the history filter (the paper: 100000)")
+    g.add_argument("--max-samples", type=int, default=None,
+                   help="keep the last N samples after the history filter (default 10000; the paper: 100000)")
     g.add_argument("--paper-scale", action="store_true", help="shorthand for --max-samples 100000")
     g.add_argument("--forget-ratio", type=float, default=0.2, help="share of train users who ask to be forgotten")
     g.add_argument("--cache-dir", default=os.environ.get("E2UREC_CACHE", "~/.cache/e2urec_fast"),
@@ -113,8 +113,12 @@ def run(args) -> dict:
     for name in ("shards", "student_steps", "baseline_steps", "checkpoint_every"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.paper_scale:
-        args.max_samples = 100_000
+    if args.paper_scale and args.max_samples is not None:
+        raise UserError("--paper-scale and --max-samples conflict: --paper-scale means --max-samples 100000")
+    args.max_samples = 100_000 if args.paper_scale else (10_000 if args.max_samples is None else args.max_samples)
+    for name in ("lr", "student_lr", "aug_lr", "baseline_lr"):
+        if not getattr(args, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -242,6 +246,15 @@ def run(args) -> dict:
     return report
 
 
+def _clean(out: Path, existed: bool) -> None:
+    import shutil
+
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        shutil.rmtree(out / "work", ignore_errors=True)
+
+
 def main(argv=None) -> int:
     from .errors import EXIT_USER_ERROR, UserError
     from .train import DivergedError
@@ -252,16 +265,21 @@ def main(argv=None) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    out = Path(args.out)
+    out_existed = out.exists()
     try:
         run(args)
     except UserError as e:
+        _clean(out, out_existed)  # nothing half-written stays behind
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except DivergedError as e:  # a non-finite loss: say so in one line, write no report
-        print(f"error: training diverged: {e}; try a lower learning rate", file=sys.stderr)
+    except DivergedError as e:  # a non-finite loss: one line, no report; the last good state stays for inspection
+        kept = f"; the last good training state is in {out / 'work'}" if (out / "work").exists() else ""
+        print(f"error: training diverged: {e}; try a lower learning rate{kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted; run the same command again to resume from {out / 'work'}" if (out / "work").exists() else "interrupted",
+              file=sys.stderr)
         return 130
     return 0
 

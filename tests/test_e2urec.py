@@ -120,22 +120,26 @@ def test_teacher_cache_reuse_stale_and_refusal(tmp_path):
     from e2urec_fast.teachers import cached_teachers
 
     calls = []
+    table = torch.arange(10.0).view(5, 2)
 
-    def compute():
-        calls.append(1)
-        return torch.arange(6.0).view(3, 2), torch.tensor([4, 0, 2])
+    def compute(idx):
+        calls.append(idx.tolist())
+        return table[idx]
 
     path = tmp_path / "t.safetensors"
-    tabs, st = cached_teachers(path, {"model": "a"}, {"x": compute}, n_total=5)
-    assert st == "built" and torch.equal(tabs["x"][torch.tensor([2, 4])], torch.tensor([[4.0, 5.0], [0.0, 1.0]]))
-    _, st = cached_teachers(path, {"model": "a"}, {"x": compute}, n_total=5)
-    assert st == "reused" and len(calls) == 1
-    with pytest.raises(UserError, match="stale teacher cache"):
-        cached_teachers(path, {"model": "b"}, {"x": compute}, n_total=5, rebuild=False)
-    _, st = cached_teachers(path, {"model": "b"}, {"x": compute}, n_total=5)
-    assert st == "built" and len(calls) == 2
+    tabs, st = cached_teachers(path, {"model": "a"}, {"x": (compute, torch.tensor([4, 0, 2]))}, n_total=5)
+    assert st == "built" and torch.equal(tabs["x"][torch.tensor([2, 4])], torch.tensor([[4.0, 5.0], [8.0, 9.0]]))
     with pytest.raises(KeyError):
         tabs["x"][torch.tensor([1])]  # sample 1 was never cached
+    _, st = cached_teachers(path, {"model": "a"}, {"x": (compute, torch.tensor([0, 4]))}, n_total=5)
+    assert st == "reused" and len(calls) == 1
+    tabs, st = cached_teachers(path, {"model": "a"}, {"x": (compute, torch.tensor([1, 2]))}, n_total=5)
+    assert st == "extended" and calls[-1] == [1]  # only the missing row is computed
+    assert torch.equal(tabs["x"][torch.tensor([1, 4])], table[[1, 4]])
+    with pytest.raises(UserError, match="stale teacher cache"):
+        cached_teachers(path, {"model": "b"}, {"x": (compute, torch.tensor([0]))}, n_total=5, rebuild=False)
+    _, st = cached_teachers(path, {"model": "b"}, {"x": (compute, torch.tensor([0]))}, n_total=5)
+    assert st == "built" and calls[-1] == [0]
 
 
 def test_lora_augmented_model(setup):

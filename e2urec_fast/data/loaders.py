@@ -102,7 +102,11 @@ def _stars(value: str, path, lineno: int, lo: int = 1, hi: int = 5) -> int:
 
 
 def _check_items(inter: Interactions, path) -> Interactions:
+    seen: dict[tuple[int, int], int] = {}
     for i, (u, it, _, _) in enumerate(inter.ratings):
+        j = seen.setdefault((u, it), i)
+        if j != i:
+            raise fail(path, f"duplicate rating: user {u} rated item {it} twice (ratings {j + 1} and {i + 1})")
         if it not in inter.titles:
             raise fail(path, f"item id {it} has no title in the item file", i + 1)
         if inter.kind == "movie" and u not in inter.users:

@@ -68,7 +68,7 @@ def mean_lm_loss(job: Job, bb: Backbone, idx: torch.Tensor) -> float:
 
 
 def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, desc: str,
-             valid_idx: torch.Tensor | None = None, ckpt=None, full: bool = True) -> TrainResult:
+             valid_idx: torch.Tensor | None = None, ckpt=None, full: bool = True, train_mode=None) -> TrainResult:
     """Fine-tune on the answer cross-entropy (Original, Retrain, augment): every weight when
     `full`, else only the parameters that already require grad (an injected adapter)."""
     if full:
@@ -83,7 +83,7 @@ def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, 
     if cfg.max_steps is None and cfg.epochs <= 0:
         raise ValueError("epochs must be positive")
     res = fit(bb.model, lambda e: batcher.epoch(train_idx, e), step, cfg, valid=valid, ckpt=ckpt, desc=desc,
-              progress=job.progress)
+              progress=job.progress, train_mode=train_mode)
     for p in bb.model.parameters():
         p.requires_grad_(False)
     return res
@@ -93,17 +93,21 @@ def n_params(model: torch.nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def paired_batches(job: Job, forget_steps: int, total: int, bucket: bool, retain: bool = True):
+def _epoch(b: Batcher, idx: torch.Tensor, e: int, index_only: bool):
+    return (torch.tensor(c) for c in b.order(idx, e)) if index_only else b.epoch(idx, e)
+
+
+def paired_batches(job: Job, forget_steps: int, total: int, bucket: bool, retain: bool = True, index_only: bool = False):
     """The authors' unlearning schedule: ('f', None, D_f batch) for `forget_steps` steps, then
     ('j', D_r batch, D_f batch) from zip(retain, forget) (which stops at the shorter loader; a
     new epoch of both follows), `total` steps in all. retain=False: D_f batches only
-    throughout; forget_steps=0 and a `None` D_f: see `retain_batches`."""
+    throughout. index_only: sample-index tensors instead of batches (what a run will visit)."""
     b = job.batcher(bucket=bucket)
     f_idx, r_idx = job.prepared.index("forget"), job.prepared.index("retain")
     step, ep = 0, 0
     first = forget_steps if retain else total
     while step < first:
-        for fb in b.epoch(f_idx, ep):
+        for fb in _epoch(b, f_idx, ep, index_only):
             if step >= first:
                 break
             yield ("f", None, fb)
@@ -111,7 +115,7 @@ def paired_batches(job: Job, forget_steps: int, total: int, bucket: bool, retain
         ep += 1
     ep_r = 0
     while step < total:
-        for rb, fb in zip(b.epoch(r_idx, ep_r + 1000), b.epoch(f_idx, ep)):
+        for rb, fb in zip(_epoch(b, r_idx, ep_r + 1000, index_only), _epoch(b, f_idx, ep, index_only)):
             if step >= total:
                 break
             yield ("j", rb, fb)
@@ -119,13 +123,13 @@ def paired_batches(job: Job, forget_steps: int, total: int, bucket: bool, retain
         ep, ep_r = ep + 1, ep_r + 1
 
 
-def retain_batches(job: Job, total: int, bucket: bool):
+def retain_batches(job: Job, total: int, bucket: bool, index_only: bool = False):
     """('r', D_r batch, None), `total` steps (E2URec without the forgetting loss)."""
     b = job.batcher(bucket=bucket)
     r_idx = job.prepared.index("retain")
     step, ep = 0, 1000
     while step < total:
-        for rb in b.epoch(r_idx, ep):
+        for rb in _epoch(b, r_idx, ep, index_only):
             if step >= total:
                 break
             yield ("r", rb, None)

@@ -20,6 +20,7 @@ Two implementations:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -41,7 +42,8 @@ from ..teachers import cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, finetune, n_params, paired_batches, retain_batches
 
-AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5, base_dropout=True)
+AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5, base_dropout=True,
+               aug_dropout=True)
 
 
 def add_arguments(ap):
@@ -63,6 +65,9 @@ def add_arguments(ap):
     g.add_argument("--aug-epochs", type=int, default=1, help="epochs of the augmented model over D_f")
     g.add_argument("--aug-mode", default="full", choices=["full", "lora"],
                    help="augmented model: full fine-tune (the authors' code) or a LoRA adapter merged into a copy")
+    g.add_argument("--aug-dropout", action="store_true",
+                   help="fast path: train the augmented model with dropout (the authors' code does; off by default: "
+                   "it trains in eval mode, about twice as fast on the CPU)")
     g.add_argument("--kl-scope", default="yesno", choices=["yesno", "full"],
                    help="fast path: KL over the Yes/No pair or the full vocabulary at the answer position")
     g.add_argument("--kernel-backend", default="auto", choices=list(ops.BACKENDS), help="teacher-KL op backend")
@@ -71,6 +76,7 @@ def add_arguments(ap):
     g.add_argument("--no-batch-fusion", action="store_true", help="fast path: separate D_r and D_f forward passes")
     g.add_argument("--load-in-8bit", action="store_true",
                    help="the student's frozen base in bitsandbytes int8 (T5's wo and lm_head stay fp32); LoRA on top")
+    g.add_argument("--compile", action="store_true", help="fast path: torch.compile the student's forward (dynamic shapes)")
     g.add_argument("--base-dropout", action="store_true",
                    help="fast path: keep the frozen base model's dropout active in the student (the authors' code does; "
                    "off by default: only the LoRA branches drop out, and attention runs in its fused kernel)")
@@ -88,8 +94,8 @@ def settings(args) -> dict:
         args.authors_settings = False  # applied once
         args._authors = True
     keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
-            "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
-            "no_batch_fusion", "base_dropout", "load_in_8bit", "keep_artifacts"]
+            "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "aug_dropout", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
+            "no_batch_fusion", "base_dropout", "load_in_8bit", "compile", "keep_artifacts"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
 
 
@@ -181,26 +187,39 @@ def schedule(n_forget: int, batch: int, forget_epochs: int, total: int) -> Sched
     return Schedule(min(total, forget_epochs * math.ceil(n_forget / batch)), total)
 
 
-def student_batches(job: Job, sched: Schedule, bucket: bool, parts=("rem", "fgt")):
+def student_batches(job: Job, sched: Schedule, bucket: bool, parts=("rem", "fgt"), index_only: bool = False):
     """('f', None, D_f batch) for the forget-only epochs, then ('j', D_r batch, D_f batch);
     the ablations: D_r batches only (without L_FGT), D_f batches only (without L_REM)."""
     if "fgt" not in parts:
-        return retain_batches(job, sched.total, bucket)
-    return paired_batches(job, sched.forget_steps, sched.total, bucket, retain="rem" in parts)
+        return retain_batches(job, sched.total, bucket, index_only)
+    return paired_batches(job, sched.forget_steps, sched.total, bucket, retain="rem" in parts, index_only=index_only)
 
 
-def make_augmented(job: Job, orig: Backbone, args) -> tuple[Backbone, float]:
+def visited(job: Job, sched: Schedule, bucket: bool, parts) -> tuple[torch.Tensor, torch.Tensor]:
+    """The D_r and D_f samples the student's schedule will visit (the teacher cache needs no more)."""
+    r, f = set(), set()
+    for _, rb, fb in student_batches(job, sched, bucket, parts, index_only=True):
+        r.update(rb.tolist() if rb is not None else ())
+        f.update(fb.tolist() if fb is not None else ())
+    return torch.tensor(sorted(r), dtype=torch.long), torch.tensor(sorted(f), dtype=torch.long)
+
+
+def make_augmented(job: Job, orig: Backbone, args, dropout: bool = True) -> tuple[Backbone, float]:
+    """Original fine-tuned further on D_f (one epoch; the authors' finetune_aug.py). Without
+    `dropout` (the fast path's default) the model trains in eval mode: no dropout masks, and
+    attention runs in its fused kernel."""
     t0 = time.perf_counter()
+    mode = None if dropout else (lambda m: m.eval())
     aug = orig.clone()
     torch.manual_seed(job.seed + 1)
     cfg = TrainConfig(lr=args.aug_lr, batch_size=job.batch_size, epochs=args.aug_epochs)
     if getattr(args, "aug_mode", "full") == "lora":
         inject_lora(aug.model, LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family]))
-        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment (LoRA)", full=False)
+        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment (LoRA)", full=False, train_mode=mode)
         for m in lora_modules(aug.model).values():
             m.merge()
     else:
-        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment")
+        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment", train_mode=mode)
     aug.model.eval()
     return aug, time.perf_counter() - t0
 
@@ -214,13 +233,14 @@ def run_key(job: Job, orig: Backbone, args, impl: str, parts) -> str:
 
 
 def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | None = None, parts=("rem", "fgt"),
-            name: str = "e2urec"):
+            name: str = "e2urec", probe=None):
     """Run E2URec; returns (student backbone with its adapter, info dict).
 
     `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
     `parts` drops a loss for the ablations: ("rem",) is E2URec without L_FGT, ("fgt",)
     without L_REM. The run is resumable: its state and the augmented model live in
     `<out>/work/` until the caller removes the folder after the report is written.
+    `probe(step, seconds, student)` runs after every step, outside the timings (benchmarks).
     """
     if args.student_steps < 1:
         raise UserError("--student-steps must be at least 1")
@@ -242,7 +262,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         aug.model.eval()
         stages["augment"] = time.perf_counter() - t0
     else:
-        aug, stages["augment"] = make_augmented(job, orig, args)
+        aug, stages["augment"] = make_augmented(job, orig, args, dropout=impl == "reference" or args.aug_dropout)
         save_safetensors_atomic(aug.model.state_dict(), aug_path)
 
     # the student: the Original's weights, frozen, with a fresh adapter
@@ -254,36 +274,42 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         student_bytes["8bit"] = model_bytes(student.model)
     cfg = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family])
     inject_lora(student.model, cfg)
+    runner = student  # what the fast path's forward runs: the student, or its compiled twin
+    if getattr(args, "compile", False) and impl == "fast":
+        runner = dataclasses.replace(student, model=torch.compile(student.model, dynamic=True))
 
     cache_dir = job.out / "cache"
     cache_status = None
     use_cache = impl == "fast" and not args.no_teacher_cache
     fuse = not args.no_batch_fusion
+    sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
+    bucket = impl == "fast" and not args.no_bucketing
     if use_cache:
         t0 = time.perf_counter()
         full = args.kl_scope == "full"
         prep = job.prepared
         seqs = job.seqs
-        f_idx, r_idx = prep.index("forget"), prep.index("retain")
+        r_idx, f_idx = visited(job, sched, bucket, parts)  # only the rows the schedule will visit
 
-        def logits_of(model, idx):
-            return lambda: (predict_logits(orig, model, seqs, idx, job.eval_batch_size, job.device, full=full,
-                                           desc=None if not job.progress else "teacher cache"), idx)
+        def logits_of(model):
+            return lambda idx: predict_logits(orig, model, seqs, idx, job.eval_batch_size, job.device, full=full,
+                                              desc=None if not job.progress else "teacher cache")
 
         base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
                        scope=args.kl_scope, prefix=orig.prefix.tolist())
         tables, cache_status = {}, {}
         if "rem" in parts:
             t, cache_status["retain"] = cached_teachers(cache_dir / "teacher_retain.safetensors", base_fp,
-                                                        {"orig_r": logits_of(orig.model, r_idx)}, len(prep.labels),
+                                                        {"orig_r": (logits_of(orig.model), r_idx)}, len(prep.labels),
                                                         rebuild=not args.no_cache_rebuild, device=job.device)
             tables |= t
         if need_aug:
             t, cache_status["forget"] = cached_teachers(cache_dir / "teacher_forget.safetensors",
                                                         base_fp | dict(aug=aug.fingerprint()),
-                                                        {"orig_f": logits_of(orig.model, f_idx), "aug_f": logits_of(aug.model, f_idx)},
+                                                        {"orig_f": (logits_of(orig.model), f_idx), "aug_f": (logits_of(aug.model), f_idx)},
                                                         len(prep.labels), rebuild=not args.no_cache_rebuild, device=job.device)
             tables |= t
+        cache_status["rows"] = dict(retain=len(r_idx), forget=len(f_idx))
         stages["cache"] = time.perf_counter() - t0
 
     w, alpha = args.retain_weight, args.alpha
@@ -293,7 +319,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         if impl == "reference":
             terms = reference_terms(student, orig.model, aug.model if fb is not None else None, rb, fb, alpha)
         elif use_cache:
-            terms = fast_terms(student, tables, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
+            terms = fast_terms(runner, tables, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
         else:  # fast path without the cache: teacher forwards at the answer position only
             live = {}
             with torch.no_grad():
@@ -303,20 +329,19 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
                         lg = answer_logits(orig, model, b.ids, b.mask)
                         lg = yes_no(orig, lg) if args.kl_scope == "yesno" else lg
                         live[tname] = _Rows(lg, b.idx)
-            terms = fast_terms(student, live, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
+            terms = fast_terms(runner, live, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
         n = sum(len(b) for b in (rb, fb) if b is not None)
         return combine(terms, w if kind == "j" else 0.0), n
 
-    sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
-    bucket = impl == "fast" and not args.no_bucketing
     torch.manual_seed(job.seed + 3)
     t0 = time.perf_counter()
     resume = Resume(work / f"{name}-{impl}-student-{key}.safetensors", key, every=getattr(args, "checkpoint_every", 50))
     res = fit(student.model, lambda e: student_batches(job, sched, bucket, parts), step,
               TrainConfig(lr=args.student_lr, batch_size=job.batch_size, epochs=1, max_steps=sched.total, grad_clip=None),
               desc=f"{name} student ({impl})", progress=job.progress,
-              train_mode=base_eval_mode if impl == "fast" and not args.base_dropout else None, resume=resume)
-    stages["student"] = time.perf_counter() - t0
+              train_mode=base_eval_mode if impl == "fast" and not args.base_dropout else None, resume=resume,
+              hook=None if probe is None else lambda k, sec: probe(k, sec, student))
+    stages["student"] = res.seconds
     student.model.eval()
     time_s = time.perf_counter() - t_all
 

@@ -178,8 +178,10 @@ def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dty
     if ans[0] != ans[1]:
         raise fail(folder, "'Yes.' and 'No.' put their answer token at different positions")
     yes_id, no_id = int(targets[1][ans[1]]), int(targets[0][ans[0]])
-    if yes_id == no_id or tok.unk_token_id in (yes_id, no_id):
-        raise fail(folder, "the tokenizer has no distinct Yes/No tokens")
+    words = [tok.decode([i]).strip() for i in (yes_id, no_id)]
+    if yes_id == no_id or tok.unk_token_id in (yes_id, no_id) or words != ["Yes", "No"]:
+        raise fail(folder, f"the tokenizer has no single-token Yes/No pair ('Yes.' and 'No.' start with {words}); "
+                           "Yes/No scoring needs both words as tokens")
     start = model.config.decoder_start_token_id
     prefix = torch.tensor([start] + targets[1][: ans[1]].tolist())
     return Backbone(model, tok, family, folder, yes_id, no_id, prefix, targets)

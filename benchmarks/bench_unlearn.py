@@ -1,0 +1,295 @@
+"""End-to-end E2URec unlearning: the reference path against the fast path, side by side.
+
+Same data, backbone, Original, seeds and schedule for both. Each path runs in its own
+subprocess (clean timings and a clean peak RSS) from an empty output folder (no teacher
+cache left over), and is probed every `--eval-every` student steps: test AUC and D_f JSD/L2
+against Retrain, evaluated outside the timed loop. Time to quality: the reference path's
+final test AUC and D_f JSD set the target; a path reaches it at its first probe with AUC
+no more than 0.5 points below and JSD no more than 10% above; its time to quality is
+augment + teacher cache + the student's time up to that probe. The last line printed is
+`time-to-quality speedup: <x>x`.
+
+    python benchmarks/bench_unlearn.py                       # ML-100K default job, CPU
+    python benchmarks/bench_unlearn.py --ablation            # + the fast path with each feature off
+    python benchmarks/bench_unlearn.py --dry-run             # tiny synthetic data (CI, device script)
+
+`--fast-args` / `--ref-args` pass extra `python -m e2urec_fast.unlearn` flags to one path
+(for instance a shorter schedule for the fast path: `--fast-args "--student-steps 150"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import RESULTS, env_row  # noqa: E402
+
+ABLATIONS = [  # (label, extra flags): each switches one fast-path feature off (or, for 8-bit, on)
+    ("fast path (all features)", []),
+    ("- teacher cache (teachers run every step)", ["--no-teacher-cache"]),
+    ("- Yes/No head (full-vocabulary KL)", ["--kl-scope", "full"]),
+    ("- length bucketing", ["--no-bucketing"]),
+    ("- D_r+D_f in one forward", ["--no-batch-fusion"]),
+    ("- fused KL op (torch eager)", ["--kernel-backend", "torch"]),
+    ("- base in eval mode (base dropout on)", ["--base-dropout"]),
+    ("+ torch.compile of the student", ["--compile"]),
+    ("+ 8-bit frozen base (bitsandbytes)", ["--load-in-8bit"]),
+]
+
+
+def setup(a):
+    """Data, backbone, Original and Retrain (cached in --cache-dir), Retrain's D_f logits."""
+    import torch
+
+    from e2urec_fast.data import prepare
+    from e2urec_fast.evaluate import predict_logits
+    from e2urec_fast.methods.common import Job
+    from e2urec_fast.methods.retrain import train_on
+    from e2urec_fast.models import resolve_backbone
+    from e2urec_fast.train import TrainConfig
+
+    cache = Path(a.cache_dir).expanduser()
+    if a.dry_run:
+        from e2urec_fast.data.synthetic import make_ml1m
+
+        data = make_ml1m(cache / "dry_ml1m", n_users=40, per_user=16)
+        prep = prepare("ml-1m", data, cache, None, 0.2, a.seed)
+    else:
+        prep = prepare(a.dataset, a.data_dir, cache, a.max_samples, 0.2, a.seed)
+    job = Job(prep, resolve_backbone(a.backbone, prep, cache, a.seed), Path(a.work), device=a.device, seed=a.seed,
+              batch_size=a.batch_size, progress=False)
+    cfg = TrainConfig(lr=1e-3, batch_size=a.batch_size, epochs=1 if a.dry_run else 2, patience=1, max_steps=a.orig_steps)
+    orig, _, _ = train_on(job, "train", cfg, cache, "Original")
+    retr, _, _ = train_on(job, "retain", cfg, cache, "Retrain")
+    torch.manual_seed(0)
+    r_full = predict_logits(retr, retr.model, job.seqs, prep.index("forget"), job.eval_batch_size, a.device, full=True)
+    return job, orig, r_full
+
+
+def one_path(a) -> dict:
+    """Run one path in this process; returns its timings, probes and peak RSS."""
+    import torch
+
+    from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
+    from e2urec_fast.methods import e2urec
+    from e2urec_fast.models.quant import peak_rss_mib
+    from e2urec_fast.unlearn import build_parser
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    job, orig, r_full = setup(a)
+    prep = job.prepared
+    test, forget = prep.index("test"), prep.index("forget")
+    y = prep.labels[test].numpy()
+    args = build_parser().parse_args(["--quiet", "--student-steps", str(a.steps), *shlex.split(a.path_args)])
+    e2urec.settings(args)
+    probes = []
+
+    def metrics(bb):
+        m = ctr_metrics(y, p_yes(predict_logits(bb, bb.model, job.seqs, test, job.eval_batch_size, a.device)))
+        return m | jsd_l2(r_full, predict_logits(bb, bb.model, job.seqs, forget, job.eval_batch_size, a.device, full=True))
+
+    def probe(k, seconds, student):
+        if a.eval_every and (k % a.eval_every == 0) and k < args.student_steps:
+            probes.append(dict(step=k, student_s=seconds, **metrics(student)))
+
+    rss0 = peak_rss_mib()
+    if a.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    bb, info = e2urec.unlearn(job, orig, args, a.path, probe=probe)
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if a.device.startswith("cuda") else None
+    probes.append(dict(step=info["steps"], student_s=info["stages"]["student"], **metrics(bb)))
+    return dict(impl=a.path, args=a.path_args, steps=info["steps"], stages=info["stages"], time_s=info["time_s"],
+                samples_per_s=info["samples_per_s"], peak_rss_mib=peak_rss_mib(), rss_before_mib=rss0, gpu_peak_mib=gpu_peak,
+                base_model_bytes=info["base_model_bytes"], probes=probes, final=probes[-1],
+                mfu=mfu(job, orig, args, a.path, info["stages"]["student"], a.device))
+
+
+def matmul_rate(device: str) -> tuple[float, str]:
+    """Measured dense matmul FLOP/s: bf16 8192^3 on CUDA, fp32 1024^3 on the CPU."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    n, dt = (8192, torch.bfloat16) if cuda else (1024, torch.float32)
+    x = torch.randn(n, n, device=device, dtype=dt)
+    y = torch.randn(n, n, device=device, dtype=dt)
+    for _ in range(3):
+        x @ y
+    if cuda:
+        torch.cuda.synchronize()
+    reps, t0 = 10, time.perf_counter()
+    for _ in range(reps):
+        x @ y
+    if cuda:
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0), f"{'bf16' if cuda else 'fp32'} {n}^3 matmul"
+
+
+def mfu(job, orig, args, impl, student_s, device) -> dict:
+    """Model-FLOPs utilisation of the student loop: useful FLOPs (real tokens, no padding)
+    over time, against the measured matmul rate. Per encoder token 2 N_enc forward + 2 N_enc
+    backward to the LoRA inputs (the frozen weights get no gradient); per decoder position
+    the same with N_dec (+ lm_head); the reference path adds its teachers' forwards (2 N per
+    token, three per step) and decodes every target position."""
+    from e2urec_fast.methods import e2urec
+
+    model = orig.model
+    emb = model.get_input_embeddings().weight.numel()
+    n_enc = sum(p.numel() for p in model.get_encoder().parameters()) - emb
+    n_dec = sum(p.numel() for p in model.get_decoder().parameters()) - emb + model.get_output_embeddings().weight.numel()
+    sched = e2urec.schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
+    parts = ("rem", "fgt")
+    lens = [len(s) for s in job.seqs]
+    dec_pos = len(orig.prefix) if impl == "fast" else max(len(t) for t in orig.targets.values())
+    student = teacher = 0.0
+    for _, rb, fb in e2urec.student_batches(job, sched, impl == "fast" and not args.no_bucketing, parts, index_only=True):
+        for b, n_teachers in ((rb, 1), (fb, 2)):
+            if b is None:
+                continue
+            tok = sum(lens[i] for i in b.tolist())
+            f = 2 * (n_enc * tok + n_dec * dec_pos * len(b))
+            student += 2 * f
+            teacher += n_teachers * f if impl == "reference" or args.no_teacher_cache else 0.0
+    rate, what = matmul_rate(device)
+    return dict(model_flops=student + teacher, student_flops=student, teacher_flops=teacher, seconds=student_s,
+                achieved_flops_per_s=(student + teacher) / student_s, peak_flops_per_s=rate, peak_measured_with=what,
+                mfu=(student + teacher) / student_s / rate)
+
+
+def spawn(a, path: str, extra: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="e2u_bench_") as work:
+        out = Path(work) / "result.json"
+        cmd = [sys.executable, __file__, "--one-path", path, "--path-args", extra, "--result", str(out), "--work", work,
+               "--cache-dir", a.cache_dir, "--backbone", a.backbone, "--dataset", a.dataset, "--max-samples", str(a.max_samples),
+               "--steps", str(a.steps), "--eval-every", str(a.eval_every), "--batch-size", str(a.batch_size), "--seed", str(a.seed),
+               "--device", a.device] + (["--data-dir", a.data_dir] if a.data_dir else []) \
+            + (["--orig-steps", str(a.orig_steps)] if a.orig_steps else []) + (["--dry-run"] if a.dry_run else []) \
+            + (["--threads", str(a.threads)] if a.threads else [])
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.stderr.write(r.stderr[-4000:])
+            raise SystemExit(f"bench_unlearn: the {path} path ({extra or 'defaults'}) failed with exit status {r.returncode}")
+        res = json.loads(out.read_text())
+        res["process_s"] = time.perf_counter() - t0
+        return res
+
+
+def time_to_quality(run: dict, target: dict) -> dict:
+    """First probe meeting the target: AUC >= target - 0.5 points, JSD <= 1.1 x target."""
+    pre = run["stages"].get("augment", 0.0) + run["stages"].get("cache", 0.0)
+    for p in run["probes"]:
+        if p["auc"] >= target["auc"] - 0.005 and p["jsd"] <= 1.1 * target["jsd"]:
+            return dict(reached=True, step=p["step"], seconds=pre + p["student_s"])
+    return dict(reached=False, step=None, seconds=None)
+
+
+def fmt_row(name, r):
+    f = r["final"]
+    st = r["stages"]
+    return (f"| {name} | {st.get('augment', 0):.1f} | {st.get('cache', 0):.1f} | {st['student']:.1f} | {r['time_s']:.1f} | "
+            f"{r['samples_per_s']:.0f} | {r['peak_rss_mib']:.0f} | {100 * f['auc']:.2f} | {100 * f['jsd']:.2f} | {100 * f['l2']:.2f} |")
+
+
+HEAD = ("| Run | Augment (s) | Cache (s) | Student (s) | Unlearning (s) | Student samples/s | Peak RSS (MiB) | AUC | JSD | L2 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--max-samples", type=int, default=10_000)
+    ap.add_argument("--backbone", default="tiny")
+    ap.add_argument("--cache-dir", default=os.environ.get("E2UREC_CACHE", "~/.cache/e2urec_fast"))
+    ap.add_argument("--steps", type=int, default=300, help="student steps of both paths (unless --fast-args changes the fast one)")
+    ap.add_argument("--eval-every", type=int, default=25, help="probe every N student steps (0: only at the end)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each path; times are medians")
+    ap.add_argument("--fast-args", default="", help="extra unlearn flags for the fast path")
+    ap.add_argument("--ref-args", default="", help="extra unlearn flags for the reference path")
+    ap.add_argument("--ablation", action="store_true", help="also the fast path with each feature switched off in turn")
+    ap.add_argument("--ablation-steps", type=int, default=100)
+    ap.add_argument("--orig-steps", type=int, default=None, help="cap the Original/Retrain training (speed runs at scale)")
+    ap.add_argument("--dry-run", action="store_true", help="tiny synthetic data and few steps (CI)")
+    ap.add_argument("--out", default=None, help="JSON result (default benchmarks/results/bench_unlearn_<dataset>_<backbone>.json)")
+    ap.add_argument("--one-path", dest="path", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--path-args", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.dry_run:
+        a.steps, a.eval_every, a.ablation_steps = min(a.steps, 12), min(a.eval_every or 4, 4), 6
+    if a.path:  # child process: one path
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        Path(a.result).write_text(json.dumps(one_path(a)))
+        return
+
+    def median_run(path, extra):
+        runs = [spawn(a, path, extra) for _ in range(a.repeats)]
+        best = runs[len(runs) // 2]
+        if len(runs) > 1:
+            best["stages"] = {k: statistics.median(r["stages"][k] for r in runs) for k in best["stages"]}
+            best["time_s"] = statistics.median(r["time_s"] for r in runs)
+            best["repeats"] = [dict(stages=r["stages"], time_s=r["time_s"]) for r in runs]
+        return best
+
+    print(f"reference path ({a.steps} steps) ...", file=sys.stderr, flush=True)
+    ref = median_run("reference", a.ref_args)
+    print(f"fast path ({a.fast_args or 'defaults'}) ...", file=sys.stderr, flush=True)
+    fast = median_run("fast", a.fast_args)
+    target = dict(auc=ref["final"]["auc"], jsd=ref["final"]["jsd"])
+    ttq_ref, ttq_fast = time_to_quality(ref, target), time_to_quality(fast, target)
+    speed = ttq_ref["seconds"] / ttq_fast["seconds"] if ttq_fast["reached"] else None
+    result = dict(env=env_row(a.device), dataset="synthetic ml-1m (dry run)" if a.dry_run else a.dataset, backbone=a.backbone,
+                  max_samples=a.max_samples, steps=a.steps, eval_every=a.eval_every, batch_size=a.batch_size, seed=a.seed,
+                  fast_args=a.fast_args, ref_args=a.ref_args, target=target, reference=ref, fast=fast,
+                  time_to_quality=dict(reference=ttq_ref, fast=ttq_fast, speedup=speed),
+                  whole_unlearning_speedup=ref["time_s"] / fast["time_s"], student_speedup=ref["stages"]["student"] / fast["stages"]["student"])
+    lines = [HEAD, fmt_row(f"reference ({ref['steps']} steps)", ref), fmt_row(f"fast ({fast['steps']} steps)", fast), ""]
+    for name, r in (("reference", ref), ("fast", fast)):
+        m = r["mfu"]
+        lines.append(f"{name} student loop: {m['achieved_flops_per_s'] / 1e12:.3f} TFLOP/s of model FLOPs = MFU {100 * m['mfu']:.1f}% "
+                     f"of the measured {m['peak_measured_with']} rate ({m['peak_flops_per_s'] / 1e12:.2f} TFLOP/s)"
+                     + (f"; GPU peak {r['gpu_peak_mib']:.0f} MiB" if r.get("gpu_peak_mib") else ""))
+    if a.ablation:
+        rows = []
+        for label, flags in ABLATIONS:
+            print(f"ablation: {label} ...", file=sys.stderr, flush=True)
+            r = spawn(a, "fast", " ".join(["--student-steps", str(a.ablation_steps), *flags]))
+            rows.append(dict(label=label, flags=flags, **{k: r[k] for k in ("stages", "time_s", "samples_per_s", "peak_rss_mib", "final",
+                                                                            "base_model_bytes")}))
+        base = rows[0]["stages"]["student"]
+        result["ablation"] = dict(steps=a.ablation_steps, rows=rows)
+        lines += ["", f"Speed ablation ({a.ablation_steps} student steps each):", "",
+                  "| Fast path | Cache (s) | Student (s) | Student vs all features | Peak RSS (MiB) | AUC | JSD |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['label']} | {r['stages'].get('cache', 0):.1f} | {r['stages']['student']:.1f} | "
+                         f"{r['stages']['student'] / base:.2f}x | {r['peak_rss_mib']:.0f} | {100 * r['final']['auc']:.2f} | "
+                         f"{100 * r['final']['jsd']:.2f} |")
+    out = Path(a.out) if a.out else RESULTS / f"bench_unlearn_{'dry' if a.dry_run else a.dataset}_{a.backbone}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("\n".join(lines))
+    fast_s = "not reached" if not ttq_fast["reached"] else f"{ttq_fast['seconds']:.1f} s"
+    print(f"\ntarget (reference final): AUC {100 * target['auc']:.2f}, JSD {100 * target['jsd']:.2f}; reference reaches it at step "
+          f"{ttq_ref['step']} ({ttq_ref['seconds']:.1f} s), fast at step {ttq_fast['step']} "
+          f"({fast_s}); wrote {out}")
+    print(f"time-to-quality speedup: {'not reached' if speed is None else f'{speed:.2f}x'}")
+
+
+if __name__ == "__main__":
+    main()
