@@ -62,6 +62,7 @@ class TrainResult:
     loss_history: list = field(default_factory=list)
     stopped_early: bool = False
     resumed_at: int = 0
+    hook_seconds: float = 0.0
 
 
 def _save_state(resume: Resume, params, opt, res: TrainResult, epoch: int, in_epoch: int, elapsed: float) -> None:
@@ -192,6 +193,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                 th = time.perf_counter()
                 hook(res.steps, th - t0)
                 train_mode(model)
+                res.hook_seconds += time.perf_counter() - th
                 t0 += time.perf_counter() - th
             if resume is not None and (res.steps % resume.every == 0 or res.steps == cfg.max_steps):
                 _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - t0)

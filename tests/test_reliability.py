@@ -262,3 +262,17 @@ def test_conflicting_or_out_of_range_flags(args, msg, data, tmp_path):
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and msg in last and not out.exists()
+
+
+def test_diverged_student_keeps_last_good_state(data, tmp_path):
+    out = tmp_path / "o"
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--epochs", "1",
+                "--batch-size", "8", "--quiet", "--methods", "e2urec", "--student-steps", "30", "--checkpoint-every", "1",
+                "--student-lr", "1e30")
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged: e2urec student (fast): loss became") and "last good training state" in last
+    states = list((out / "work").glob("e2urec-fast-student-*.safetensors"))
+    assert states and not (out / "report.json").exists()
+    t = load_safetensors(states[0])
+    assert all(torch.isfinite(v).all() for k, v in t.items() if k.startswith("p."))  # the last good state is finite
