@@ -145,8 +145,13 @@ def mfu(job, orig, args, impl, student_s, device) -> dict:
 
     model = orig.model
     emb = model.get_input_embeddings().weight.numel()
-    n_enc = sum(p.numel() for p in model.get_encoder().parameters()) - emb
-    n_dec = sum(p.numel() for p in model.get_decoder().parameters()) - emb + model.get_output_embeddings().weight.numel()
+    if orig.family in ("t5", "bart"):
+        n_enc = sum(p.numel() for p in model.get_encoder().parameters()) - emb
+        n_dec = sum(p.numel() for p in model.get_decoder().parameters()) - emb + model.get_output_embeddings().weight.numel()
+    else:  # one stack over every token; the vocabulary projection only at the answer positions
+        head = emb if orig.family == "masked" else model.get_output_embeddings().weight.numel()
+        n_enc = sum(p.numel() for p in model.parameters()) - emb - (0 if orig.family == "masked" else head)
+        n_dec = head
     sched = e2urec.schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
     parts = ("rem", "fgt")
     lens = [len(s) for s in job.seqs]

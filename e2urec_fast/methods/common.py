@@ -52,7 +52,7 @@ class Job:
     @property
     def seqs(self) -> list[torch.Tensor]:
         bb = self.backbone()
-        return self.prepared.tokens(bb.tokenizer, bb.tokenizer_key())
+        return self.prepared.tokens(bb.tokenizer, bb.tokenizer_key(), suffix=bb.suffix)
 
     def batcher(self, batch_size: int | None = None, bucket: bool | None = None, seed: int | None = None) -> Batcher:
         return Batcher(self.seqs, self.prepared.labels, self.backbone().pad_id, batch_size or self.batch_size,
@@ -187,28 +187,27 @@ def unlearn_full(job: Job, orig: Backbone, args, loss_fn, desc: str, resume=None
 
 
 class Ensemble(torch.nn.Module):
-    """Shard models behind one forward: logits averaged (SISA, RecEraser in the authors'
-    code) or weighted per sample by a learned attention over the shards' decoder states
-    (the RecEraser paper's aggregation). Quacks like a seq2seq model for scoring."""
+    """Shard models behind one scorer: logits averaged (SISA, RecEraser in the authors'
+    code) or weighted per sample by a learned attention over the shards' last hidden
+    states at the answer position (the RecEraser paper's aggregation). `answer_logits`
+    (which scoring.answer_logits defers to) works for every backbone family."""
 
     def __init__(self, models: list[torch.nn.Module], attention: torch.nn.Module | None = None):
         super().__init__()
         self.models = torch.nn.ModuleList(models)
         self.attention = attention
 
-    def forward(self, input_ids, attention_mask, decoder_input_ids, use_cache=False, **_):
-        outs = [m(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False,
-                  output_hidden_states=self.attention is not None) for m in self.models]
-        logits = torch.stack([o.logits for o in outs])  # (K, B, T, V)
+    def answer_logits(self, bb, ids, mask, hidden: bool = False):
+        from ..models.scoring import answer_logits
+
+        outs = [answer_logits(bb, m, ids, mask, hidden=True) for m in self.models]
+        logits = torch.stack([lg for lg, _ in outs])  # (K, B, V)
         if self.attention is None:
-            return _Out(logits.mean(0))
-        a = self.attention(torch.stack([o.decoder_hidden_states[-1] for o in outs]))  # (K, B, T)
-        return _Out((a.unsqueeze(-1) * logits).sum(0))
-
-
-class _Out:
-    def __init__(self, logits):
-        self.logits = logits
+            lg = logits.mean(0)
+        else:
+            a = self.attention(torch.stack([h for _, h in outs]))  # (K, B)
+            lg = (a.unsqueeze(-1) * logits).sum(0)
+        return (lg, torch.stack([h for _, h in outs]).mean(0)) if hidden else lg
 
 
 def train_shards(job: Job, shards: list[torch.Tensor], cfg: TrainConfig, cache_dir, name: str):

@@ -35,7 +35,7 @@ from .. import ops
 from ..errors import UserError, load_safetensors, save_safetensors_atomic
 from ..evaluate import predict_logits
 from ..models.backbone import Backbone
-from ..models.lora import DEFAULT_TARGETS, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
+from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, full_logits, pad, yes_no
 from ..teachers import cached_teachers
@@ -346,7 +346,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     time_s = time.perf_counter() - t_all - res.hook_seconds  # probes (benchmarks) are not unlearning
 
     suffix = "" if (impl == "fast" and name == "e2urec") else "_" + (name if impl == "fast" else f"{name}_{impl}")
-    adapter_dir = save_adapter(student.model, job.out / f"adapter{suffix}", base_model_name=str(orig.folder))
+    adapter_dir = save_adapter(student.model, job.out / f"adapter{suffix}", base_model_name=str(orig.folder),
+                               task_type=TASK_TYPE[orig.family])
     kept = []
     if args.keep_artifacts and need_aug:
         save_safetensors_atomic(aug.model.state_dict(), job.out / "artifacts" / f"augmented_model{suffix}.safetensors")

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..models.scoring import pad, yes_no
+from ..models.scoring import answer_logits, pad, yes_no
 from .common import Ensemble, train_shards
 
 
@@ -44,19 +44,18 @@ class ShardAttention(torch.nn.Module):
 
 @torch.no_grad()
 def _features(bb, models, seqs, idx, batch_size=64):
-    """Per shard: last decoder state and [No, Yes] logits at the answer position, for `idx`."""
+    """Per shard: last hidden state and [No, Yes] logits at the answer position, for `idx`."""
     hs, ls = [], []
     dev = next(models[0].parameters()).device
     for s in range(0, len(idx), batch_size):
         chunk = idx[s : s + batch_size].tolist()
         ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
         ids, mask = ids.to(dev), mask.to(dev)
-        dec = bb.prefix.to(dev).expand(len(chunk), -1)
         h_k, l_k = [], []
         for m in models:
-            o = m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False, output_hidden_states=True)
-            h_k.append(o.decoder_hidden_states[-1][:, -1].cpu())
-            l_k.append(yes_no(bb, o.logits[:, -1]).cpu())
+            lg, h = answer_logits(bb, m, ids, mask, hidden=True)
+            h_k.append(h.cpu())
+            l_k.append(yes_no(bb, lg).cpu())
         hs.append(torch.stack(h_k))
         ls.append(torch.stack(l_k))
     return torch.cat(hs, 1), torch.cat(ls, 1)

@@ -1,9 +1,15 @@
-"""Batching and the two forward passes every method uses.
+"""Batching and the two forward passes every method uses, for three backbone families.
 
-- `answer_logits`: logits over the vocabulary at the answer position, running the
-  decoder only over the prefix that leads there (one step for T5).
-- `lm_loss`: the usual cross-entropy of the whole target ("Yes." / "No." + specials),
-  teacher-forced, as in the authors' training code.
+- `answer_logits`: logits over the vocabulary at the answer position.
+  * encoder-decoder (T5, BART): the decoder runs only over the prefix that leads to
+    the answer (one step for T5);
+  * decoder-only (`causal`): the position of the prompt's last real token (right
+    padding), through the LM head for those rows only;
+  * encoder-only (`masked`): the prompt ends with a mask slot; its hidden state times
+    the tied word embeddings plus a bias (see `MaskedScorer`).
+- `lm_loss`: the cross-entropy of the whole target ("Yes." / "No." + specials),
+  teacher-forced, as in the authors' training code (for `masked`: the answer word at
+  the slot). `full_logits` gives its (B, T, V) logits and (B, T) targets.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+
+ENC_DEC = ("t5", "bart")
 
 
 def pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,24 +47,58 @@ def decoder_inputs(bb: Backbone, labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([start, tgt[:, :-1].masked_fill(tgt[:, :-1] == -100, bb.pad_id)], 1), tgt
 
 
-def answer_logits(bb: Backbone, model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, V) logits at the answer position; the decoder runs only over the prefix."""
-    dec = bb.prefix.to(ids.device).expand(ids.shape[0], -1)
-    out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
-    return out.logits[:, -1]
+def _rows(ids: torch.Tensor) -> torch.Tensor:
+    return torch.arange(ids.shape[0], device=ids.device)
+
+
+def _causal_at(model, ids, mask, pos, hidden: bool):
+    """LM-head logits of a causal LM at positions `pos` ((B,) or (B, T)) only."""
+    base = getattr(model, model.base_model_prefix)
+    h = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    r = _rows(ids) if pos.dim() == 1 else _rows(ids)[:, None]
+    h = h[r, pos]
+    lg = model.get_output_embeddings()(h)
+    return (lg, h) if hidden else lg
+
+
+def answer_logits(bb: Backbone, model, ids: torch.Tensor, mask: torch.Tensor, hidden: bool = False):
+    """(B, V) logits at the answer position; with hidden=True also the (B, d) last hidden
+    state there. A model with its own `answer_logits` (an ensemble) is asked directly."""
+    if hasattr(model, "answer_logits"):
+        return model.answer_logits(bb, ids, mask, hidden)
+    if bb.family in ENC_DEC:
+        dec = bb.prefix.to(ids.device).expand(ids.shape[0], -1)
+        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False, output_hidden_states=hidden)
+        return (out.logits[:, -1], out.decoder_hidden_states[-1][:, -1]) if hidden else out.logits[:, -1]
+    if bb.family == "causal":
+        return _causal_at(model, ids, mask, mask.sum(1) - 1, hidden)
+    return model.slot_logits(ids, mask, bb.mask_id, hidden)
 
 
 def yes_no(bb: Backbone, logits: torch.Tensor) -> torch.Tensor:
     """(B, 2) [No, Yes] logits from (B, V) logits."""
-    return logits[:, [bb.no_id, bb.yes_id]]
+    return logits[..., [bb.no_id, bb.yes_id]]
 
 
 def full_logits(bb: Backbone, model, ids, mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, V) teacher-forced logits over the whole target and the (B, T) targets."""
-    dec, tgt = decoder_inputs(bb, labels)
-    dec, tgt = dec.to(ids.device), tgt.to(ids.device)
-    out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
-    return out.logits, tgt
+    """(B, T, V) teacher-forced logits over the whole target and the (B, T) targets (-100: padding)."""
+    if bb.family in ENC_DEC:
+        dec, tgt = decoder_inputs(bb, labels)
+        dec, tgt = dec.to(ids.device), tgt.to(ids.device)
+        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+        return out.logits, tgt
+    if bb.family == "masked":
+        tgt = torch.where(labels.to(ids.device) == 1, bb.yes_id, bb.no_id)[:, None]
+        return answer_logits(bb, model, ids, mask)[:, None], tgt
+    # causal: append each row's target right after its last real token and read the
+    # logits one position earlier than each target token
+    tgt = target_batch(bb, labels).to(ids.device)
+    B, T = tgt.shape
+    pos = mask.sum(1, keepdim=True) + torch.arange(T, device=ids.device)  # (B, T)
+    valid = tgt != -100
+    ids2 = torch.cat([ids, ids.new_full((B, T), bb.pad_id)], 1).scatter(1, pos, torch.where(valid, tgt, bb.pad_id))
+    mask2 = torch.cat([mask, mask.new_zeros((B, T))], 1).scatter(1, pos, valid.to(mask.dtype))
+    return _causal_at(model, ids2, mask2, pos - 1, False), tgt
 
 
 def lm_loss(bb: Backbone, model, ids, mask, labels) -> torch.Tensor:

