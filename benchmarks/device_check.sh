@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU (under 8 minutes on an H100): install carried wheels, build
 # the extension, run the GPU parity tests, the kernel benchmark and the E2URec
-# reference-vs-fast end-to-end benchmark (with MFU), writing everything under $OUT.
+# reference-vs-fast end-to-end benchmarks (T5 at paper scale; a decoder-only LLaMA-shaped
+# model in 8-bit), with MFU, writing everything under $OUT.
 #
 #   benchmarks/device_check.sh            # on the GPU machine
 #   benchmarks/device_check.sh --dry-run  # on a CPU, tiny sizes (CI runs this)
@@ -47,6 +48,9 @@ if [ $DRY = 1 ]; then
     --methods original,retrain,e2urec --impl both --quiet --cache-dir "$OUT/cache" --out "$OUT/e2urec" 2>&1 | tail -8 | tee -a "$OUT/device_check.log"
   log "end-to-end benchmark (dry run)"
   python3 benchmarks/bench_unlearn.py --dry-run --cache-dir "$OUT/cache" --out "$OUT/bench_unlearn.json" 2>&1 | tail -12 | tee -a "$OUT/device_check.log"
+  log "decoder-only causal LM, end to end (dry run)"
+  python3 benchmarks/bench_unlearn.py --dry-run --backbone causal-tiny --fast-args "--load-in-8bit" --cache-dir "$OUT/cache" --out "$OUT/bench_unlearn_causal.json" 2>&1 \
+    | tail -3 | tee -a "$OUT/device_check.log"
 else
   log "GPU parity tests"
   E2UREC_GPU_TESTS=1 python3 -m pytest -q tests/test_ops.py 2>&1 | tail -3 | tee -a "$OUT/device_check.log"
@@ -57,6 +61,10 @@ else
   timeout 360 python3 benchmarks/bench_unlearn.py $E2UREC_DATA_ARGS --device cuda --backbone t5-base-config --max-samples 100000 \
     --steps 1000 --eval-every 0 --orig-steps 300 --cache-dir "$OUT/cache" --out "$OUT/bench_unlearn_paper_scale.json" 2>&1 \
     | tail -14 | tee -a "$OUT/device_check.log" || log "end-to-end benchmark did not finish in 360 s"
+  log "decoder-only causal LM: llama-1b shapes (random weights), 8-bit frozen base, 10,000 samples, 200 student steps"
+  timeout 150 python3 benchmarks/bench_unlearn.py $E2UREC_DATA_ARGS --device cuda --backbone llama-1b-config --max-samples 10000 \
+    --steps 200 --eval-every 0 --orig-steps 100 --fast-args "--load-in-8bit" --cache-dir "$OUT/cache" \
+    --out "$OUT/bench_unlearn_llama1b.json" 2>&1 | tail -6 | tee -a "$OUT/device_check.log" || log "causal-LM benchmark did not finish in 150 s"
 fi
 rm -rf "$OUT/cache" "$OUT/e2urec/adapter" "$OUT/e2urec/adapter_reference" "$OUT/e2urec/cache"
 log "done; results in $OUT"

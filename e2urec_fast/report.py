@@ -100,6 +100,8 @@ def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
     ax.set_ylabel("JSD on D_f vs Retrain (x100, lower is better)")
     if len(pts) > 1 and max(p[0] for p in pts) / max(min(p[0] for p in pts), 1e-9) > 20:
         ax.set_xscale("log")
+    if len(pts) > 1 and max(p[1] for p in pts) / max(min(p[1] for p in pts), 1e-3) > 20:
+        ax.set_yscale("log")  # a collapsed baseline (JSD in the hundreds) would flatten the rest
     ax.set_title(title or "forgetting quality against unlearning time", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -174,14 +174,14 @@ def run(args) -> dict:
         rows.append(dict(method="Retrain", kind="reference", **retr_m, **jsd_l2(retr_full, retr_full), time_s=retr_s,
                          trainable_params=n_params(retr.model, False)))
 
-    def add(name, bb, info, **more):
+    def add(name, bb, info, kind="unlearn", **more):
         if info.get("diverged"):
             log(f"{name}: diverged ({info['diverged']}); its row is left empty")
-            rows.append(dict(method=name, kind="unlearn", auc=None, acc=None, logloss=None, jsd=None, l2=None, time_s=None,
+            rows.append(dict(method=name, kind=kind, auc=None, acc=None, logloss=None, jsd=None, l2=None, time_s=None,
                              trainable_params=info["trainable_params"], diverged=info["diverged"]))
             return
         m, full = evaluate(bb)
-        rows.append(dict(method=name, kind="unlearn", **m, **jsd_l2(retr_full, full), time_s=info["time_s"],
+        rows.append(dict(method=name, kind=kind, **m, **jsd_l2(retr_full, full), time_s=info["time_s"],
                          trainable_params=info["trainable_params"], **more))
 
     work = out / "work"
@@ -198,7 +198,7 @@ def run(args) -> dict:
             log(f"{LABELS[meth]} (fast path) ...")
             bb, info = e2urec.unlearn(job, orig, args, "fast", parts=("rem",) if meth == "e2urec-no-fgt" else ("fgt",),
                                       name=meth.replace("-", "_"))
-            add(LABELS[meth], bb, info, stages=info["stages"])
+            add(LABELS[meth], bb, info, kind="ablation", stages=info["stages"])  # not ranked (a separate table in the paper)
             extra[meth] = info
         elif meth in ("neggrad", "negkl", "badt"):
             log(f"{LABELS[meth]} ...")

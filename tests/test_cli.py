@@ -32,8 +32,10 @@ def test_end_to_end_report(data, tmp_path):
     rows = {row["method"]: row for row in rep["rows"]}
     for row in rep["rows"]:
         assert {"method", "kind", "auc", "acc", "logloss", "jsd", "l2", "time_s", "trainable_params"} <= set(row)
-        assert row["kind"] == ("reference" if row["method"] in ("CTR floor (LogReg)", "Original", "Retrain") else "unlearn")
-        if row["kind"] == "unlearn":
+        want = "reference" if row["method"] in ("CTR floor (LogReg)", "Original", "Retrain") else \
+            "ablation" if row["method"].startswith("E2URec w/o") else "unlearn"
+        assert row["kind"] == want
+        if row["kind"] != "reference":
             assert row["time_s"] > 0 and 0 <= row["auc"] <= 1 and row["jsd"] >= 0
     e2u = rows["E2URec"]
     assert set(e2u["stages"]) == {"augment", "cache", "student"} and 0 < e2u["trainable_params"] < rows["Original"]["trainable_params"]

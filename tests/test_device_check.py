@@ -18,4 +18,5 @@ def test_device_check_dry_run(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     log = (tmp_path / "out" / "device_check.log").read_text()
     assert "native: True" in log and "passed" in log and "| E2URec (fast) |" in log and "done; results" in log
+    assert log.count("time-to-quality speedup:") == 2  # the T5 and the causal-LM end-to-end runs
     assert (tmp_path / "out" / "teacher_kl.csv").exists() and (tmp_path / "out" / "e2urec" / "report.json").exists()

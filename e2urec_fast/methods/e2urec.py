@@ -73,7 +73,10 @@ def add_arguments(ap):
     g.add_argument("--kernel-backend", default="auto", choices=list(ops.BACKENDS), help="teacher-KL op backend")
     g.add_argument("--no-teacher-cache", action="store_true", help="fast path: teacher forward passes every step")
     g.add_argument("--no-bucketing", action="store_true", help="fast path: random padded batches")
-    g.add_argument("--no-batch-fusion", action="store_true", help="fast path: separate D_r and D_f forward passes")
+    g.add_argument("--batch-fusion", default="auto", choices=["auto", "on", "off"],
+                   help="fast path: the D_r and D_f halves of a step in one forward (on) or two (off); auto: on for a GPU, "
+                   "off on the CPU (measured 1.3x faster there: the joint batch pads both halves to the longer one)")
+    g.add_argument("--no-batch-fusion", action="store_true", help="same as --batch-fusion off")
     g.add_argument("--load-in-8bit", action="store_true",
                    help="the student's frozen base in bitsandbytes int8 (T5's wo and lm_head stay fp32); LoRA on top")
     g.add_argument("--compile", action="store_true", help="fast path: torch.compile the student's forward (dynamic shapes)")
@@ -95,7 +98,7 @@ def settings(args) -> dict:
         args._authors = True
     keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
             "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "aug_dropout", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
-            "no_batch_fusion", "base_dropout", "load_in_8bit", "compile", "keep_artifacts"]
+            "no_batch_fusion", "batch_fusion", "base_dropout", "load_in_8bit", "compile", "keep_artifacts"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
 
 
@@ -281,7 +284,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     cache_dir = job.out / "cache"
     cache_status = None
     use_cache = impl == "fast" and not args.no_teacher_cache
-    fuse = not args.no_batch_fusion
+    fusion = "off" if args.no_batch_fusion else getattr(args, "batch_fusion", "auto")
+    fuse = fusion == "on" or (fusion == "auto" and not str(job.device).startswith("cpu"))
     sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
     bucket = impl == "fast" and not args.no_bucketing
     if use_cache:
