@@ -131,3 +131,16 @@ def test_divergence_is_one_clear_line(data, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training diverged: Original: loss became") and "Traceback" not in r.stderr
     assert not (out / "report.json").exists()
+
+
+def test_original_only_skips_retrain(data, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
+                "--max-samples", "200", "--epochs", "1", "--batch-size", "8", "--quiet", "--forget-ratio", "0.25",
+                "--methods", "original")
+    assert r.returncode == 0, r.stderr
+    assert "Retrain" not in r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert [row["method"] for row in rep["rows"]] == ["CTR floor (LogReg)", "Original"]
+    assert rep["rows"][1]["jsd"] is None and 0 <= rep["rows"][1]["auc"] <= 1
+    assert rep["settings"]["lr"] == 1e-3  # a preset with random weights: the from-scratch learning rate
