@@ -32,6 +32,7 @@ PY
 
 log "building the native op"
 python3 -c "from e2urec_fast import native; m = native.load(); print('native:', m is not None, native._error or '')" | tee -a "$OUT/device_check.log"
+python3 -c "from e2urec_fast import native; m = native.load_cuda(); print('native cuda:', m is not None, native._cuda_error or '')" | tee -a "$OUT/device_check.log"
 
 if [ -z "${E2UREC_DATA_ARGS:-}" ]; then
   whl=$(ls .data/recbole-*.whl 2>/dev/null | head -1 || true)

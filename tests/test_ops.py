@@ -7,6 +7,9 @@ float64 result on the same rounded inputs).
 """
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +29,8 @@ def backends():
     if tk.available("cpu"):
         out.append(("triton", "cpu"))
     if torch.cuda.is_available():
-        out += [("torch", "cuda")] + ([("triton", "cuda")] if tk.available("cuda") else [])
+        out += [("torch", "cuda")] + ([("triton", "cuda")] if tk.available("cuda") else []) \
+            + ([("native", "cuda")] if native.available("cuda") else [])
     return out
 
 
@@ -122,3 +126,21 @@ def test_native_build_absent_falls_back_with_warning():
     env = {**__import__("os").environ, "E2UREC_NO_NATIVE": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
+def test_cuda_source_compiles(tmp_path):
+    """csrc/teacher_kl_cuda.cu compiles with nvcc against torch's headers (it runs only on a GPU;
+    the device script's parity tests cover its values)."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    src = Path(native.__file__).resolve().parent.parent / "csrc" / "teacher_kl_cuda.cu"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    cmd = ["nvcc", "-c", str(src), "-o", str(tmp_path / "k.o"), "-std=c++17", "-O1", "-arch=sm_90", "--use_fast_math",
+           "-DTORCH_EXTENSION_NAME=e2urec_teacher_kl_cuda", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Xcompiler", "-fPIC",
+           "-I", sysconfig.get_paths()["include"]] + [x for p in include_paths() for x in ("-I", p)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "k.o").stat().st_size > 0
