@@ -174,7 +174,7 @@ def mfu(job, orig, args, impl, student_s, device) -> dict:
 def spawn(a, path: str, extra: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="e2u_bench_") as work:
         out = Path(work) / "result.json"
-        cmd = [sys.executable, __file__, "--one-path", path, "--path-args", extra, "--result", str(out), "--work", work,
+        cmd = [sys.executable, __file__, "--one-path", path, f"--path-args={extra}", "--result", str(out), "--work", work,
                "--cache-dir", a.cache_dir, "--backbone", a.backbone, "--dataset", a.dataset, "--max-samples", str(a.max_samples),
                "--steps", str(a.steps), "--eval-every", str(a.eval_every), "--batch-size", str(a.batch_size), "--seed", str(a.seed),
                "--device", a.device] + (["--data-dir", a.data_dir] if a.data_dir else []) \

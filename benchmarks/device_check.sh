@@ -50,7 +50,7 @@ if [ $DRY = 1 ]; then
   log "end-to-end benchmark (dry run)"
   python3 benchmarks/bench_unlearn.py --dry-run --cache-dir "$OUT/cache" --out "$OUT/bench_unlearn.json" 2>&1 | tail -12 | tee -a "$OUT/device_check.log"
   log "decoder-only causal LM, end to end (dry run)"
-  python3 benchmarks/bench_unlearn.py --dry-run --backbone causal-tiny --fast-args "--load-in-8bit" --cache-dir "$OUT/cache" --out "$OUT/bench_unlearn_causal.json" 2>&1 \
+  python3 benchmarks/bench_unlearn.py --dry-run --backbone causal-tiny --fast-args=--load-in-8bit --cache-dir "$OUT/cache" --out "$OUT/bench_unlearn_causal.json" 2>&1 \
     | tail -3 | tee -a "$OUT/device_check.log"
 else
   log "GPU parity tests"
@@ -64,7 +64,7 @@ else
     | tail -14 | tee -a "$OUT/device_check.log" || log "end-to-end benchmark did not finish in 360 s"
   log "decoder-only causal LM: llama-1b shapes (random weights), 8-bit frozen base, 10,000 samples, 200 student steps"
   timeout 150 python3 benchmarks/bench_unlearn.py $E2UREC_DATA_ARGS --device cuda --backbone llama-1b-config --max-samples 10000 \
-    --steps 200 --eval-every 0 --orig-steps 100 --fast-args "--load-in-8bit" --cache-dir "$OUT/cache" \
+    --steps 200 --eval-every 0 --orig-steps 100 --fast-args=--load-in-8bit --cache-dir "$OUT/cache" \
     --out "$OUT/bench_unlearn_llama1b.json" 2>&1 | tail -6 | tee -a "$OUT/device_check.log" || log "causal-LM benchmark did not finish in 150 s"
 fi
 rm -rf "$OUT/cache" "$OUT/e2urec/adapter" "$OUT/e2urec/adapter_reference" "$OUT/e2urec/cache"
