@@ -30,47 +30,39 @@ def _source(name: str = "teacher_kl.cpp") -> Path:
     raise FileNotFoundError(f"csrc/{name} not found beside the package")
 
 
-def load_cuda():
-    """Compile (once) and return the CUDA extension module, or None when it cannot be built."""
-    global _cuda_mod, _cuda_error
-    if _cuda_mod is not None or _cuda_error is not None:
-        return _cuda_mod
+def _build(missing: str | None, name: str, source: str, what: str, **flags):
+    """(module, None) or (None, why): `missing` is a reason not to try; a failed build warns."""
     if os.environ.get("E2UREC_NO_NATIVE") == "1":
-        _cuda_error = "disabled by E2UREC_NO_NATIVE=1"
-        return None
-    if not torch.cuda.is_available() or torch.version.cuda is None:
-        _cuda_error = "no CUDA device or a CPU-only torch"
-        return None
+        return None, "disabled by E2UREC_NO_NATIVE=1"
+    if missing:
+        return None, missing
     try:
         from torch.utils.cpp_extension import load as _load
 
-        _cuda_mod = _load(name="e2urec_teacher_kl_cuda", sources=[str(_source("teacher_kl_cuda.cu"))],
-                          extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False)
-    except Exception as e:  # a failed build falls back to triton or torch
-        _cuda_error = f"{type(e).__name__}: {str(e)[:300]}"
-        warnings.warn(f"native CUDA teacher_kl op could not be built ({_cuda_error}); using another backend", stacklevel=2)
+        return _load(name=name, sources=[str(_source(source))], verbose=False, **flags), None
+    except Exception as e:  # a failed build falls back to another backend
+        why = f"{type(e).__name__}: {str(e)[:300]}"
+        warnings.warn(f"native {what} teacher_kl op could not be built ({why}); using another backend", stacklevel=3)
+        return None, why
+
+
+def load_cuda():
+    """Compile (once) and return the CUDA extension module, or None when it cannot be built."""
+    global _cuda_mod, _cuda_error
+    if _cuda_mod is None and _cuda_error is None:
+        no_cuda = not torch.cuda.is_available() or torch.version.cuda is None
+        _cuda_mod, _cuda_error = _build("no CUDA device or a CPU-only torch" if no_cuda else None, "e2urec_teacher_kl_cuda",
+                                        "teacher_kl_cuda.cu", "CUDA", extra_cuda_cflags=["-O3", "--use_fast_math"])
     return _cuda_mod
 
 
 def load():
-    """Compile (once) and return the extension module, or None when it cannot be built."""
+    """Compile (once) and return the CPU extension module, or None when it cannot be built."""
     global _mod, _error
-    if _mod is not None or _error is not None:
-        return _mod
-    if os.environ.get("E2UREC_NO_NATIVE") == "1":
-        _error = "disabled by E2UREC_NO_NATIVE=1"
-        return None
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        _error = "no C++ compiler found"
-        return None
-    try:
-        from torch.utils.cpp_extension import load as _load
-
-        _mod = _load(name="e2urec_teacher_kl", sources=[str(_source())], extra_cflags=["-O3", "-fopenmp", "-march=native", "-ffast-math"],
-                     extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as e:  # a failed build falls back to torch
-        _error = f"{type(e).__name__}: {str(e)[:300]}"
-        warnings.warn(f"native teacher_kl op could not be built ({_error}); using the torch reference", stacklevel=2)
+    if _mod is None and _error is None:
+        no_cxx = shutil.which(os.environ.get("CXX", "c++")) is None
+        _mod, _error = _build("no C++ compiler found" if no_cxx else None, "e2urec_teacher_kl", "teacher_kl.cpp", "CPU",
+                              extra_cflags=["-O3", "-fopenmp", "-march=native", "-ffast-math"], extra_ldflags=["-fopenmp"])
     return _mod
 
 
