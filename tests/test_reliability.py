@@ -77,6 +77,14 @@ def test_parsers_fail_only_with_our_error(fuzz_dirs, loader, key, name, junk, ap
     _fuzz(loader, fuzz_dirs[key], name, junk, append)
 
 
+@pytest.mark.parametrize("name", ["books.csv", "ratings.csv"])
+@pytest.mark.parametrize("junk", [b"\r\xe1\x80\x80", b"a,\"b\rc", b"\"unterminated"])
+@pytest.mark.parametrize("append", [True, False])
+def test_csv_oddities_found_by_the_fuzzer(fuzz_dirs, name, junk, append):
+    # a lone carriage return once escaped as _csv.Error (found by the fuzz test in CI)
+    _fuzz(load_goodreads, fuzz_dirs["gb"], name, junk, append)
+
+
 def test_duplicate_rating_is_an_error(tmp_path):
     d = make_ml1m(tmp_path / "d", n_users=4, per_user=6)
     first = (d / "ratings.dat").read_text().splitlines()[0]

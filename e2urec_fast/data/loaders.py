@@ -267,22 +267,25 @@ def _load_wheel(wheel: Path) -> Interactions:
 # ------------------------------------------------------------------- GoodReads
 def _csv_rows(path: Path, required: list[str]):
     text = _read_text(path)
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text, newline=""))  # the csv module handles \r, \n and \r\n itself
     try:
-        header = next(reader)
-    except StopIteration:
-        raise fail(path, "file is empty") from None
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise fail(path, f"header lacks column(s) {', '.join(missing)} (found {', '.join(header)}); wrong separator?", 1)
-    idx = [header.index(c) for c in required]
-    for row in reader:
-        n = reader.line_num
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise fail(path, f"expected {len(header)} comma-separated fields, found {len(row)}", n)
-        yield n, [row[i] for i in idx]
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise fail(path, "file is empty") from None
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise fail(path, f"header lacks column(s) {', '.join(missing)} (found {', '.join(header)}); wrong separator?", 1)
+        idx = [header.index(c) for c in required]
+        for row in reader:
+            n = reader.line_num
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise fail(path, f"expected {len(header)} comma-separated fields, found {len(row)}", n)
+            yield n, [row[i] for i in idx]
+    except csv.Error as e:
+        raise fail(path, f"malformed CSV ({e})", reader.line_num or None) from None
 
 
 def load_goodreads(data_dir: str | os.PathLike) -> Interactions:
