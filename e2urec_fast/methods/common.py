@@ -203,12 +203,9 @@ class Ensemble(torch.nn.Module):
 
         outs = [answer_logits(bb, m, ids, mask, hidden=True) for m in self.models]
         logits = torch.stack([lg for lg, _ in outs])  # (K, B, V)
-        if self.attention is None:
-            lg = logits.mean(0)
-        else:
-            a = self.attention(torch.stack([h for _, h in outs]))  # (K, B)
-            lg = (a.unsqueeze(-1) * logits).sum(0)
-        return (lg, torch.stack([h for _, h in outs]).mean(0)) if hidden else lg
+        states = torch.stack([h for _, h in outs])  # (K, B, d)
+        lg = logits.mean(0) if self.attention is None else (self.attention(states).unsqueeze(-1) * logits).sum(0)
+        return (lg, states.mean(0)) if hidden else lg
 
 
 def train_shards(job: Job, shards: list[torch.Tensor], cfg: TrainConfig, cache_dir, name: str):
