@@ -79,3 +79,24 @@ def cached_teachers(path, fingerprint: dict, compute: dict, n_total: int, rebuil
     if added:
         save_safetensors_atomic(tensors, path, metadata={"fingerprint": fp})
     return {n: TeacherTable(tensors[n], tensors[f"{n}.idx"], n_total).to(device) for n in compute}, status
+
+
+def import_rows(src, dst, keep: torch.Tensor) -> int:
+    """Copy a teacher cache keeping only the rows of the sample indices `keep` (a sequential
+    request reuses the previous request's D_r rows minus the newly forgotten users'); the
+    fingerprint is carried over, so the file is reused only where it still matches.
+    Returns the number of rows kept."""
+    from safetensors import safe_open
+
+    src, dst = Path(src), Path(dst)
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata() or {}
+    t = load_safetensors(src)
+    out, kept = {}, 0
+    for n in [k for k in t if not k.endswith(".idx") and f"{k}.idx" in t]:
+        idx = t[f"{n}.idx"]
+        sel = torch.isin(idx, keep)
+        out[n], out[f"{n}.idx"] = t[n][sel] if t[n].numel() else t[n], idx[sel]
+        kept += int(sel.sum())
+    save_safetensors_atomic(out, dst, metadata=meta)
+    return kept

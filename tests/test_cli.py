@@ -53,7 +53,7 @@ def test_end_to_end_report(data, tmp_path):
     assert csv_lines[0].startswith("method,kind,auc") and len(csv_lines) == 1 + len(names)
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # privacy: nothing derived from D_f stays behind but the adapters and the report
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "adapter_e2urec_no_fgt", "adapter_e2urec_no_rem", "cache",
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "adapter_e2urec_no_fgt", "adapter_e2urec_no_rem", "cache", "original",
                                                     "report.csv", "report.json", "report.md", "report.png"]
     assert sorted(p.name for p in (out / "cache").iterdir()) == ["teacher_retain.safetensors"]
     assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]

@@ -37,18 +37,33 @@ class Prepared:
     split: torch.Tensor  # (N,) int8
     forget: torch.Tensor  # (N,) bool, True only for D_f samples of train
     _tokens: dict = field(default_factory=dict)
+    # (N,) bool: train samples of users forgotten by earlier requests (sequential deletion
+    # requests): in neither D_r nor this request's D_f; None when there were none
+    excluded: torch.Tensor | None = None
 
     def index(self, part: str) -> torch.Tensor:
-        """Sample indices of 'train', 'valid', 'test', 'forget' (D_f) or 'retain' (D_r)."""
+        """Sample indices of 'train', 'valid', 'test', 'forget' (this request's D_f),
+        'retain' (D_r: train minus every forgotten user) or 'forget_all' (the cumulative
+        D_f of every request so far)."""
         tr = self.split == SPLIT_TRAIN
+        gone = self.forget if self.excluded is None else (self.forget | self.excluded)
         sel = {
             "train": tr,
             "valid": self.split == SPLIT_VALID,
             "test": self.split == SPLIT_TEST,
             "forget": tr & self.forget,
-            "retain": tr & ~self.forget,
+            "retain": tr & ~gone,
+            "forget_all": tr & gone,
         }[part]
         return sel.nonzero().flatten()
+
+    def forget_key(self) -> str:
+        """Hash of which train samples are forgotten (this request and earlier ones): every
+        cache of a model trained on D_r or of a run on D_f is keyed by it."""
+        h = hashlib.sha256(self.forget.numpy().tobytes())
+        if self.excluded is not None:
+            h.update(self.excluded.numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def train_prompts(self) -> list[str]:
         return [self.prompts[i] for i in self.index("train").tolist()]

@@ -110,11 +110,12 @@ def ce_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(q + 1e-12)).sum(-1).mean()
 
 
-def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict: bool = False) -> dict:
+def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict: bool = False, rem=None) -> dict:
     """Loss terms as the authors compute them (teachers run here, every step).
 
     restrict=True keeps only the [No, Yes] logits at the answer position (the parity oracle
-    for the fast path); else full vocabulary at every target position.
+    for the fast path); else full vocabulary at every target position. `rem`: the
+    remembering teacher on D_r when it is not `orig` (sequential requests).
     """
 
     def logits(model, b):
@@ -133,7 +134,7 @@ def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict
     if rb is not None:
         s_r, tgt = logits(student.model, rb)
         with torch.no_grad():
-            v_r, _ = logits(orig, rb)
+            v_r, _ = logits(orig if rem is None else rem, rb)
         if restrict:
             out["ce_r"] = F.cross_entropy(s_r, rb.labels)
         else:
@@ -230,13 +231,14 @@ def make_augmented(job: Job, orig: Backbone, args, dropout: bool = True) -> tupl
 def run_key(job: Job, orig: Backbone, args, impl: str, parts) -> str:
     """What determines a student run: a saved state under another key is not resumed."""
     keys = {k: v for k, v in settings(args).items() if k not in ("keep_artifacts",)}
-    blob = json.dumps(dict(orig=orig.fingerprint(), data=job.prepared.manifest["content_hash"], impl=impl, parts=sorted(parts),
+    blob = json.dumps(dict(orig=orig.fingerprint(), data=job.prepared.manifest["content_hash"],
+                           forget=job.prepared.forget_key(), impl=impl, parts=sorted(parts),
                            seed=job.seed, batch=job.batch_size, bucket=job.bucket, s=keys), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | None = None, parts=("rem", "fgt"),
-            name: str = "e2urec", probe=None):
+            name: str = "e2urec", probe=None, rem: Backbone | None = None):
     """Run E2URec; returns (student backbone with its adapter, info dict).
 
     `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
@@ -244,7 +246,11 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     without L_REM. The run is resumable: its state and the augmented model live in
     `<out>/work/` until the caller removes the folder after the report is written.
     `probe(step, seconds, student)` runs after every step, outside the timings (benchmarks).
+    `rem`: the remembering teacher on D_r when it is not `orig`: in a sequential request
+    the student's base (and the forgetting teacher's v) is the previous request's model,
+    while D_r is remembered from the first Original, whose cached logits are reused.
     """
+    rem = orig if rem is None else rem
     if args.student_steps < 1:
         raise UserError("--student-steps must be at least 1")
     stages = {}
@@ -303,8 +309,9 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
                        scope=args.kl_scope, prefix=orig.prefix.tolist())
         tables, cache_status = {}, {}
         if "rem" in parts:
-            t, cache_status["retain"] = cached_teachers(cache_dir / "teacher_retain.safetensors", base_fp,
-                                                        {"orig_r": (logits_of(orig.model), r_idx)}, len(prep.labels),
+            rem_fp = base_fp if rem is orig else base_fp | dict(orig=rem.fingerprint())
+            t, cache_status["retain"] = cached_teachers(cache_dir / "teacher_retain.safetensors", rem_fp,
+                                                        {"orig_r": (logits_of(rem.model), r_idx)}, len(prep.labels),
                                                         rebuild=not args.no_cache_rebuild, device=job.device)
             tables |= t
         if need_aug:
@@ -321,13 +328,13 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     def step(batch):
         kind, rb, fb = batch
         if impl == "reference":
-            terms = reference_terms(student, orig.model, aug.model if fb is not None else None, rb, fb, alpha)
+            terms = reference_terms(student, orig.model, aug.model if fb is not None else None, rb, fb, alpha, rem=rem.model)
         elif use_cache:
             terms = fast_terms(runner, tables, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
         else:  # fast path without the cache: teacher forwards at the answer position only
             live = {}
             with torch.no_grad():
-                for tname, model, b in (("orig_r", orig.model, rb), ("orig_f", orig.model, fb),
+                for tname, model, b in (("orig_r", rem.model, rb), ("orig_f", orig.model, fb),
                                         ("aug_f", aug.model if fb is not None else None, fb)):
                     if b is not None:
                         lg = answer_logits(orig, model, b.ids, b.mask)

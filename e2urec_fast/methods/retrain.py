@@ -19,7 +19,9 @@ from .common import Job, finetune
 
 
 def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
-    rows = None if idx is None else hashlib.sha256(idx.numpy().tobytes()).hexdigest()
+    # the trained rows themselves (the forget set decides D_r: a Retrain for another forget
+    # set or request must never be reused)
+    rows = hashlib.sha256((job.prepared.index(part) if idx is None else idx).numpy().tobytes()).hexdigest()
     blob = json.dumps(dict(bb=job.backbone().fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
                            cfg=asdict(cfg), seed=job.seed, bucket=job.bucket, rows=rows), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

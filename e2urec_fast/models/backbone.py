@@ -292,6 +292,10 @@ def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dty
             raise fail(folder, "an encoder-only backbone needs a tokenizer with a mask token")
         mask_id = tok.mask_token_id
         model = MaskedScorer(model)
+        if (folder / "e2urec_scorer.safetensors").exists():  # a scorer we handed out: its trained answer bias
+            from ..errors import load_safetensors
+
+            model.bias.data.copy_(load_safetensors(folder / "e2urec_scorer.safetensors")["bias"])
         targets = {1: torch.tensor([yes_id]), 0: torch.tensor([no_id])}
     else:
         if tok.pad_token_id is None:
