@@ -163,6 +163,8 @@ def parse_user_list(spec: str) -> list[int]:
             raise fail(path, f"unreadable --forget-users file ({e})") from None
         items = [(ln.split("#", 1)[0].strip(), (path, n + 1)) for n, ln in enumerate(lines)]
         items = [(t, w) for t, w in items if t]
+    elif not spec:
+        raise UserError("--forget-users: no user ids (the forget set is empty)")
     else:
         items = [(t.strip(), None) for t in spec.split(",")]
         if any(not t for t, _ in items):

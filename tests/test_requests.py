@@ -145,6 +145,7 @@ def _cli(world, tmp_path, capsys, *args, out=None):
     (["--original", "{orig}", "--forget-users", "1"], "needs the pretrained model your Original was fine-tuned from"),
     (["--original", "{orig}", "--no-retrain"], "name the users with --forget-users"),
     (["--forget-users", "1,x"], "user id 'x' is not an integer"),
+    (["--forget-users", ""], "no user ids (the forget set is empty)"),
     (["--forget-users", "3,5,3"], "duplicate user id(s) 3"),
     (["--forget-users", "@/nonexistent/ids.txt"], "/nonexistent/ids.txt: --forget-users file not found"),
     (["--forget-users", "99999,88888"], "unknown user id(s) 99999, 88888"),
