@@ -7,9 +7,13 @@
 //
 // Per row: one pass builds t in a thread-local buffer and the two maxima, one pass
 // sums the exponentials; both are plain loops over contiguous floats that the compiler
-// vectorises (expf from libmvec; built with -ffast-math, so no inf/NaN sentinels here). Sums run in fp32 within blocks of 256 and in fp64
-// across blocks. Forward returns kl and the two log-sum-exps; backward writes
-// g * (e^(s - lse_s) - e^(t - lse_t)) in one pass. Any input dtype, fp32 math.
+// vectorises (expf from libmvec; built with -ffast-math -fno-finite-math-only, so -inf
+// stays -inf). Sums run in fp32 within blocks of 256 and in fp64 across blocks. Forward
+// returns kl and each side's (max, log-sum) as a (2, N) buffer; backward writes
+// g * (e^((s - m_s) - log Z_s) - e^((t - m_t) - log Z_t)) in one pass (no large lse subtracted). The student in any float dtype; the teacher and augmented logits in fp32
+// (an fp32 cache is never rounded to a bf16 student's precision); fp32 math.
+// -inf logits: 0 log 0 = 0. The row's KL is A/Z_t - (m_t - m_s) - log Z_t + log Z_s, so two
+// large log-sum-exps are never subtracted (logits near 3e4 would cancel to 0 in fp32).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -24,20 +28,20 @@ namespace {
 constexpr int64_t kBlock = 256;
 
 template <typename scalar_t>
-inline void load_row(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t V, float* sf, float* tf) {
+inline void load_row(const scalar_t* s, const float* t, const float* a, float alpha, int64_t V, float* sf, float* tf) {
   for (int64_t v = 0; v < V; ++v) sf[v] = static_cast<float>(s[v]);
   if (a) {
     for (int64_t v = 0; v < V; ++v) {
-      const float tv = static_cast<float>(t[v]);
-      tf[v] = tv - alpha * std::max(static_cast<float>(a[v]) - tv, 0.f);
+      const float tv = t[v];
+      tf[v] = tv - alpha * std::max(a[v] - tv, 0.f);
     }
   } else {
-    for (int64_t v = 0; v < V; ++v) tf[v] = static_cast<float>(t[v]);
+    for (int64_t v = 0; v < V; ++v) tf[v] = t[v];
   }
 }
 
 inline float row_max(const float* x, int64_t V) {
-  float m = x[0];  // no -inf sentinel: the file builds with -ffast-math
+  float m = x[0];
   for (int64_t v = 1; v < V; ++v) m = std::max(m, x[v]);
   return m;
 }
@@ -45,20 +49,20 @@ inline float row_max(const float* x, int64_t V) {
 // Runs body(i, s_row_fp32, t_row_fp32) for every row, rows split across threads; each
 // thread converts its rows into one reused fp32 buffer (forgetting teacher applied).
 template <typename scalar_t, typename Body>
-void for_each_row(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t N, int64_t V, Body body) {
+void for_each_row(const scalar_t* s, const float* t, const float* a, float alpha, int64_t N, int64_t V, Body body) {
   at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> buf(2 * V);
     float* sf = buf.data();
     float* tf = buf.data() + V;
     for (int64_t i = lo; i < hi; ++i) {
       load_row(s + i * V, t + i * V, a ? a + i * V : nullptr, alpha, V, sf, tf);
-      body(i, sf, tf);
+      body(i, sf, tf);  // (the body may overwrite the row's buffers)
     }
   });
 }
 
 template <typename scalar_t>
-void forward_rows(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t N, int64_t V, float* kl,
+void forward_rows(const scalar_t* s, const float* t, const float* a, float alpha, int64_t N, int64_t V, float* kl,
                   float* lse_s, float* lse_t) {
   for_each_row(s, t, a, alpha, N, V, [&](int64_t i, const float* sf, const float* tf) {
     const float m_t = row_max(tf, V), m_s = row_max(sf, V);
@@ -69,37 +73,44 @@ void forward_rows(const scalar_t* s, const scalar_t* t, const scalar_t* a, float
       for (int64_t v = b; v < e; ++v) {
         const float et = std::exp(tf[v] - m_t);
         bz_t += et;
-        bacc += et * (tf[v] - sf[v]);
+        bacc += et > 0.f ? et * (tf[v] - sf[v]) : 0.f;  // 0 log 0 = 0 (t = -inf)
         bz_s += std::exp(sf[v] - m_s);
       }
       z_t += bz_t;
       z_s += bz_s;
       acc += bacc;
     }
-    const double lt = m_t + std::log(z_t), ls = m_s + std::log(z_s);
-    kl[i] = static_cast<float>(acc / z_t - lt + ls);
-    lse_s[i] = static_cast<float>(ls);
-    lse_t[i] = static_cast<float>(lt);
+    kl[i] = static_cast<float>(acc / z_t - (static_cast<double>(m_t) - m_s) - std::log(z_t) + std::log(z_s));
+    lse_s[i] = m_s;  // (max, log-sum) per side: rows i and N + i of a (2, N) buffer
+    lse_s[N + i] = static_cast<float>(std::log(z_s));
+    lse_t[i] = m_t;
+    lse_t[N + i] = static_cast<float>(std::log(z_t));
   });
 }
 
 template <typename scalar_t>
-void backward_rows(const scalar_t* s, const scalar_t* t, const scalar_t* a, float alpha, int64_t N, int64_t V, const float* g,
+void backward_rows(const scalar_t* s, const float* t, const float* a, float alpha, int64_t N, int64_t V, const float* g,
                    const float* lse_s, const float* lse_t, scalar_t* out) {
-  for_each_row(s, t, a, alpha, N, V, [&](int64_t i, const float* sf, const float* tf) {
-    const float gi = g[i], ls = lse_s[i], lt = lse_t[i];
+  for_each_row(s, t, a, alpha, N, V, [&](int64_t i, float* sf, float* tf) {
+    const float gi = g[i], ms = lse_s[i], lzs = lse_s[N + i], mt = lse_t[i], lzt = lse_t[N + i];
+    // the row's max first, in a pass of its own: -ffast-math may reassociate (x - m) - log Z
+    // into x - (m + log Z) within one expression, which loses the digits of large logits
+    for (int64_t v = 0; v < V; ++v) {
+      sf[v] -= ms;
+      tf[v] -= mt;
+    }
     scalar_t* oi = out + i * V;
-    for (int64_t v = 0; v < V; ++v) oi[v] = static_cast<scalar_t>(gi * (std::exp(sf[v] - ls) - std::exp(tf[v] - lt)));
+    for (int64_t v = 0; v < V; ++v) oi[v] = static_cast<scalar_t>(gi * (std::exp(sf[v] - lzs) - std::exp(tf[v] - lzt)));
   });
 }
 
 void check(const torch::Tensor& s, const torch::Tensor& t, const torch::Tensor& a, bool has_a) {
   CHECK_CPU(s); CHECK_CPU(t); CHECK_2D(s);
   TORCH_CHECK(s.sizes() == t.sizes(), "student and teacher shapes differ");
-  TORCH_CHECK(s.scalar_type() == t.scalar_type(), "student and teacher dtypes differ");
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32, "the teacher must be fp32");
   if (has_a) {
     CHECK_CPU(a);
-    TORCH_CHECK(a.sizes() == t.sizes() && a.scalar_type() == t.scalar_type(), "augmented must match teacher");
+    TORCH_CHECK(a.sizes() == t.sizes() && a.scalar_type() == torch::kFloat32, "augmented must be fp32 and match teacher");
   }
 }
 }  // namespace
@@ -110,9 +121,9 @@ std::vector<torch::Tensor> teacher_kl_forward(torch::Tensor s, torch::Tensor t, 
   if (has_a) a = a.contiguous();
   const int64_t N = s.size(0), V = s.size(1);
   auto opts = s.options().dtype(torch::kFloat32);
-  auto kl = torch::empty({N}, opts), lse_s = torch::empty({N}, opts), lse_t = torch::empty({N}, opts);
+  auto kl = torch::empty({N}, opts), lse_s = torch::empty({2, N}, opts), lse_t = torch::empty({2, N}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "teacher_kl_forward", [&] {
-    forward_rows<scalar_t>(s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), has_a ? a.data_ptr<scalar_t>() : nullptr,
+    forward_rows<scalar_t>(s.data_ptr<scalar_t>(), t.data_ptr<float>(), has_a ? a.data_ptr<float>() : nullptr,
                            static_cast<float>(alpha), N, V, kl.data_ptr<float>(), lse_s.data_ptr<float>(),
                            lse_t.data_ptr<float>());
   });
@@ -128,7 +139,7 @@ torch::Tensor teacher_kl_backward(torch::Tensor g, torch::Tensor s, torch::Tenso
   const int64_t N = s.size(0), V = s.size(1);
   auto out = torch::empty_like(s);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "teacher_kl_backward", [&] {
-    backward_rows<scalar_t>(s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), has_a ? a.data_ptr<scalar_t>() : nullptr,
+    backward_rows<scalar_t>(s.data_ptr<scalar_t>(), t.data_ptr<float>(), has_a ? a.data_ptr<float>() : nullptr,
                             static_cast<float>(alpha), N, V, g.data_ptr<float>(), lse_s.data_ptr<float>(),
                             lse_t.data_ptr<float>(), out.data_ptr<scalar_t>());
   });

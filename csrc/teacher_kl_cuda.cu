@@ -9,7 +9,10 @@
 //   wide: one block per row, each thread keeps an online (running max, rescaled sum)
 //   state for t and s and the running sum of e^(t - m_t)(t - s) over its strided
 //   slice; the states merge across the warp by shuffles and across warps in shared
-//   memory. No [N, V] temporary; fp32 math for fp32/fp16/bf16 inputs.
+//   memory. No [N, V] temporary; fp32 math for an fp32/fp16/bf16 student; the teacher and
+//   augmented logits are fp32 (never rounded to the student's dtype). -inf logits: 0 log 0
+//   = 0. The row's KL is acc/Z_t - (m_t - m_s) - log Z_t + log Z_s (no cancellation of two
+//   large log-sum-exps).
 // Backward: one grid-stride pass writing g_i * (e^(s - lse_s) - e^(t - lse_t)).
 #include <torch/extension.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -32,10 +35,9 @@ __device__ __forceinline__ float to_f<at::Half>(at::Half x) { return __half2floa
 template <>
 __device__ __forceinline__ float to_f<at::BFloat16>(at::BFloat16 x) { return __bfloat162float(static_cast<__nv_bfloat16>(x)); }
 
-template <typename T>
-__device__ __forceinline__ float teacher_at(const T* t, const T* a, float alpha, int64_t k) {
-  const float tv = to_f(t[k]);
-  return a ? tv - alpha * fmaxf(to_f(a[k]) - tv, 0.f) : tv;
+__device__ __forceinline__ float teacher_at(const float* t, const float* a, float alpha, int64_t k) {
+  const float tv = t[k];
+  return a ? tv - alpha * fmaxf(a[k] - tv, 0.f) : tv;
 }
 
 // Online state of one softmax pair: m_t, z_t (sum e^(t - m_t)), acc (sum e^(t - m_t)(t - s)), m_s, z_s.
@@ -50,14 +52,14 @@ __device__ __forceinline__ void push(State& st, float tv, float sv) {
     st.acc *= r;
     st.m_t = tv;
   }
-  const float et = __expf(tv - st.m_t);
+  const float et = tv == -INFINITY ? 0.f : __expf(tv - st.m_t);  // (-inf) - (-inf) is NaN: 0 log 0 = 0
   st.z_t += et;
-  st.acc += et * (tv - sv);
+  st.acc += et > 0.f ? et * (tv - sv) : 0.f;
   if (sv > st.m_s) {
     st.z_s *= __expf(st.m_s - sv);
     st.m_s = sv;
   }
-  st.z_s += __expf(sv - st.m_s);
+  st.z_s += sv == -INFINITY ? 0.f : __expf(sv - st.m_s);
 }
 
 __device__ __forceinline__ State merge(State x, State y) {
@@ -74,26 +76,28 @@ __device__ __forceinline__ State merge(State x, State y) {
 
 __device__ __forceinline__ State empty_state() { return State{-INFINITY, 0.f, 0.f, -INFINITY, 0.f}; }
 
-__device__ __forceinline__ void finish(const State& st, int64_t row, float* kl, float* lse_s, float* lse_t) {
-  const float lt = st.m_t + logf(st.z_t), ls = st.m_s + logf(st.z_s);
-  kl[row] = st.acc / st.z_t - lt + ls;
-  lse_s[row] = ls;
-  lse_t[row] = lt;
+// each side's softmax as (max, log-sum): rows `row` and N + row of a (2, N) buffer
+__device__ __forceinline__ void finish(const State& st, int64_t row, int64_t N, float* kl, float* lse_s, float* lse_t) {
+  kl[row] = st.acc / st.z_t - (st.m_t - st.m_s) - logf(st.z_t) + logf(st.z_s);
+  lse_s[row] = st.m_s;
+  lse_s[N + row] = logf(st.z_s);
+  lse_t[row] = st.m_t;
+  lse_t[N + row] = logf(st.z_t);
 }
 
 template <typename T>
-__global__ void forward_narrow(const T* __restrict__ s, const T* __restrict__ t, const T* __restrict__ a, float alpha, int64_t N,
+__global__ void forward_narrow(const T* __restrict__ s, const float* __restrict__ t, const float* __restrict__ a, float alpha, int64_t N,
                                int64_t V, float* kl, float* lse_s, float* lse_t) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= N) return;
   State st = empty_state();
   const int64_t base = row * V;
   for (int64_t v = 0; v < V; ++v) push(st, teacher_at(t, a, alpha, base + v), to_f(s[base + v]));
-  finish(st, row, kl, lse_s, lse_t);
+  finish(st, row, N, kl, lse_s, lse_t);
 }
 
 template <typename T>
-__global__ void forward_wide(const T* __restrict__ s, const T* __restrict__ t, const T* __restrict__ a, float alpha, int64_t V,
+__global__ void forward_wide(const T* __restrict__ s, const float* __restrict__ t, const float* __restrict__ a, float alpha, int64_t N, int64_t V,
                              float* kl, float* lse_s, float* lse_t) {
   const int64_t row = blockIdx.x;
   const int64_t base = row * V;
@@ -115,20 +119,20 @@ __global__ void forward_wide(const T* __restrict__ s, const T* __restrict__ t, c
   if (threadIdx.x == 0) {
     State tot = warps[0];
     for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) tot = merge(tot, warps[w]);
-    finish(tot, row, kl, lse_s, lse_t);
+    finish(tot, row, N, kl, lse_s, lse_t);
   }
 }
 
 template <typename T>
-__global__ void backward_kernel(const float* __restrict__ g, const T* __restrict__ s, const T* __restrict__ t,
-                                const T* __restrict__ a, float alpha, int64_t N, int64_t V, const float* __restrict__ lse_s,
+__global__ void backward_kernel(const float* __restrict__ g, const T* __restrict__ s, const float* __restrict__ t,
+                                const float* __restrict__ a, float alpha, int64_t N, int64_t V, const float* __restrict__ lse_s,
                                 const float* __restrict__ lse_t, T* __restrict__ out) {
   const int64_t total = N * V;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < total;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = k / V;
     const float tv = teacher_at(t, a, alpha, k);
-    out[k] = static_cast<T>(g[i] * (__expf(to_f(s[k]) - lse_s[i]) - __expf(tv - lse_t[i])));
+    out[k] = static_cast<T>(g[i] * (__expf((to_f(s[k]) - lse_s[i]) - lse_s[N + i]) - __expf((tv - lse_t[i]) - lse_t[N + i])));
   }
 }
 
@@ -136,8 +140,8 @@ void check(const torch::Tensor& s, const torch::Tensor& t, const torch::Tensor& 
   TORCH_CHECK(s.is_cuda() && t.is_cuda(), "student and teacher must be CUDA tensors");
   TORCH_CHECK(s.dim() == 2, "student must be (N, V)");
   TORCH_CHECK(s.sizes() == t.sizes(), "student and teacher shapes differ");
-  TORCH_CHECK(s.scalar_type() == t.scalar_type(), "student and teacher dtypes differ");
-  if (has_a) TORCH_CHECK(a.is_cuda() && a.sizes() == t.sizes() && a.scalar_type() == t.scalar_type(), "augmented must match teacher");
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32, "the teacher must be fp32");
+  if (has_a) TORCH_CHECK(a.is_cuda() && a.sizes() == t.sizes() && a.scalar_type() == torch::kFloat32, "augmented must be fp32 and match teacher");
 }
 
 }  // namespace
@@ -150,19 +154,19 @@ std::vector<torch::Tensor> teacher_kl_forward(torch::Tensor s, torch::Tensor t, 
   if (has_a) a = a.contiguous();
   const int64_t N = s.size(0), V = s.size(1);
   auto opts = s.options().dtype(torch::kFloat32);
-  auto kl = torch::empty({N}, opts), lse_s = torch::empty({N}, opts), lse_t = torch::empty({N}, opts);
+  auto kl = torch::empty({N}, opts), lse_s = torch::empty({2, N}, opts), lse_t = torch::empty({2, N}, opts);
   if (N == 0) return {kl, lse_s, lse_t};
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "teacher_kl_forward_cuda", [&] {
-    const scalar_t* ap = has_a ? a.data_ptr<scalar_t>() : nullptr;
+    const float* ap = has_a ? a.data_ptr<float>() : nullptr;
     if (V <= kNarrow) {
       const int blocks = static_cast<int>((N + kThreads - 1) / kThreads);
-      forward_narrow<scalar_t><<<blocks, kThreads, 0, stream>>>(s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), ap,
+      forward_narrow<scalar_t><<<blocks, kThreads, 0, stream>>>(s.data_ptr<scalar_t>(), t.data_ptr<float>(), ap,
                                                                  static_cast<float>(alpha), N, V, kl.data_ptr<float>(),
                                                                  lse_s.data_ptr<float>(), lse_t.data_ptr<float>());
     } else {
       forward_wide<scalar_t><<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
-          s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), ap, static_cast<float>(alpha), V, kl.data_ptr<float>(),
+          s.data_ptr<scalar_t>(), t.data_ptr<float>(), ap, static_cast<float>(alpha), N, V, kl.data_ptr<float>(),
           lse_s.data_ptr<float>(), lse_t.data_ptr<float>());
     }
   });
@@ -186,7 +190,7 @@ torch::Tensor teacher_kl_backward(torch::Tensor g, torch::Tensor s, torch::Tenso
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "teacher_kl_backward_cuda", [&] {
     backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        g.data_ptr<float>(), s.data_ptr<scalar_t>(), t.data_ptr<scalar_t>(), has_a ? a.data_ptr<scalar_t>() : nullptr,
+        g.data_ptr<float>(), s.data_ptr<scalar_t>(), t.data_ptr<float>(), has_a ? a.data_ptr<float>() : nullptr,
         static_cast<float>(alpha), N, V, lse_s.data_ptr<float>(), lse_t.data_ptr<float>(), out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -77,6 +77,11 @@ def forget(out: str | os.PathLike = "e2urec_out", **options) -> ForgetResult:
 
 def run_guarded(args, explicit: set[str]) -> ForgetResult:
     """Check everything, run, and on failure remove only what this run created."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # our own progress bars and log lines only
+    transformers.utils.logging.disable_progress_bar()
     out = Path(args.out)
     snap = _snapshot(out)
     try:
@@ -440,7 +445,7 @@ def _run(args, explicit: set[str]) -> ForgetResult:
             log(f"built the native teacher-KL op once ({extra['native_build_s']:.0f} s; cached for later runs)")
     root = None
     if orig is None:
-        log("training Original (on train) ...")
+        log("Original: fine-tuning on train (or reusing it from the model cache) ...")
         orig, orig_s, extra["original"] = train_on(job, "train", cfg, model_cache, "Original")
         # hand it out as a complete HuggingFace folder: the adapter's base_model_name_or_path
         handed["original"] = save_hf_folder(orig, out / "original", dict(
@@ -471,7 +476,7 @@ def _run(args, explicit: set[str]) -> ForgetResult:
     orig_m, orig_full = evaluate(orig, "Original")
     retr_full = None
     if "retrain" in methods or (not args.no_retrain and methods != ["original"]):
-        log("training Retrain (on D_r) ...")
+        log("Retrain: fine-tuning on D_r (or reusing it from the model cache) ...")
         retr, retr_s, extra["retrain"] = train_on(job, "retain", cfg, model_cache, "Retrain")
         retr_m, retr_full = evaluate(retr, "Retrain")
 
@@ -588,5 +593,8 @@ def _run(args, explicit: set[str]) -> ForgetResult:
     _finish_work(work)  # resumable states and the augmented model: derived from D_f, done with
     print(markdown_table(rows))
     log(f"wrote {out / 'report.json'}, report.md, report.csv{', report.png' if plotted else ''} ({report['total_s']:.0f} s in all)")
-    return ForgetResult(out.resolve(), report, adapter=handed.get("adapter"), original=Path(handed["original"]).resolve(),
-                        merged=handed.get("merged"), audit=aud)
+    def absolute(key):
+        return Path(handed[key]).resolve() if key in handed else None
+
+    return ForgetResult(out.resolve(), report, adapter=absolute("adapter"), original=absolute("original"), merged=absolute("merged"),
+                        audit=aud)

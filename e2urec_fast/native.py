@@ -2,15 +2,20 @@
 (csrc/teacher_kl.cpp) and CUDA for the GPU (csrc/teacher_kl_cuda.cu).
 
 torch.utils.cpp_extension.load builds each source once (about 30 s) into the torch
-extensions cache; later imports reuse it. Without a compiler (nvcc for the CUDA one), or
+extensions cache, in a folder named by the source's hash, the flags and the torch version
+(two checkouts never rebuild each other's); a build lock left by a killed build is waited
+on for at most E2UREC_NATIVE_LOCK_TIMEOUT seconds (300), then the op falls back with one
+warning instead of hanging. Later imports reuse the build. Without a compiler (nvcc for the CUDA one), or
 with E2UREC_NO_NATIVE=1, `available()` is False and ops.teacher_kl falls back to another
 backend with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +35,28 @@ def _source(name: str = "teacher_kl.cpp") -> Path:
     raise FileNotFoundError(f"csrc/{name} not found beside the package")
 
 
+def build_name(base: str, source: Path, flags: dict) -> str:
+    """The extension's name, keyed by the source's bytes, the flags and the torch version:
+    two checkouts (or two versions) never share, and rebuild, one build folder."""
+    h = hashlib.sha256(source.read_bytes())
+    h.update(repr(sorted(flags.items())).encode() + torch.__version__.encode())
+    return f"{base}_{h.hexdigest()[:12]}"
+
+
+def _wait_for_lock(build_dir: Path, what: str) -> str | None:
+    """torch's build lock: another process is building, or a killed build left it behind.
+    Wait at most E2UREC_NATIVE_LOCK_TIMEOUT seconds (default 300), then give up (None: go on)."""
+    lock = build_dir / "lock"
+    limit = float(os.environ.get("E2UREC_NATIVE_LOCK_TIMEOUT", "300"))
+    t0 = time.monotonic()
+    while lock.exists():
+        if time.monotonic() - t0 >= limit:
+            return (f"{lock} is still held after {limit:.0f} s (another build running, or a killed build left it: delete the "
+                    f"file to rebuild)")
+        time.sleep(min(1.0, max(limit / 10, 0.05)))
+    return None
+
+
 def _build(missing: str | None, name: str, source: str, what: str, **flags):
     """(module, None) or (None, why): `missing` is a reason not to try; a failed build warns."""
     if os.environ.get("E2UREC_NO_NATIVE") == "1":
@@ -37,9 +64,15 @@ def _build(missing: str | None, name: str, source: str, what: str, **flags):
     if missing:
         return None, missing
     try:
+        from torch.utils.cpp_extension import _get_build_directory
         from torch.utils.cpp_extension import load as _load
 
-        return _load(name=name, sources=[str(_source(source))], verbose=False, **flags), None
+        src = _source(source)
+        name = build_name(name, src, flags)
+        stuck = _wait_for_lock(Path(_get_build_directory(name, False)), what)
+        if stuck:
+            raise TimeoutError(stuck)
+        return _load(name=name, sources=[str(src)], verbose=False, **flags), None
     except Exception as e:  # a failed build falls back to another backend
         why = f"{type(e).__name__}: {str(e)[:300]}"
         warnings.warn(f"native {what} teacher_kl op could not be built ({why}); using another backend", stacklevel=3)
@@ -62,7 +95,7 @@ def load():
     if _mod is None and _error is None:
         no_cxx = shutil.which(os.environ.get("CXX", "c++")) is None
         _mod, _error = _build("no C++ compiler found" if no_cxx else None, "e2urec_teacher_kl", "teacher_kl.cpp", "CPU",
-                              extra_cflags=["-O3", "-fopenmp", "-march=native", "-ffast-math"], extra_ldflags=["-fopenmp"])
+                              extra_cflags=["-O3", "-fopenmp", "-march=native", "-ffast-math", "-fno-finite-math-only"], extra_ldflags=["-fopenmp"])
     return _mod
 
 
@@ -83,8 +116,8 @@ class TeacherKLFunction(torch.autograd.Function):
         m = _module(student)
         has_a = augmented is not None
         a = augmented if has_a else teacher
-        teacher = teacher.to(student.dtype)
-        a = a.to(student.dtype)
+        teacher = teacher.float().contiguous()  # the teachers stay fp32 whatever the student's dtype (never a downcast)
+        a = a.float().contiguous()
         kl, lse_s, lse_t = m.forward(student.detach(), teacher.detach(), a.detach(), has_a, alpha)
         ctx.save_for_backward(student.detach(), teacher.detach(), a.detach(), lse_s, lse_t)
         ctx.has_a, ctx.alpha = has_a, alpha

@@ -28,11 +28,12 @@ def forgetting_teacher(teacher: torch.Tensor, augmented: torch.Tensor | None, al
 
 
 def teacher_kl_ref(student, teacher, augmented=None, alpha: float = 0.0, reduction: str = "mean", upcast: bool = True):
-    """Plain PyTorch reference (float64 when upcast=True is requested by tests via .double())."""
+    """Plain PyTorch reference in fp32 (0 log 0 = 0: a teacher -inf entry contributes nothing)."""
     s = student.float() if upcast else student
     t = forgetting_teacher(teacher, augmented, alpha).detach()
     logp_t = F.log_softmax(t, -1)
-    kl = (logp_t.exp() * (logp_t - F.log_softmax(s, -1))).sum(-1)
+    p_t = logp_t.exp()
+    kl = torch.where(p_t > 0, p_t * (logp_t - F.log_softmax(s, -1)), torch.zeros((), dtype=p_t.dtype, device=p_t.device)).sum(-1)
     return _reduce(kl, reduction)
 
 

@@ -200,3 +200,21 @@ def test_unwritable_out_found_before_training(world, tmp_path, capsys):
     if os.path.exists("/proc/self"):
         rc, last, _ = _cli(world, tmp_path, capsys, out=__import__("pathlib").Path("/proc/e2urec_out"))
         assert rc == 2 and "--out is not writable" in last
+
+
+def test_bench_requests_dry_run(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_requests.py"
+    spec = importlib.util.spec_from_file_location("bench_requests", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--dry-run", "--work", str(tmp_path / "w"), "--cache-dir", str(tmp_path / "c")]) == 0
+    res = json.loads((tmp_path / "w" / "requests.json").read_text())
+    seq = res["sequential"]
+    assert [q["request"] for q in seq] == [1, 2, 3, 4, 5] and all(q["wall_s"] > 0 for q in seq)
+    assert all(q["imported_rows"] for q in seq[1:])  # every later request reused the D_r teacher rows
+    assert res["sequential_final"]["jsd"] >= 0 and "loss_auc" in res["sequential_final"]["audit"]
+    assert {"augment", "cache", "student", "evaluation", "audit"} <= set(res["five_users"]["stages"])
+    assert [r["method"] for r in res["single"]["rows"]][1:] == ["Original", "Retrain", "E2URec"]
