@@ -85,7 +85,7 @@ def run_guarded(args, explicit: set[str]) -> ForgetResult:
     out = Path(args.out)
     snap = _snapshot(out)
     try:
-        return _run(args, explicit)
+        return _run_seeds(args, explicit) if args.seeds is not None else _run(args, explicit)
     except UserError:
         _clean(out, snap)  # a divergence or an interrupt keeps <out>/work/ on purpose: the run resumes from it
         raise
@@ -379,7 +379,8 @@ def _run(args, explicit: set[str]) -> ForgetResult:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    prep = prepare(args.dataset, args.data_dir, cache, args.max_samples, args.forget_ratio if users is None else 0.2, args.seed)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    prep = prepare(args.dataset, args.data_dir, cache, args.max_samples, args.forget_ratio if users is None else 0.2, split_seed)
     if lineage.get("data_hash") and lineage["data_hash"] != prep.manifest["content_hash"]:
         raise UserError(f"{model_dir or args.previous}: its earlier requests were served on other data (prepared set "
                         f"{lineage['data_hash'][:12]}, this run {prep.manifest['content_hash'][:12]}); use the same "
@@ -563,7 +564,7 @@ def _run(args, explicit: set[str]) -> ForgetResult:
     report = dict(
         rows=rows,
         settings=dict(dataset=args.dataset, backbone=args.backbone, backbone_dir=str(bdir), max_samples=args.max_samples,
-                      forget_ratio=None if users is not None else args.forget_ratio, seed=args.seed, methods=methods,
+                      forget_ratio=None if users is not None else args.forget_ratio, seed=args.seed, split_seed=split_seed, methods=methods,
                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, baseline_steps=args.baseline_steps,
                       baseline_lr=args.baseline_lr, neg_weight=args.neg_weight, shards=args.shards,
                       receraser_agg=args.receraser_agg, no_retrain=bool(args.no_retrain), **e2u_settings),
@@ -598,3 +599,71 @@ def _run(args, explicit: set[str]) -> ForgetResult:
 
     return ForgetResult(out.resolve(), report, adapter=absolute("adapter"), original=absolute("original"), merged=absolute("merged"),
                         audit=aud)
+
+
+# ----------------------------------------------------------------- seeds
+def parse_seeds(spec: str) -> list[int]:
+    toks = [t.strip() for t in str(spec).split(",")]
+    if not toks or any(not re.fullmatch(r"-?[0-9]+", t) for t in toks):
+        raise UserError(f"--seeds {spec!r}: give integer seeds separated by commas, e.g. 1,2,3")
+    seeds = [int(t) for t in toks]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {spec!r}: a seed is repeated")
+    return seeds
+
+
+def _settings_key(args) -> str:
+    skip = {"out", "quiet", "threads", "seeds", "seed_axis"}
+    blob = json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in skip and not k.startswith("_")}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _run_seeds(args, explicit: set[str]) -> ForgetResult:
+    """The benchmark once per seed (OUT/seed-N/, each a complete run; a finished seed with the
+    same settings is reused, so an interrupted multi-seed run resumes), then one summary."""
+    import copy
+
+    from .errors import write_json_atomic, write_text_atomic
+    from .seeds import aggregate, markdown, plot
+
+    seeds = parse_seeds(args.seeds)
+    if args.forget_users is not None or args.original is not None or args.previous is not None:
+        raise UserError("--seeds is the benchmark's axis; a deletion request (--forget-users/--original/--previous) runs once")
+    if "seed" in explicit:
+        raise UserError("--seed and --seeds conflict: --seeds lists every seed to run")
+    out = Path(args.out)
+    check(copy.copy(args), explicit)  # every flag, before the first seed trains anything
+    reports, t0 = [], time.perf_counter()
+    for k, seed in enumerate(seeds):
+        sub = copy.copy(args)
+        sub.seeds, sub.seed, sub.out = None, seed, str(out / f"seed-{seed}")
+        if args.seed_axis == "train":
+            sub.split_seed = args.seed if args.split_seed is None else args.split_seed
+        key = _settings_key(sub)
+        done = Path(sub.out) / "report.json"
+        if done.is_file():
+            rep = json.loads(done.read_text())
+            if rep.get("settings_key") == key:
+                print(f"seed {seed} ({k + 1}/{len(seeds)}): reusing {done}", file=sys.stderr, flush=True)
+                reports.append(rep)
+                continue
+        print(f"seed {seed} ({k + 1}/{len(seeds)}) ...", file=sys.stderr, flush=True)
+        res = _run(sub, explicit | {"seed"})
+        res.report["settings_key"] = key
+        write_json_atomic(done, res.report)
+        reports.append(res.report)
+    agg = aggregate(reports, seeds)
+    s0 = reports[0]["settings"]
+    summary = dict(kind="multi-seed", settings={k: v for k, v in s0.items() if k not in ("seed", "split_seed")} | dict(
+        seeds=seeds, seed_axis=args.seed_axis), summary=agg, per_seed=[str((out / f"seed-{s}").resolve()) for s in seeds],
+        env=reports[-1]["env"], total_s=time.perf_counter() - t0, per_seed_total_s=[r.get("total_s") for r in reports])
+    write_json_atomic(out / "report.json", summary)
+    plotted = plot(agg, out / "report.png", title=f"{s0['dataset']}, backbone {s0['backbone']}, {len(seeds)} seeds")
+    md = (f"# E2URec over seeds: {s0['dataset']}, backbone {s0['backbone']}\n\n" + markdown(agg)
+          + ("\n![D_f JSD against unlearning time, means with 95% intervals](report.png)\n" if plotted else "")
+          + f"\nPer-seed reports: {', '.join(f'seed-{s}/report.md' for s in seeds)}. Wall clock of this run "
+          f"{summary['total_s']:.0f} s; {reports[-1]['env']['device']}, git {reports[-1]['env']['git']}.\n")
+    write_text_atomic(out / "report.md", md)
+    print(markdown(agg))
+    return ForgetResult(out.resolve(), summary)

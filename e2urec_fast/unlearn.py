@@ -62,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods, or 'all' ({','.join(ALL_METHODS)}); a CTR floor row is always added. "
                    "A deletion request defaults to original,retrain,e2urec")
-    g.add_argument("--seed", type=int, default=42, help="seed of the forget split, shuffling and initialisation")
+    g.add_argument("--seed", type=int, default=42, help="seed of training (initialisation, shuffling, dropout) and, unless "
+                   "--split-seed is given, of the forget split")
+    g.add_argument("--split-seed", type=int, default=None, help="seed of the random forget split alone (default: --seed)")
+    g.add_argument("--seeds", default=None, metavar="LIST",
+                   help="the benchmark once per seed (e.g. 1,2,3,4,5), each in OUT/seed-N/, and one report with mean, "
+                   "standard deviation, 95%% intervals and paired differences to E2URec")
+    g.add_argument("--seed-axis", default="both", choices=["both", "train"],
+                   help="with --seeds: each seed sets the training seed and the forget split (both), or the training seed "
+                   "only, the split staying at --split-seed/--seed (train)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     g.add_argument("--out", default="e2urec_out", help="output folder for report.json, report.md and the adapter")

@@ -1,0 +1,147 @@
+"""Seeds as an axis: one benchmark run per seed, one report with the spread.
+
+Per method and metric: the mean, the sample standard deviation and the half-width of a 95%
+confidence interval for the mean (Student's t with n - 1 degrees of freedom), over the
+seeds. Per method against E2URec: the paired difference (method - E2URec, seed by seed)
+with its own interval: a ranking claim holds only where that interval excludes 0. And
+E2URec's share of the Original-to-Retrain JSD gap it closes on D_f, per seed
+((JSD_Original - JSD_E2URec) / JSD_Original, Retrain's own JSD being 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak"]
+SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1,
+         "privleak": 1}
+REF = "E2URec"
+
+
+def summarize(values) -> dict | None:
+    """{n, mean, std, ci95 (half-width; None for n < 2), values} of the finite values, or None."""
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return None
+    n = len(v)
+    mean = float(np.mean(v))
+    if n < 2:
+        return dict(n=n, mean=mean, std=None, ci95=None, values=v)
+    from scipy.stats import t
+
+    std = float(np.std(v, ddof=1))
+    return dict(n=n, mean=mean, std=std, ci95=float(t.ppf(0.975, n - 1) * std / math.sqrt(n)), values=v)
+
+
+def aggregate(reports: list[dict], seeds: list[int]) -> dict:
+    """One summary over per-seed reports (each a report.json dict, same methods)."""
+    order, kinds = [], {}
+    for rep in reports:
+        for r in rep["rows"]:
+            if r["method"] not in kinds:
+                order.append(r["method"])
+                kinds[r["method"]] = r.get("kind", "unlearn")
+    by = [{r["method"]: r for r in rep["rows"]} for rep in reports]
+    rows = []
+    for m in order:
+        row = dict(method=m, kind=kinds[m])
+        for k in METRICS:
+            row[k] = summarize([b[m].get(k) if m in b else None for b in by])
+        row["trainable_params"] = next((b[m].get("trainable_params") for b in by if m in b), None)
+        row["diverged_seeds"] = [s for s, b in zip(seeds, by) if m in b and b[m].get("diverged")]
+        rows.append(row)
+    paired = {}
+    if any(REF in b for b in by):
+        for m in order:
+            if m == REF or m.startswith("CTR floor"):
+                continue
+            paired[m] = {}
+            for k in METRICS:
+                d = [b[m][k] - b[REF][k] for b in by if m in b and REF in b
+                     and b[m].get(k) is not None and b[REF].get(k) is not None]
+                paired[m][k] = summarize(d)
+    gap = []
+    for b in by:
+        o, e = b.get("Original", {}).get("jsd"), b.get(REF, {}).get("jsd")
+        if o and e is not None:
+            gap.append((o - e) / o)
+    return dict(seeds=seeds, rows=rows, paired_vs_e2urec=paired, jsd_gap_closed=summarize(gap))
+
+
+def _cell(s: dict | None, scale: float, digits: int = 2) -> str:
+    if s is None:
+        return "-"
+    if s["ci95"] is None:
+        return f"{s['mean'] * scale:.{digits}f}"
+    return f"{s['mean'] * scale:.{digits}f} ± {s['ci95'] * scale:.{digits}f}"
+
+
+def markdown(agg: dict) -> str:
+    cols = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2"), ("time_s", "Time(s)")]
+    n = len(agg["seeds"])
+    lines = [f"Mean ± 95% confidence half-width over {n} seeds ({', '.join(map(str, agg['seeds']))}); metrics x100 as in "
+             "the paper, time in seconds.", "",
+             "| Method | " + " | ".join(c for _, c in cols) + " | LOSS-attack AUC | #Params |", "|" + "---|" * (len(cols) + 3)]
+    for r in agg["rows"]:
+        cells = [_cell(r[k], SCALE[k], 1 if k == "time_s" else 2) for k, _ in cols]
+        p = r.get("trainable_params")
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {_cell(r['mia_loss_auc'], 1, 4)} | "
+                     f"{'-' if not p else (f'{p:.2e}' if p >= 1e5 else p)} |")
+    if agg["paired_vs_e2urec"]:
+        lines += ["", "Paired differences to E2URec (method - E2URec, seed by seed; mean [95% interval]); `*`: the interval "
+                  "excludes 0, so the difference is resolved at this number of seeds.", "",
+                  "| Method | ΔAUC | ΔLogLoss | ΔJSD | ΔL2 | ΔTime(s) |", "|---|---|---|---|---|---|"]
+        for m, d in agg["paired_vs_e2urec"].items():
+            cells = []
+            for k in ("auc", "logloss", "jsd", "l2", "time_s"):
+                s = d.get(k)
+                if s is None:
+                    cells.append("-")
+                    continue
+                sc, dg = SCALE[k], 1 if k == "time_s" else 2
+                if s["ci95"] is None:
+                    cells.append(f"{s['mean'] * sc:+.{dg}f}")
+                    continue
+                lo, hi = (s["mean"] - s["ci95"]) * sc, (s["mean"] + s["ci95"]) * sc
+                star = "*" if lo > 0 or hi < 0 else ""
+                cells.append(f"{s['mean'] * sc:+.{dg}f} [{lo:+.{dg}f}, {hi:+.{dg}f}]{star}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    g = agg["jsd_gap_closed"]
+    if g:
+        lines += ["", f"E2URec closes {_cell(g, 100, 1)} % of the Original-to-Retrain JSD gap on D_f "
+                  f"(per seed: {', '.join(f'{v * 100:.1f}' for v in g['values'])})."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: dict, path, title: str = "") -> bool:
+    """D_f JSD against time, means with 95% intervals as error bars."""
+    pts = [r for r in agg["rows"] if r["method"] != "Retrain" and r["jsd"] and r["time_s"]]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .errors import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in pts:
+        j, t = r["jsd"], r["time_s"]
+        ax.errorbar([t["mean"]], [j["mean"] * 100], xerr=[t["ci95"] or 0], yerr=[(j["ci95"] or 0) * 100], fmt="o", capsize=3,
+                    color="tab:red" if r["method"].startswith("E2URec") else "tab:blue")
+        ax.annotate(r["method"], (t["mean"], j["mean"] * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    js = [r["jsd"]["mean"] * 100 for r in pts]
+    if len(js) > 1 and max(js) / max(min(js), 1e-3) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("unlearning time (s), mean ± 95% CI")
+    ax.set_ylabel("JSD on D_f vs Retrain (x100), mean ± 95% CI")
+    ax.set_title(title or f"over {len(agg['seeds'])} seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True

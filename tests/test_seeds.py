@@ -1,0 +1,68 @@
+"""Seeds as an axis: the statistics, and a two-seed benchmark run end to end."""
+
+import json
+import math
+
+import pytest
+
+from conftest import make_ml1m
+from e2urec_fast import UserError, forget
+from e2urec_fast.seeds import aggregate, markdown, summarize
+
+
+def test_summarize_uses_student_t():
+    s = summarize([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["std"] == 1.0 and s["n"] == 3
+    assert s["ci95"] == pytest.approx(4.302652729911275 / math.sqrt(3))  # t(0.975, df=2) * s / sqrt(n)
+    assert summarize([5.0])["ci95"] is None and summarize([None, float("nan")]) is None
+
+
+def _rep(o, r, e, n):
+    row = lambda m, jsd, auc, kind="unlearn": dict(method=m, kind=kind, auc=auc, acc=0.5, logloss=0.6, jsd=jsd, l2=0.1, time_s=1.0)
+    return dict(rows=[row("Original", o, 0.7, "reference"), row("Retrain", 0.0, 0.7, "reference"), row("E2URec", e, 0.7),
+                      row("NegGrad", n, 0.6)])
+
+
+def test_paired_differences_and_gap_closed():
+    reps = [_rep(0.10, 0, 0.05, 0.08), _rep(0.20, 0, 0.10, 0.15), _rep(0.10, 0, 0.02, 0.06)]
+    agg = aggregate(reps, [1, 2, 3])
+    d = agg["paired_vs_e2urec"]["NegGrad"]["jsd"]
+    assert d["values"] == pytest.approx([0.03, 0.05, 0.04]) and d["mean"] == pytest.approx(0.04)
+    assert d["mean"] - d["ci95"] > 0  # resolved: NegGrad is farther from Retrain on every seed
+    assert agg["jsd_gap_closed"]["values"] == pytest.approx([0.5, 0.5, 0.8])
+    md = markdown(agg)
+    assert "| NegGrad |" in md and "*" in md.split("| NegGrad |")[-1].splitlines()[0] and "closes" in md
+
+
+def test_two_seeds_end_to_end(tmp_path):
+    data = make_ml1m(tmp_path / "ml1m", n_users=16, per_user=14)
+    common = dict(dataset="ml-1m", data_dir=str(data), cache_dir=str(tmp_path / "c"), max_samples=None, epochs=1, batch_size=8,
+                  student_steps=6, forget_epochs=0, quiet=True, methods="original,retrain,e2urec", forget_ratio=0.25)
+    res = forget(tmp_path / "o", seeds="1,2", **common)
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["kind"] == "multi-seed" and rep["settings"]["seeds"] == [1, 2]
+    rows = {r["method"]: r for r in rep["summary"]["rows"]}
+    assert rows["E2URec"]["jsd"]["n"] == 2 and rows["E2URec"]["jsd"]["ci95"] is not None
+    per = [json.loads((tmp_path / "o" / f"seed-{s}" / "report.json").read_text()) for s in (1, 2)]
+    assert [p["settings"]["seed"] for p in per] == [1, 2] and [p["settings"]["split_seed"] for p in per] == [1, 2]
+    assert rows["E2URec"]["jsd"]["values"] == [p["rows"][3]["jsd"] for p in per]
+    assert (tmp_path / "o" / "report.png").exists() and "± " in (tmp_path / "o" / "report.md").read_text()
+    assert res.out == (tmp_path / "o").resolve()
+    # a finished seed is reused (same settings): the second run trains nothing
+    mtime = (tmp_path / "o" / "seed-1" / "report.json").stat().st_mtime
+    forget(tmp_path / "o", seeds="1,2", **common)
+    assert (tmp_path / "o" / "seed-1" / "report.json").stat().st_mtime == mtime
+    # --seed-axis train: the split stays put while the training seed moves
+    forget(tmp_path / "t", seeds="1,2", seed_axis="train", split_seed=7, **common | dict(methods="original,e2urec", no_retrain=True))
+    per = [json.loads((tmp_path / "t" / f"seed-{s}" / "report.json").read_text()) for s in (1, 2)]
+    assert [p["settings"]["split_seed"] for p in per] == [7, 7]
+    assert per[0]["forgotten_users_sha256"] == per[1]["forgotten_users_sha256"]
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(seeds="1,x"), "integer seeds"), (dict(seeds="1,1"), "repeated"),
+                                    (dict(seeds="1,2", seed=3), "--seed and --seeds conflict"),
+                                    (dict(seeds="1,2", forget_users="1"), "--seeds is the benchmark's axis")])
+def test_seed_flags(kw, msg, tmp_path):
+    with pytest.raises(UserError, match=msg):
+        forget(tmp_path / "o", **kw)
+    assert not (tmp_path / "o").exists()
