@@ -7,8 +7,8 @@
 //
 // Per row: one pass builds t in a thread-local buffer and the two maxima, one pass
 // sums the exponentials; both are plain loops over contiguous floats that the compiler
-// vectorises (expf from libmvec; built with -ffast-math -fno-finite-math-only, so -inf
-// stays -inf). Sums run in fp32 within blocks of 256 and in fp64 across blocks. Forward
+// vectorises (expf from libmvec; built with -ffast-math, so -inf is clamped to -1e30 on
+// load, where e^(x - m) is exactly 0). Sums run in fp32 within blocks of 256 and in fp64 across blocks. Forward
 // returns kl and each side's (max, log-sum) as a (2, N) buffer; backward writes
 // g * (e^((s - m_s) - log Z_s) - e^((t - m_t) - log Z_t)) in one pass (no large lse subtracted). The student in any float dtype; the teacher and augmented logits in fp32
 // (an fp32 cache is never rounded to a bf16 student's precision); fp32 math.
@@ -26,17 +26,24 @@
 
 namespace {
 constexpr int64_t kBlock = 256;
+// -inf logits are clamped to this on load: the file builds with -ffast-math, which assumes no
+// infinities, and e^(-1e30 - m) is exactly 0, so a -inf entry contributes 0 (0 log 0 = 0)
+constexpr float kNegBig = -1e30f;
 
 template <typename scalar_t>
-inline void load_row(const scalar_t* s, const float* t, const float* a, float alpha, int64_t V, float* sf, float* tf) {
-  for (int64_t v = 0; v < V; ++v) sf[v] = static_cast<float>(s[v]);
+inline void load_row(const scalar_t* s, const float* t, const float* a, float alpha, int64_t V, float* sf, float* tf,
+                     float shift_s, float shift_t) {
+  // shift_*: the row's max, subtracted here (backward) in a loop of its own: -ffast-math may
+  // reassociate (x - m) - log Z into x - (m + log Z) within one expression, which loses the
+  // digits of large logits
+  for (int64_t v = 0; v < V; ++v) sf[v] = std::max(static_cast<float>(s[v]), kNegBig) - shift_s;
   if (a) {
     for (int64_t v = 0; v < V; ++v) {
-      const float tv = t[v];
-      tf[v] = tv - alpha * std::max(a[v] - tv, 0.f);
+      const float tv = std::max(t[v], kNegBig);
+      tf[v] = std::max(tv - alpha * std::max(std::max(a[v], kNegBig) - tv, 0.f), kNegBig) - shift_t;
     }
   } else {
-    for (int64_t v = 0; v < V; ++v) tf[v] = t[v];
+    for (int64_t v = 0; v < V; ++v) tf[v] = std::max(t[v], kNegBig) - shift_t;
   }
 }
 
@@ -49,14 +56,16 @@ inline float row_max(const float* x, int64_t V) {
 // Runs body(i, s_row_fp32, t_row_fp32) for every row, rows split across threads; each
 // thread converts its rows into one reused fp32 buffer (forgetting teacher applied).
 template <typename scalar_t, typename Body>
-void for_each_row(const scalar_t* s, const float* t, const float* a, float alpha, int64_t N, int64_t V, Body body) {
+void for_each_row(const scalar_t* s, const float* t, const float* a, float alpha, int64_t N, int64_t V, Body body,
+                  const float* shift_s = nullptr, const float* shift_t = nullptr) {
   at::parallel_for(0, N, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> buf(2 * V);
     float* sf = buf.data();
     float* tf = buf.data() + V;
     for (int64_t i = lo; i < hi; ++i) {
-      load_row(s + i * V, t + i * V, a ? a + i * V : nullptr, alpha, V, sf, tf);
-      body(i, sf, tf);  // (the body may overwrite the row's buffers)
+      load_row(s + i * V, t + i * V, a ? a + i * V : nullptr, alpha, V, sf, tf, shift_s ? shift_s[i] : 0.f,
+               shift_t ? shift_t[i] : 0.f);
+      body(i, sf, tf);
     }
   });
 }
@@ -73,7 +82,7 @@ void forward_rows(const scalar_t* s, const float* t, const float* a, float alpha
       for (int64_t v = b; v < e; ++v) {
         const float et = std::exp(tf[v] - m_t);
         bz_t += et;
-        bacc += et > 0.f ? et * (tf[v] - sf[v]) : 0.f;  // 0 log 0 = 0 (t = -inf)
+        bacc += et * (tf[v] - sf[v]);  // t = -inf (clamped): et is exactly 0, so 0 log 0 = 0
         bz_s += std::exp(sf[v] - m_s);
       }
       z_t += bz_t;
@@ -91,17 +100,12 @@ void forward_rows(const scalar_t* s, const float* t, const float* a, float alpha
 template <typename scalar_t>
 void backward_rows(const scalar_t* s, const float* t, const float* a, float alpha, int64_t N, int64_t V, const float* g,
                    const float* lse_s, const float* lse_t, scalar_t* out) {
-  for_each_row(s, t, a, alpha, N, V, [&](int64_t i, float* sf, float* tf) {
-    const float gi = g[i], ms = lse_s[i], lzs = lse_s[N + i], mt = lse_t[i], lzt = lse_t[N + i];
-    // the row's max first, in a pass of its own: -ffast-math may reassociate (x - m) - log Z
-    // into x - (m + log Z) within one expression, which loses the digits of large logits
-    for (int64_t v = 0; v < V; ++v) {
-      sf[v] -= ms;
-      tf[v] -= mt;
-    }
+  // the buffers arrive with each row's max already subtracted (lse_* row 0 holds the maxima)
+  for_each_row(s, t, a, alpha, N, V, [&](int64_t i, const float* sf, const float* tf) {
+    const float gi = g[i], lzs = lse_s[N + i], lzt = lse_t[N + i];
     scalar_t* oi = out + i * V;
     for (int64_t v = 0; v < V; ++v) oi[v] = static_cast<scalar_t>(gi * (std::exp(sf[v] - lzs) - std::exp(tf[v] - lzt)));
-  });
+  }, lse_s, lse_t);
 }
 
 void check(const torch::Tensor& s, const torch::Tensor& t, const torch::Tensor& a, bool has_a) {

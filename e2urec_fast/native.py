@@ -95,7 +95,7 @@ def load():
     if _mod is None and _error is None:
         no_cxx = shutil.which(os.environ.get("CXX", "c++")) is None
         _mod, _error = _build("no C++ compiler found" if no_cxx else None, "e2urec_teacher_kl", "teacher_kl.cpp", "CPU",
-                              extra_cflags=["-O3", "-fopenmp", "-march=native", "-ffast-math", "-fno-finite-math-only"], extra_ldflags=["-fopenmp"])
+                              extra_cflags=["-O3", "-fopenmp", "-march=native", "-ffast-math"], extra_ldflags=["-fopenmp"])
     return _mod
 
 
