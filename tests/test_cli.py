@@ -115,7 +115,7 @@ def test_goodreads_end_to_end(tmp_path):
     (d / "ratings.csv").write_text("user_id,book_id,rating\n" + "".join(rows))
     out = tmp_path / "out"
     r = run_cli("--dataset", "goodreads", "--data-dir", str(d), "--cache-dir", str(tmp_path / "c"), "--out", str(out),
-                "--epochs", "1", "--student-steps", "3", "--batch-size", "8", "--quiet", "--forget-ratio", "0.25",
+                "--epochs", "1", "--student-steps", "3", "--forget-epochs", "0", "--batch-size", "8", "--quiet", "--forget-ratio", "0.25",
                 "--methods", "original,retrain,e2urec")
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())

@@ -71,6 +71,16 @@ def test_prompt_text_exact():
     assert render_prompt(s2, inter).startswith("The user is a female. Her job is artist. Her age is 18-24.\nShe watched")
 
 
+def test_ml1m_occupation_zero_is_other_or_not_specified(ml1m_dir):
+    # the authors' ml-1m.ipynb: code 0 is "other or not specified" (not "other")
+    (ml1m_dir / "users.dat").write_text("1::F::1::0::48067\n2::M::56::16::70072\n")
+    (ml1m_dir / "ratings.dat").write_text("".join(f"{u}::{i}::4::{100 * u + i}\n" for u in (1, 2) for i in range(1, 8)))
+    inter = load_ml1m(ml1m_dir)
+    s = next(s for s in build_samples(inter, min_history=5, k=10) if s.user == 1)
+    assert render_prompt(s, inter).startswith("The user is a female. Her job is other or not specified. Her age is under 18.\n")
+    assert inter.users[2].job == "self-employed"
+
+
 def test_ml1m_latin1_titles(ml1m_dir):
     inter = load_ml1m(ml1m_dir)
     assert "Se\u00f1or Amor (1999)" in inter.titles.values()

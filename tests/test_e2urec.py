@@ -186,3 +186,15 @@ def test_e2urec_over_8bit_base(setup, tmp_path):
     ref = predict_logits(orig, orig.model, job.seqs, idx)
     assert torch.isfinite(q).all() and not torch.equal(q, base)
     assert torch.allclose(base, ref, atol=0.1, rtol=0.05)  # int8 base ~ the fp32 Original
+
+
+def test_schedule_refuses_a_forget_epoch_that_swallows_the_joint_steps():
+    from e2urec_fast.errors import UserError
+    from e2urec_fast.methods.e2urec import schedule
+
+    # --paper-scale: |D_f| ~ 13,000 at batch 16 is ~813 forget-only steps against 300 in all
+    with pytest.raises(UserError, match="take 813 steps, leaving no joint step"):
+        schedule(13_000, 16, 1, 300)
+    assert schedule(13_000, 16, 1, 1000).forget_steps == 813
+    assert schedule(13_000, 16, 0, 300).forget_steps == 0
+    assert schedule(13_000, 16, 1, 300, joint=False).forget_steps == 300  # E2URec w/o L_REM: forget-only by design

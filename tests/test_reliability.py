@@ -224,7 +224,7 @@ def test_stale_teacher_cache_refused(data, tmp_path):
 def _preset_copy(data, tmp_path) -> Path:
     cache = tmp_path / "c"
     r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(cache), "--out", str(tmp_path / "o0"),
-                "--epochs", "1", "--quiet", "--methods", "e2urec", "--student-steps", "1")
+                "--epochs", "1", "--quiet", "--methods", "e2urec", "--student-steps", "1", "--forget-epochs", "0")
     assert r.returncode == 0, r.stderr
     src = next((cache / "backbones").iterdir())
     dst = tmp_path / "model"

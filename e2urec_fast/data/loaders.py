@@ -20,7 +20,7 @@ from ..errors import fail
 
 ML1M_AGES = {1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "above 56"}
 ML1M_JOBS = [
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "other or not specified", "academic/educator", "artist", "clerical/admin", "college/grad student",
     "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
     "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
     "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",

@@ -22,7 +22,7 @@ from ..errors import fail, load_safetensors, save_safetensors_atomic, staged_dir
 from .loaders import fetch_recbole_wheel, load_dataset
 from .samples import build_samples, render_prompt, split_samples
 
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: ML-1M occupation 0 reads 'other or not specified' (the authors' ml-1m.ipynb)
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
 
 

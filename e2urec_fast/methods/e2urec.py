@@ -187,8 +187,17 @@ class Schedule:
     total: int
 
 
-def schedule(n_forget: int, batch: int, forget_epochs: int, total: int) -> Schedule:
-    return Schedule(min(total, forget_epochs * math.ceil(n_forget / batch)), total)
+def schedule(n_forget: int, batch: int, forget_epochs: int, total: int, joint: bool = True) -> Schedule:
+    """`forget_epochs` epochs of forget-only steps over D_f, then joint steps, `total` in all.
+    A setting whose forget-only epochs take every step would silently run E2URec without
+    L_REM (at --paper-scale: ~812 forget-only steps per epoch against 300): refused, naming
+    the numbers, when the run has a joint phase (`joint`)."""
+    forget_steps = forget_epochs * math.ceil(n_forget / batch)
+    if joint and forget_steps >= total:
+        raise UserError(f"--student-steps {total}: the {forget_epochs} forget-only epoch(s) over |D_f| = {n_forget} "
+                        f"(batch {batch}) take {forget_steps} steps, leaving no joint step, so L_REM would never train; "
+                        f"give --student-steps above {forget_steps} or fewer --forget-epochs")
+    return Schedule(min(total, forget_steps), total)
 
 
 def student_batches(job: Job, sched: Schedule, bucket: bool, parts=("rem", "fgt"), index_only: bool = False):
@@ -292,7 +301,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     use_cache = impl == "fast" and not args.no_teacher_cache
     fusion = "off" if args.no_batch_fusion else getattr(args, "batch_fusion", "auto")
     fuse = fusion == "on" or (fusion == "auto" and not str(job.device).startswith("cpu"))
-    sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
+    sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps,
+                     joint="rem" in parts and "fgt" in parts)
     bucket = impl == "fast" and not args.no_bucketing
     if use_cache:
         t0 = time.perf_counter()
