@@ -21,7 +21,9 @@ class UserError(Exception):
 
 
 def fail(path: str | os.PathLike | None, problem: str, line: int | None = None) -> UserError:
-    """Build a UserError of the form '<path>[:line]: <problem>'."""
+    """Build a UserError of the form '<path>[:line]: <problem>', on one line (a newline or
+    carriage return quoted from a file is shown escaped)."""
+    problem = problem.replace("\r", "\\r").replace("\n", "\\n")
     where = ""
     if path is not None:
         where = f"{path}:{line}: " if line is not None else f"{path}: "

@@ -170,7 +170,7 @@ def test_e2urec_over_8bit_base(setup, tmp_path):
 
     job, orig, _, _ = setup
     job.out = tmp_path / "q8"
-    args = build_parser().parse_args(["--load-in-8bit", "--student-steps", "4", "--quiet"])
+    args = build_parser().parse_args(["--load-in-8bit", "--student-steps", "4", "--forget-epochs", "0", "--quiet"])
     e2urec.settings(args)
     bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
     b = info["base_model_bytes"]

@@ -275,7 +275,7 @@ def _csv_rows(path: Path, required: list[str]):
             raise fail(path, "file is empty") from None
         missing = [c for c in required if c not in header]
         if missing:
-            raise fail(path, f"header lacks column(s) {', '.join(missing)} (found {', '.join(header)}); wrong separator?", 1)
+            raise fail(path, f"header lacks column(s) {', '.join(missing)} (found {', '.join(map(repr, header))[:200]}); wrong separator?", 1)
         idx = [header.index(c) for c in required]
         for row in reader:
             n = reader.line_num
