@@ -89,8 +89,6 @@ def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .errors import atomic_path
-
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for t, j, name in pts:
         color = "tab:red" if name.startswith("E2URec") else "tab:blue"
@@ -102,13 +100,22 @@ def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
         ax.set_xscale("log")
     if len(pts) > 1 and max(p[1] for p in pts) / max(min(p[1] for p in pts), 1e-3) > 20:
         ax.set_yscale("log")  # a collapsed baseline (JSD in the hundreds) would flatten the rest
-    ax.set_title(title or "forgetting quality against unlearning time", fontsize=10)
+    finish_plot(fig, ax, path, title or "forgetting quality against unlearning time")
+    return True
+
+
+def finish_plot(fig, ax, path, title: str) -> None:
+    """Title, grid, layout, and an atomic PNG write (every plot of ours ends this way)."""
+    import matplotlib.pyplot as plt
+
+    from .errors import atomic_path
+
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    return True
 
 
 def render_markdown(report: dict, plot: str | None = None) -> str:

@@ -125,7 +125,7 @@ def plot(agg: dict, path, title: str = "") -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .errors import atomic_path
+    from .report import finish_plot
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in pts:
@@ -138,10 +138,5 @@ def plot(agg: dict, path, title: str = "") -> bool:
         ax.set_yscale("log")
     ax.set_xlabel("unlearning time (s), mean ± 95% CI")
     ax.set_ylabel("JSD on D_f vs Retrain (x100), mean ± 95% CI")
-    ax.set_title(title or f"over {len(agg['seeds'])} seeds", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    finish_plot(fig, ax, path, title or f"over {len(agg['seeds'])} seeds")
     return True
