@@ -36,9 +36,10 @@ def _source(name: str = "teacher_kl.cpp") -> Path:
 
 
 def build_name(base: str, source: Path, flags: dict) -> str:
-    """The extension's name, keyed by the source's bytes, the flags and the torch version:
-    two checkouts (or two versions) never share, and rebuild, one build folder."""
-    h = hashlib.sha256(source.read_bytes())
+    """The extension's name, keyed by the source's path and bytes, the flags and the torch
+    version: two checkouts (or two versions) never share, and rebuild, one build folder
+    (torch's build file names the source by path, so one folder per path)."""
+    h = hashlib.sha256(str(source.resolve()).encode() + b"\0" + source.read_bytes())
     h.update(repr(sorted(flags.items())).encode() + torch.__version__.encode())
     return f"{base}_{h.hexdigest()[:12]}"
 

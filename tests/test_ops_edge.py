@@ -100,9 +100,11 @@ def test_native_build_folder_keyed_by_source(tmp_path):
     copy = tmp_path / "teacher_kl.cpp"
     copy.write_bytes(src.read_bytes())
     flags = dict(extra_cflags=["-O3"])
-    assert native.build_name("x", src, flags) == native.build_name("x", copy, flags)  # same bytes, same build
-    copy.write_bytes(src.read_bytes() + b"// another checkout's edit\n")
-    assert native.build_name("x", src, flags) != native.build_name("x", copy, flags)
+    first = native.build_name("x", copy, flags)
+    assert native.build_name("x", copy, flags) == first  # same checkout, same build
+    assert native.build_name("x", src, flags) != first  # another checkout (path), its own build folder
+    copy.write_bytes(src.read_bytes() + b"// an edit\n")
+    assert native.build_name("x", copy, flags) != first  # edited source: a new build
     assert native.build_name("x", src, flags) != native.build_name("x", src, dict(extra_cflags=["-O2"]))
 
 
