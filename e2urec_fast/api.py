@@ -146,15 +146,6 @@ def _writable_dir(path: Path, flag: str) -> None:
         raise fail(path, f"{flag} is not writable ({e.strerror or e})") from None
 
 
-def _model_folder(path: Path, flag: str, missing: str = "model folder not found") -> None:
-    if not path.is_dir():
-        raise fail(path, f"{missing}" if flag == "--backbone" else f"{flag}: {missing}")
-    if not (path / "config.json").is_file():
-        raise fail(path, f"{flag}: no config.json: not a HuggingFace model folder")
-    if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
-        raise fail(path, f"{flag}: no model.safetensors weights (only safetensors are loaded, never pickles)")
-
-
 def parse_user_list(spec: str) -> list[int]:
     """'1,2,3' or '@FILE' (one id per line; blank lines and '#' comments skipped)."""
     spec = str(spec).strip()
@@ -193,7 +184,7 @@ def check(args, explicit: set[str]) -> dict:
     import torch
 
     from .methods.e2urec import AUTHORS
-    from .models.backbone import FETCHED, PRESETS
+    from .models.backbone import FETCHED, PRESETS, check_model_folder
     from .unlearn import ALL_METHODS
 
     ints = dict(threads=1, lora_r=1, patience=0, epochs=1, batch_size=1, student_steps=1, baseline_steps=1, checkpoint_every=1,
@@ -269,19 +260,19 @@ def check(args, explicit: set[str]) -> dict:
         if prev.resolve() == Path(args.out).resolve():
             raise UserError(f"--previous {prev}: give the next request its own --out")
     if args.original is not None:
-        _model_folder(Path(args.original), "--original")
+        check_model_folder(Path(args.original), "--original", "--original: model folder not found")
     needs_pretrained = any(m in methods for m in ("retrain", "sisa", "receraser")) or (
         not args.no_retrain and any(m != "original" for m in methods))
     if (args.original is not None or args.previous is not None) and needs_pretrained and "backbone" not in explicit:
         raise UserError("Retrain (and the JSD/L2 against it) needs the pretrained model your Original was fine-tuned from: "
                         "give --backbone, or --no-retrain to skip Retrain")
     if args.backbone not in PRESETS and args.backbone not in FETCHED:
-        _model_folder(Path(args.backbone), "--backbone", f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) "
-                      "nor a folder")
+        check_model_folder(Path(args.backbone), "--backbone", f"backbone not found: neither a preset "
+                           f"({', '.join([*PRESETS, *FETCHED])}) nor a folder")
     users = parse_user_list(args.forget_users) if args.forget_users is not None else None
     if (args.original is not None or args.previous is not None) and users is None:
         raise UserError("--original/--previous serve a deletion request: name the users with --forget-users")
-    return dict(methods=methods, users=users, request=request)
+    return dict(methods=methods, users=users)
 
 
 # ----------------------------------------------------------------- the request
@@ -324,8 +315,8 @@ def apply_request(prep, dataset: str, users: list[int], forgotten: set[str]) -> 
     return dict(previous_users=len(prev))
 
 
-def _lineage_of(args, explicit) -> tuple[dict, Path | None, Path | None]:
-    """(history manifest, the model folder to unlearn, the folder of the previous output)."""
+def _lineage_of(args) -> tuple[dict, Path | None, dict | None]:
+    """(history manifest, the model folder to unlearn, the previous output's report)."""
     from .models.export import read_manifest
 
     if args.previous is not None:
@@ -334,7 +325,7 @@ def _lineage_of(args, explicit) -> tuple[dict, Path | None, Path | None]:
         req = rep.get("request") or {}
         if not req.get("lineage"):
             raise fail(prev / "report.json", "--previous: this output has no request history (run with --forget-users)")
-        return req["lineage"], Path(req["merged"]) if req.get("merged") else None, prev
+        return req["lineage"], Path(req["merged"]) if req.get("merged") else None, rep
     if args.original is not None:
         return read_manifest(args.original), Path(args.original), None
     return {}, None, None
@@ -374,7 +365,7 @@ def _run(args, explicit: set[str]) -> ForgetResult:
         torch.set_num_threads(args.threads)
     cache = Path(os.path.expanduser(args.cache_dir))
     out = Path(args.out)
-    lineage, model_dir, prev_out = _lineage_of(args, explicit)
+    lineage, model_dir, prev_rep = _lineage_of(args)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -399,7 +390,6 @@ def _run(args, explicit: set[str]) -> ForgetResult:
     # pretrained model Retrain and the shards start from
     orig, orig_s, extra = None, None, {}
     if args.previous is not None and model_dir is None:  # the previous output was not merged: merge it here
-        prev_rep = json.loads((prev_out / "report.json").read_text())
         base = load_backbone(prev_rep["request"]["original"], args.device)
         stud = base.clone()
         load_adapter(stud.model, prev_rep["request"]["adapter"])

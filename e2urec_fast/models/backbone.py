@@ -241,17 +241,25 @@ def _answer_word(tok, folder: Path, word: str, family: str) -> int:
     return int(ids[0])
 
 
+def check_model_folder(folder: Path, flag: str | None = None,
+                       missing: str = "backbone folder not found (give a preset name or a local HuggingFace folder)") -> None:
+    """A HuggingFace folder with config.json and safetensors weights, or a UserError naming it
+    (`flag` prefixes the problem; `missing` is the whole message for an absent folder)."""
+    pre = f"{flag}: " if flag else ""
+    if not folder.is_dir():
+        raise fail(folder, missing)
+    if not (folder / "config.json").is_file():
+        raise fail(folder, f"{pre}no config.json: not a HuggingFace model folder")
+    if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
+        raise fail(folder, f"{pre}no model.safetensors weights (only safetensors are loaded, never pickles)")
+
+
 def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
     """Load a local HF folder: T5/BART, a causal LM or a masked LM (safetensors weights only; never pickles)."""
     from transformers import AutoConfig, AutoTokenizer
 
     folder = Path(path)
-    if not folder.is_dir():
-        raise fail(folder, "backbone folder not found (give a preset name or a local HuggingFace folder)")
-    if not (folder / "config.json").exists():
-        raise fail(folder, "no config.json: not a HuggingFace model folder")
-    if not (folder / "model.safetensors").exists() and not (folder / "model.safetensors.index.json").exists():
-        raise fail(folder, "no model.safetensors weights (only safetensors are loaded, never pickles)")
+    check_model_folder(folder)
     try:
         cfg = AutoConfig.from_pretrained(folder)
     except Exception as e:
