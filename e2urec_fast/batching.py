@@ -15,6 +15,15 @@ import torch
 from .models.scoring import pad
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: on CUDA through pinned
+    memory with a non-blocking copy (a pageable copy synchronizes the stream first)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class Batch:
     ids: torch.Tensor  # (B, L)
@@ -36,11 +45,11 @@ class Batcher:
         ids, mask = pad([self.seqs[i] for i in chunk], self.pad_id)
         idx = torch.tensor(chunk)
         d = self.device
-        return Batch(ids.to(d), mask.to(d), self.labels[idx].to(d), idx)
+        return Batch(to_device(ids, d), to_device(mask, d), to_device(self.labels[idx], d), idx)
 
-    def order(self, idx: torch.Tensor, epoch: int, shuffle: bool = True) -> list[list[int]]:
+    def order(self, idx: torch.Tensor | list[int], epoch: int, shuffle: bool = True) -> list[list[int]]:
         """The batches (lists of sample indices) of one epoch."""
-        ix = idx.tolist()
+        ix = list(idx) if isinstance(idx, list) else idx.tolist()
         rng = random.Random(self.seed * 1_000_003 + epoch)
         if shuffle:
             rng.shuffle(ix)
@@ -56,6 +65,6 @@ class Batcher:
             rng.shuffle(out)
         return out
 
-    def epoch(self, idx: torch.Tensor, epoch: int, shuffle: bool = True):
+    def epoch(self, idx: torch.Tensor | list[int], epoch: int, shuffle: bool = True):
         for chunk in self.order(idx, epoch, shuffle):
             yield self.make(chunk)

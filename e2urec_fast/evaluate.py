@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from .models.scoring import answer_logits, pad, yes_no
+from .models.scoring import answer_logits, pad, yes_no_rows
 
 EPS = 1e-12
 
@@ -34,8 +34,7 @@ def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch
     for s in tqdm(starts, desc=desc, disable=quiet, leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0):
         chunk = order[s : s + batch_size]
         ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
-        lg = answer_logits(bb, model, ids.to(device), mask.to(device)).float()
-        out.append(lg if full else yes_no(bb, lg))
+        out.append(answer_logits(bb, model, ids.to(device), mask.to(device), rows=None if full else yes_no_rows(bb)).float())
     lg = torch.cat(out).cpu()
     # rows are in `order`; bring them back to the order of `idx`
     pos = {i: k for k, i in enumerate(order)}

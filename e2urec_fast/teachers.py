@@ -17,18 +17,27 @@ from .errors import fail, load_safetensors, save_safetensors_atomic
 
 
 class TeacherTable:
-    """Rows of cached logits looked up by sample index."""
+    """Rows of cached logits looked up by sample index.
+
+    A lookup is host bookkeeping plus one non-blocking copy of the row numbers: the
+    position table lives on the CPU beside the batches' sample indices, so a training
+    step never waits for the device. `require(idx)` checks, once and up front, that every
+    sample a schedule will visit has a row (a lookup of a missing one is not checked)."""
 
     def __init__(self, logits: torch.Tensor, idx: torch.Tensor, n_total: int):
         self.logits = logits
         self.pos = torch.full((n_total,), -1, dtype=torch.long)
         self.pos[idx] = torch.arange(len(idx))
 
-    def __getitem__(self, sample_idx: torch.Tensor) -> torch.Tensor:
-        rows = self.pos[sample_idx.cpu()]
-        if (rows < 0).any():
+    def require(self, sample_idx: torch.Tensor) -> TeacherTable:
+        if len(sample_idx) and bool((self.pos[sample_idx] < 0).any()):
             raise KeyError("sample not in the teacher cache")
-        return self.logits[rows.to(self.logits.device)]
+        return self
+
+    def __getitem__(self, sample_idx: torch.Tensor) -> torch.Tensor:
+        from .batching import to_device
+
+        return self.logits[to_device(self.pos[sample_idx], self.logits.device)]  # sample_idx: a batch's host index
 
     def to(self, device) -> TeacherTable:
         self.logits = self.logits.to(device)

@@ -17,6 +17,7 @@ written under another key (other data, model or settings) is ignored and replace
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     fused_optimizer: bool = False
+    sync_every: int = 20  # steps between reads of the losses (the only host sync of a step)
 
 
 @dataclass
@@ -154,6 +156,23 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
         bad += 1
         return bad >= cfg.patience
 
+    pending: list[torch.Tensor] = []  # losses of the steps since the last read, on the device
+
+    def flush() -> None:
+        """Read the pending losses (one host sync) and stop on the first non-finite one."""
+        if not pending:
+            return
+        vals = torch.stack(pending).tolist()
+        first = res.steps - len(pending) + 1
+        pending.clear()
+        for k, v in enumerate(vals):
+            if not math.isfinite(v):
+                bar.close()
+                raise DivergedError(f"{desc}: loss became {v} at step {first + k}")
+        res.loss_history.extend(vals)
+        el = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{vals[-1]:.4f}", sps=f"{res.samples / max(el, 1e-9):.0f}", refresh=False)
+
     stop = False
     start_epoch, skip, before = 0, 0, 0.0
     if resume is not None:
@@ -164,6 +183,9 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             bar.update(res.steps)
             if cfg.max_steps and res.steps >= cfg.max_steps:
                 start_epoch = cfg.epochs  # already complete
+    # A step does not wait for the device: its loss stays there and is read (with the
+    # finiteness check) every `sync_every` steps, before a state is saved or a validation
+    # runs, and at the end; a divergence is reported with the step where it began.
     for epoch in range(start_epoch, cfg.epochs):
         train_mode(model)
         in_epoch = 0
@@ -174,9 +196,6 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                 continue
             in_epoch += 1
             loss, n = step(batch)
-            if not torch.isfinite(loss.detach()):
-                bar.close()
-                raise DivergedError(f"{desc}: loss became {loss.item()} at step {res.steps + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -184,11 +203,10 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             opt.step()
             res.steps += 1
             res.samples += n
-            lv = loss.item()
-            res.loss_history.append(lv)
-            el = time.perf_counter() - t0
+            pending.append(loss.detach().float())
             bar.update(1)
-            bar.set_postfix(loss=f"{lv:.4f}", sps=f"{res.samples / max(el, 1e-9):.0f}", refresh=False)
+            if len(pending) >= cfg.sync_every:
+                flush()
             if hook is not None:
                 th = time.perf_counter()
                 hook(res.steps, th - t0)
@@ -196,13 +214,16 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                 res.hook_seconds += time.perf_counter() - th
                 t0 += time.perf_counter() - th
             if resume is not None and (res.steps % resume.every == 0 or res.steps == cfg.max_steps):
+                flush()
                 _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - t0)
             if valid is not None and cfg.eval_every and res.steps % cfg.eval_every == 0:
+                flush()
                 stop = validate()
                 train_mode(model)
             if stop or (cfg.max_steps and res.steps >= cfg.max_steps):
                 stop = True
                 break
+        flush()
         if stop:
             res.stopped_early = cfg.max_steps is None or res.steps < cfg.max_steps
             break
@@ -210,6 +231,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             if validate():
                 res.stopped_early = True
                 break
+    flush()
     bar.close()
     if valid is not None and (not res.valid_history or res.valid_history[-1][0] != res.steps):
         validate()

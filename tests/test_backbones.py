@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from e2urec_fast.errors import UserError
 from e2urec_fast.models.backbone import MINILM, fetch_minilm, load_backbone
 from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora
-from e2urec_fast.models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no
+from e2urec_fast.models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no, yes_no_rows
 from helpers import tiny_job
 
 PRESETS = ["tiny", "bart-tiny", "causal-tiny", "masked-tiny"]
@@ -61,6 +61,31 @@ def test_scoring_head_parity(job):
     want = torch.stack([torch.softmax(_own_answer_logits(bb, seqs[i]).double(), -1)[1] for i in chunk])
     assert torch.allclose(got, want, atol=1e-5), (got, want)
     assert not torch.allclose(got, got.mean().expand(3), atol=1e-6)  # the rows differ: a real check
+
+
+def test_yes_no_head_parity(job):
+    """The two-row Yes/No head (`rows=`) gives the full head's [No, Yes] columns to 1e-6,
+    the same hidden state, and the same LoRA gradients."""
+    bb, seqs = job.fresh(), job.seqs
+    inject_lora(bb.model, LoraConfig(4, 8, 0.0, DEFAULT_TARGETS[bb.family]))
+    with torch.no_grad():
+        for n, p in bb.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)  # a non-zero adapter
+    bb.model.eval()
+    ids, mask = pad([seqs[i] for i in (0, 3, 7)], bb.pad_id)
+    grads = []
+    for rows in (None, yes_no_rows(bb)):
+        lg, h = answer_logits(bb, bb.model, ids, mask, hidden=True, rows=rows)
+        yn = yes_no(bb, lg) if rows is None else lg
+        bb.model.zero_grad()
+        (yn * torch.tensor([0.3, -1.7])).sum().backward()
+        grads.append((yn.detach(), h.detach(), {n: p.grad.clone() for n, p in bb.model.named_parameters() if p.requires_grad}))
+    (full, h_full, g_full), (two, h_two, g_two) = grads
+    assert two.shape == (3, 2)
+    assert torch.allclose(two, full, atol=1e-6, rtol=0) and torch.allclose(h_two, h_full, atol=1e-6, rtol=0)
+    assert g_full and all(torch.allclose(g_two[n], g, atol=1e-6) for n, g in g_full.items())
+    assert any(float(g.abs().max()) > 0 for g in g_full.values())
 
 
 @torch.no_grad()

@@ -130,7 +130,7 @@ def test_teacher_cache_reuse_stale_and_refusal(tmp_path):
     tabs, st = cached_teachers(path, {"model": "a"}, {"x": (compute, torch.tensor([4, 0, 2]))}, n_total=5)
     assert st == "built" and torch.equal(tabs["x"][torch.tensor([2, 4])], torch.tensor([[4.0, 5.0], [8.0, 9.0]]))
     with pytest.raises(KeyError):
-        tabs["x"][torch.tensor([1])]  # sample 1 was never cached
+        tabs["x"].require(torch.tensor([2, 1]))  # sample 1 was never cached (checked once, before the steps)
     _, st = cached_teachers(path, {"model": "a"}, {"x": (compute, torch.tensor([0, 4]))}, n_total=5)
     assert st == "reused" and len(calls) == 1
     tabs, st = cached_teachers(path, {"model": "a"}, {"x": (compute, torch.tensor([1, 2]))}, n_total=5)

@@ -97,7 +97,7 @@ def n_params(model: torch.nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _epoch(b: Batcher, idx: torch.Tensor, e: int, index_only: bool):
+def _epoch(b: Batcher, idx: list[int], e: int, index_only: bool):
     return (torch.tensor(c) for c in b.order(idx, e)) if index_only else b.epoch(idx, e)
 
 
@@ -107,7 +107,7 @@ def paired_batches(job: Job, forget_steps: int, total: int, bucket: bool, retain
     new epoch of both follows), `total` steps in all. retain=False: D_f batches only
     throughout. index_only: sample-index tensors instead of batches (what a run will visit)."""
     b = job.batcher(bucket=bucket)
-    f_idx, r_idx = job.prepared.index("forget"), job.prepared.index("retain")
+    f_idx, r_idx = job.prepared.index("forget").tolist(), job.prepared.index("retain").tolist()  # host lists, read once
     step, ep = 0, 0
     first = forget_steps if retain else total
     while step < first:
@@ -130,7 +130,7 @@ def paired_batches(job: Job, forget_steps: int, total: int, bucket: bool, retain
 def retain_batches(job: Job, total: int, bucket: bool, index_only: bool = False):
     """('r', D_r batch, None), `total` steps (E2URec without the forgetting loss)."""
     b = job.batcher(bucket=bucket)
-    r_idx = job.prepared.index("retain")
+    r_idx = job.prepared.index("retain").tolist()
     step, ep = 0, 1000
     while step < total:
         for rb in _epoch(b, r_idx, ep, index_only):
@@ -198,10 +198,10 @@ class Ensemble(torch.nn.Module):
         self.models = torch.nn.ModuleList(models)
         self.attention = attention
 
-    def answer_logits(self, bb, ids, mask, hidden: bool = False):
+    def answer_logits(self, bb, ids, mask, hidden: bool = False, rows=None):
         from ..models.scoring import answer_logits
 
-        outs = [answer_logits(bb, m, ids, mask, hidden=True) for m in self.models]
+        outs = [answer_logits(bb, m, ids, mask, hidden=True, rows=rows) for m in self.models]
         logits = torch.stack([lg for lg, _ in outs])  # (K, B, V)
         states = torch.stack([h for _, h in outs])  # (K, B, d)
         lg = logits.mean(0) if self.attention is None else (self.attention(states).unsqueeze(-1) * logits).sum(0)

@@ -37,7 +37,7 @@ from ..evaluate import predict_logits
 from ..models.backbone import Backbone
 from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
-from ..models.scoring import answer_logits, full_logits, pad, yes_no
+from ..models.scoring import answer_logits, full_logits, yes_no, yes_no_rows
 from ..teachers import cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, finetune, n_params, paired_batches, retain_batches
@@ -145,20 +145,26 @@ def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict
 
 def fast_terms(student: Backbone, tables: dict, rb, fb, alpha: float, scope: str = "yesno", backend: str = "auto",
                fuse: bool = True) -> dict:
-    """Loss terms from cached teachers; one forward over D_r and D_f together when `fuse`."""
+    """Loss terms from cached teachers; one forward over D_r and D_f together when `fuse`.
 
-    def head(lg):
-        return yes_no(student, lg) if scope == "yesno" else lg
+    No host sync: the two right-padded halves are padded to one length on the device, the
+    teacher rows are looked up by index, and with scope "yesno" the student's head is only
+    the two [No, Yes] rows of the output embedding (`answer_logits(rows=...)`)."""
+    rows = yes_no_rows(student) if scope == "yesno" else None
+
+    def head(b_ids, b_mask):
+        return answer_logits(student, student.model, b_ids, b_mask, rows=rows)
 
     parts = [b for b in (rb, fb) if b is not None]
     if fuse and len(parts) == 2:
-        ids, mask = pad([*[r[m.bool()] for r, m in zip(rb.ids, rb.mask)], *[r[m.bool()] for r, m in zip(fb.ids, fb.mask)]],
-                        student.pad_id)
-        lg = head(answer_logits(student, student.model, ids.to(rb.ids.device), mask.to(rb.ids.device)))
+        L = max(rb.ids.shape[1], fb.ids.shape[1])
+        ids = torch.cat([F.pad(b.ids, (0, L - b.ids.shape[1]), value=student.pad_id) for b in parts])
+        mask = torch.cat([F.pad(b.mask, (0, L - b.mask.shape[1]), value=0) for b in parts])
+        lg = head(ids, mask)
         s_r, s_f = lg[: len(rb)], lg[len(rb) :]
     else:
-        s_r = head(answer_logits(student, student.model, rb.ids, rb.mask)) if rb is not None else None
-        s_f = head(answer_logits(student, student.model, fb.ids, fb.mask)) if fb is not None else None
+        s_r = head(rb.ids, rb.mask) if rb is not None else None
+        s_f = head(fb.ids, fb.mask) if fb is not None else None
     out = {}
     if fb is not None:
         out["kl_f"] = ops.teacher_kl(s_f, tables["orig_f"][fb.idx], tables["aug_f"][fb.idx], alpha, backend=backend)
@@ -330,6 +336,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
                                                         {"orig_f": (logits_of(orig.model), f_idx), "aug_f": (logits_of(aug.model), f_idx)},
                                                         len(prep.labels), rebuild=not args.no_cache_rebuild, device=job.device)
             tables |= t
+        for n, tab in tables.items():  # every row the schedule visits, checked once (the steps do not)
+            tab.require(r_idx if n == "orig_r" else f_idx)
         cache_status["rows"] = dict(retain=len(r_idx), forget=len(f_idx))
         stages["cache"] = time.perf_counter() - t0
 
@@ -347,9 +355,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
                 for tname, model, b in (("orig_r", rem.model, rb), ("orig_f", orig.model, fb),
                                         ("aug_f", aug.model if fb is not None else None, fb)):
                     if b is not None:
-                        lg = answer_logits(orig, model, b.ids, b.mask)
-                        lg = yes_no(orig, lg) if args.kl_scope == "yesno" else lg
-                        live[tname] = _Rows(lg, b.idx)
+                        rows = yes_no_rows(orig) if args.kl_scope == "yesno" else None
+                        live[tname] = _Rows(answer_logits(orig, model, b.ids, b.mask, rows=rows), b.idx)
             terms = fast_terms(runner, live, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
         n = sum(len(b) for b in (rb, fb) if b is not None)
         return combine(terms, w if kind == "j" else 0.0), n

@@ -55,12 +55,20 @@ class MaskedScorer(torch.nn.Module):
     def get_input_embeddings(self):
         return self.encoder.get_input_embeddings()
 
-    def slot_logits(self, ids, mask, mask_id: int, hidden: bool = False):
+    def slot_logits(self, ids, mask, mask_id: int, hidden: bool = False, rows: list[int] | None = None):
+        """Logits at the slot (only the vocabulary rows `rows` when given). The one-slot
+        check runs where it costs no device sync (ids on the CPU); the slot is found by
+        argmax on the device."""
         slot = ids == mask_id
-        if not bool((slot.sum(1) == 1).all()):
+        if ids.device.type == "cpu" and not bool((slot.sum(1) == 1).all()):
             raise ValueError("every masked-LM prompt needs exactly one mask slot (was the prompt truncated?)")
-        h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state[slot]  # (B, d)
-        lg = h @ self.get_input_embeddings().weight.t() + self.bias
+        pos = slot.int().argmax(1)
+        hs = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = hs[torch.arange(len(ids), device=ids.device), pos]  # (B, d)
+        w, b = self.get_input_embeddings().weight, self.bias
+        if rows is not None:
+            w, b = w[rows], b[rows]
+        lg = h @ w.t() + b
         return (lg, h) if hidden else lg
 
 

@@ -51,28 +51,66 @@ def _rows(ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(ids.shape[0], device=ids.device)
 
 
-def _causal_at(model, ids, mask, pos, hidden: bool):
+def head_rows(head: torch.nn.Module, h: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
+    """`head(h)`, or only the output rows `rows` of it: `h @ W[rows].T (+ b[rows])`, the
+    two-row Yes/No head instead of the (d, V) product. A head that is not a plain float
+    Linear (an 8-bit one) computes every row and the columns are gathered."""
+    if rows is None:
+        return head(h)
+    if type(head) is not torch.nn.Linear:
+        return head(h)[..., rows]
+    return F.linear(h, head.weight[rows], None if head.bias is None else head.bias[rows])
+
+
+def _causal_at(model, ids, mask, pos, hidden: bool, rows=None):
     """LM-head logits of a causal LM at positions `pos` ((B,) or (B, T)) only."""
     base = getattr(model, model.base_model_prefix)
     h = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     r = _rows(ids) if pos.dim() == 1 else _rows(ids)[:, None]
     h = h[r, pos]
-    lg = model.get_output_embeddings()(h)
+    lg = head_rows(model.get_output_embeddings(), h, rows)
     return (lg, h) if hidden else lg
 
 
-def answer_logits(bb: Backbone, model, ids: torch.Tensor, mask: torch.Tensor, hidden: bool = False):
+def _enc_dec_rows(bb: Backbone, model, ids, mask, rows, hidden: bool):
+    """Encoder-decoder logits at the answer position for the output rows `rows` only: the
+    decoder's last state through those rows of the LM head (T5: scaled by d_model^-0.5 when
+    the config says so; BART: plus `final_logits_bias`), as the models' own forward does."""
+    dec = bb.prefix.to(ids.device).expand(ids.shape[0], -1)
+    if bb.family == "t5":
+        enc = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        h = model.get_decoder()(input_ids=dec, encoder_hidden_states=enc, encoder_attention_mask=mask,
+                                use_cache=False).last_hidden_state[:, -1]
+        hs = h * model.model_dim**-0.5 if getattr(model.config, "scale_decoder_outputs", model.config.tie_word_embeddings) else h
+        lg = head_rows(model.lm_head, hs, rows)
+    else:
+        h = model.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False).last_hidden_state[:, -1]
+        lg = head_rows(model.lm_head, h, rows) + model.final_logits_bias[0, rows].to(h.dtype)
+    return (lg, h) if hidden else lg
+
+
+def answer_logits(bb: Backbone, model, ids: torch.Tensor, mask: torch.Tensor, hidden: bool = False,
+                  rows: list[int] | None = None):
     """(B, V) logits at the answer position; with hidden=True also the (B, d) last hidden
-    state there. A model with its own `answer_logits` (an ensemble) is asked directly."""
+    state there. `rows` (e.g. `yes_no_rows(bb)`): only those vocabulary rows, (B, len(rows)),
+    through the same rows of the output embedding (the full (d, V) head is never formed).
+    A model with its own `answer_logits` (an ensemble) is asked directly."""
     if hasattr(model, "answer_logits"):
-        return model.answer_logits(bb, ids, mask, hidden)
+        return model.answer_logits(bb, ids, mask, hidden, rows=rows)
     if bb.family in ENC_DEC:
+        if rows is not None:
+            return _enc_dec_rows(bb, model, ids, mask, rows, hidden)
         dec = bb.prefix.to(ids.device).expand(ids.shape[0], -1)
         out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False, output_hidden_states=hidden)
         return (out.logits[:, -1], out.decoder_hidden_states[-1][:, -1]) if hidden else out.logits[:, -1]
     if bb.family == "causal":
-        return _causal_at(model, ids, mask, mask.sum(1) - 1, hidden)
-    return model.slot_logits(ids, mask, bb.mask_id, hidden)
+        return _causal_at(model, ids, mask, mask.sum(1) - 1, hidden, rows)
+    return model.slot_logits(ids, mask, bb.mask_id, hidden, rows=rows)
+
+
+def yes_no_rows(bb: Backbone) -> list[int]:
+    """The vocabulary rows of [No, Yes] (the order of `yes_no`)."""
+    return [bb.no_id, bb.yes_id]
 
 
 def yes_no(bb: Backbone, logits: torch.Tensor) -> torch.Tensor:
