@@ -332,6 +332,23 @@ def _lineage_of(args) -> tuple[dict, Path | None, dict | None]:
 
 
 def _run(args, explicit: set[str]) -> ForgetResult:
+    """Check every flag, resolve the device and precision, and run the job under that
+    precision's forward context (precision.py)."""
+    import torch
+
+    from . import precision
+
+    plan = check(args, explicit)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtype = precision.resolve(args.dtype, args.device)
+    if args.dtype == "bf16" and torch.device(args.device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(args.device)} has no bf16 support; use --dtype fp32")
+    with precision.autocast(args.dtype, args.device):
+        return _run_checked(args, explicit, plan)
+
+
+def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     import torch
 
     from .audit import answer_losses, audit, audit_markdown
@@ -351,7 +368,6 @@ def _run(args, explicit: set[str]) -> ForgetResult:
     from .unlearn import LABELS, env_info
 
     t_start = time.perf_counter()
-    plan = check(args, explicit)
     methods, users = plan["methods"], plan["users"]
     e2u_settings = e2urec.settings(args)  # applies --authors-settings (conflicts were refused above)
     args.max_samples = 100_000 if args.paper_scale else (10_000 if args.max_samples is None else args.max_samples)
@@ -359,8 +375,6 @@ def _run(args, explicit: set[str]) -> ForgetResult:
         from .models.backbone import PRESETS
 
         args.lr = 1e-3 if args.backbone in PRESETS else 5e-5
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = Path(os.path.expanduser(args.cache_dir))
@@ -401,7 +415,8 @@ def _run(args, explicit: set[str]) -> ForgetResult:
         bdir = Path(orig.folder)
     else:
         bdir = resolve_backbone(args.backbone, prep, cache, seed=args.seed)
-    job = Job(prep, bdir, out, device=args.device, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+    job = Job(prep, bdir, out, device=args.device, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+              dtype=args.dtype)
     if orig is not None and job.backbone().tokenizer_key() != orig.tokenizer_key():
         raise UserError(f"--backbone {args.backbone}: its tokenizer differs from the Original's ({orig.folder}); give the "
                         "pretrained folder the Original was fine-tuned from")
@@ -557,7 +572,7 @@ def _run(args, explicit: set[str]) -> ForgetResult:
                       forget_ratio=None if users is not None else args.forget_ratio, seed=args.seed, split_seed=split_seed, methods=methods,
                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, baseline_steps=args.baseline_steps,
                       baseline_lr=args.baseline_lr, neg_weight=args.neg_weight, shards=args.shards,
-                      receraser_agg=args.receraser_agg, no_retrain=bool(args.no_retrain), **e2u_settings),
+                      receraser_agg=args.receraser_agg, no_retrain=bool(args.no_retrain), dtype=args.dtype, **e2u_settings),
         backbone_params=n_params(job.backbone().model, False),
         counts=c,
         # which users were forgotten (this request and every earlier one), hashed, never in clear

@@ -9,7 +9,7 @@ index or device-to-host copy in the step stops that. `count_host_syncs()` counts
 - everywhere (the only way on the CPU, where nothing waits): the calls made *from this
   package's code* (`e2urec_fast/`, `kernels/`) that would synchronize on a device:
   `.item()`, `.tolist()`, `bool()/float()/int()` of a tensor, `.nonzero()`, `.numpy()`,
-  `.cpu()` and indexing with a boolean tensor.
+  `.cpu()` and indexing with a boolean tensor (seen through a `TorchFunctionMode`).
 
     with count_host_syncs() as c:
         step(...)
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 _OURS = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "kernels"))
-_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "numpy", "cpu")
+_METHODS = {"item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "numpy", "cpu"}
 
 
 @dataclass
@@ -42,33 +42,34 @@ def _is_bool_index(key) -> bool:
     return any(isinstance(k, torch.Tensor) and k.dtype == torch.bool for k in keys)
 
 
+class _Counter(torch.overrides.TorchFunctionMode):
+    """Sees every tensor method call (no class patching) and counts ours that sync."""
+
+    def __init__(self, c: SyncCount):
+        super().__init__()
+        self.c = c
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in _METHODS or (name == "__getitem__" and len(args) > 1 and _is_bool_index(args[1])):
+            fr = sys._getframe(1)
+            if fr.f_code.co_filename.startswith(_OURS):
+                self.c.ours += 1
+                self.c.where.append((f"{Path(fr.f_code.co_filename).name}:{fr.f_lineno}", name))
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
 def count_host_syncs():
     c = SyncCount()
-    saved = {m: getattr(torch.Tensor, m) for m in (*_METHODS, "__getitem__")}
-
-    def wrap(name, orig):
-        def f(self, *a, **k):
-            fr = sys._getframe(1)
-            if fr.f_code.co_filename.startswith(_OURS) and (name != "__getitem__" or _is_bool_index(a[0])):
-                c.ours += 1
-                c.where.append((f"{Path(fr.f_code.co_filename).name}:{fr.f_lineno}", name))
-            return orig(self, *a, **k)
-
-        return f
-
-    for m, orig in saved.items():
-        setattr(torch.Tensor, m, wrap(m, orig))
     cuda = torch.cuda.is_available()
     try:
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _Counter(c):
             warnings.simplefilter("always")
             yield c
         c.cuda = sum("synchroniz" in str(w.message) for w in caught)
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode("default")
-        for m, orig in saved.items():
-            setattr(torch.Tensor, m, orig)

@@ -197,7 +197,8 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             in_epoch += 1
             loss, n = step(batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast (mixed precision)
+                loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
             opt.step()

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "only, the split staying at --split-seed/--seed (train)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="precision of every stage: bf16 = forwards under autocast with fp32 master weights, the student's "
+                   "frozen base stored in bf16, fp32 teacher cache and metrics; auto = bf16 on a CUDA device that "
+                   "supports it, fp32 on the CPU")
     g.add_argument("--out", default="e2urec_out", help="output folder for report.json, report.md and the adapter")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g = ap.add_argument_group("Original / Retrain training")

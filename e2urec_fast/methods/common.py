@@ -28,6 +28,7 @@ class Job:
     eval_batch_size: int = 0  # 0: 8 on the CPU (measured fastest for T5 there), 64 on a GPU
     bucket: bool = True
     progress: bool = True
+    dtype: str = "fp32"  # "fp32" or "bf16" (precision.py); the caller runs the job under precision.autocast
     extras: dict = field(default_factory=dict)
     _bb: Backbone | None = None
 

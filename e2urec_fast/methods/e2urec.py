@@ -38,6 +38,7 @@ from ..models.backbone import Backbone
 from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, full_logits, yes_no, yes_no_rows
+from ..precision import frozen_to_bf16
 from ..teachers import cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, finetune, n_params, paired_batches, retain_batches
@@ -248,7 +249,8 @@ def run_key(job: Job, orig: Backbone, args, impl: str, parts) -> str:
     keys = {k: v for k, v in settings(args).items() if k not in ("keep_artifacts",)}
     blob = json.dumps(dict(orig=orig.fingerprint(), data=job.prepared.manifest["content_hash"],
                            forget=job.prepared.forget_key(), impl=impl, parts=sorted(parts),
-                           seed=job.seed, batch=job.batch_size, bucket=job.bucket, s=keys), sort_keys=True)
+                           seed=job.seed, batch=job.batch_size, bucket=job.bucket, s=keys)
+                      | ({} if job.dtype == "fp32" else dict(dtype=job.dtype)), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -298,6 +300,9 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         student_bytes["8bit"] = model_bytes(student.model)
     cfg = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family])
     inject_lora(student.model, cfg)
+    if job.dtype == "bf16":  # the frozen base in bf16, the adapter's fp32 master weights (precision.py)
+        frozen_to_bf16(student.model)
+        student_bytes["bf16"] = model_bytes(student.model)
     runner = student  # what the fast path's forward runs: the student, or its compiled twin
     if getattr(args, "compile", False) and impl == "fast":
         runner = dataclasses.replace(student, model=torch.compile(student.model, dynamic=True))
@@ -322,7 +327,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
                                               desc=None if not job.progress else "teacher cache")
 
         base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
-                       scope=args.kl_scope, prefix=orig.prefix.tolist())
+                       scope=args.kl_scope, prefix=orig.prefix.tolist()) | ({} if job.dtype == "fp32" else dict(dtype=job.dtype))
         tables, cache_status = {}, {}
         if "rem" in parts:
             rem_fp = base_fp if rem is orig else base_fp | dict(orig=rem.fingerprint())

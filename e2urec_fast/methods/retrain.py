@@ -23,7 +23,8 @@ def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
     # set or request must never be reused)
     rows = hashlib.sha256((job.prepared.index(part) if idx is None else idx).numpy().tobytes()).hexdigest()
     blob = json.dumps(dict(bb=job.backbone().fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
-                           cfg=asdict(cfg), seed=job.seed, bucket=job.bucket, rows=rows), sort_keys=True)
+                           cfg={k: v for k, v in asdict(cfg).items() if k != "sync_every"}, seed=job.seed, bucket=job.bucket, rows=rows)
+                      | ({} if job.dtype == "fp32" else dict(dtype=job.dtype)), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

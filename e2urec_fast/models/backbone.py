@@ -65,10 +65,12 @@ class MaskedScorer(torch.nn.Module):
         pos = slot.int().argmax(1)
         hs = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         h = hs[torch.arange(len(ids), device=ids.device), pos]  # (B, d)
+        from .scoring import fp32_linear
+
         w, b = self.get_input_embeddings().weight, self.bias
         if rows is not None:
             w, b = w[rows], b[rows]
-        lg = h @ w.t() + b
+        lg = fp32_linear(h, w, b)
         return (lg, h) if hidden else lg
 
 

@@ -51,15 +51,25 @@ def _rows(ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(ids.shape[0], device=ids.device)
 
 
+def fp32_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`h @ w.T + b` in fp32 whatever autocast says: the answer logits feed the teacher
+    cache, the KL and every metric, and a bf16 product would round them to 8 bits (at
+    --dtype bf16 the tiny model's p(yes) collapsed into ties). The head is one product
+    per row (two rows for Yes/No), so fp32 costs little next to the network."""
+    with torch.autocast(h.device.type, enabled=False):
+        return F.linear(h.float(), w.float(), None if b is None else b.float())
+
+
 def head_rows(head: torch.nn.Module, h: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
-    """`head(h)`, or only the output rows `rows` of it: `h @ W[rows].T (+ b[rows])`, the
-    two-row Yes/No head instead of the (d, V) product. A head that is not a plain float
-    Linear (an 8-bit one) computes every row and the columns are gathered."""
-    if rows is None:
-        return head(h)
+    """`head(h)` in fp32, or only its output rows `rows`: `h @ W[rows].T (+ b[rows])`, the
+    two-row Yes/No head instead of the (d, V) product. A head that is not a plain Linear
+    (an 8-bit one) runs as it is and the columns are gathered."""
     if type(head) is not torch.nn.Linear:
-        return head(h)[..., rows]
-    return F.linear(h, head.weight[rows], None if head.bias is None else head.bias[rows])
+        lg = head(h)
+        return lg if rows is None else lg[..., rows]
+    if rows is None:
+        return fp32_linear(h, head.weight, head.bias)
+    return fp32_linear(h, head.weight[rows], None if head.bias is None else head.bias[rows])
 
 
 def _causal_at(model, ids, mask, pos, hidden: bool, rows=None):
@@ -72,10 +82,11 @@ def _causal_at(model, ids, mask, pos, hidden: bool, rows=None):
     return (lg, h) if hidden else lg
 
 
-def _enc_dec_rows(bb: Backbone, model, ids, mask, rows, hidden: bool):
-    """Encoder-decoder logits at the answer position for the output rows `rows` only: the
-    decoder's last state through those rows of the LM head (T5: scaled by d_model^-0.5 when
-    the config says so; BART: plus `final_logits_bias`), as the models' own forward does."""
+def _enc_dec_answer(bb: Backbone, model, ids, mask, rows, hidden: bool):
+    """Encoder-decoder logits at the answer position (only the output rows `rows` when
+    given): the decoder's last state through the LM head (T5: scaled by d_model^-0.5 when
+    the config says so; BART: plus `final_logits_bias`), as the models' own forward does,
+    but with the head in fp32 and never wider than needed."""
     dec = bb.prefix.to(ids.device).expand(ids.shape[0], -1)
     if bb.family == "t5":
         enc = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -85,7 +96,8 @@ def _enc_dec_rows(bb: Backbone, model, ids, mask, rows, hidden: bool):
         lg = head_rows(model.lm_head, hs, rows)
     else:
         h = model.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False).last_hidden_state[:, -1]
-        lg = head_rows(model.lm_head, h, rows) + model.final_logits_bias[0, rows].to(h.dtype)
+        bias = model.final_logits_bias[0] if rows is None else model.final_logits_bias[0, rows]
+        lg = head_rows(model.lm_head, h, rows) + bias.float()
     return (lg, h) if hidden else lg
 
 
@@ -94,15 +106,12 @@ def answer_logits(bb: Backbone, model, ids: torch.Tensor, mask: torch.Tensor, hi
     """(B, V) logits at the answer position; with hidden=True also the (B, d) last hidden
     state there. `rows` (e.g. `yes_no_rows(bb)`): only those vocabulary rows, (B, len(rows)),
     through the same rows of the output embedding (the full (d, V) head is never formed).
+    The head runs in fp32 (`fp32_linear`) even under bf16 autocast.
     A model with its own `answer_logits` (an ensemble) is asked directly."""
     if hasattr(model, "answer_logits"):
         return model.answer_logits(bb, ids, mask, hidden, rows=rows)
     if bb.family in ENC_DEC:
-        if rows is not None:
-            return _enc_dec_rows(bb, model, ids, mask, rows, hidden)
-        dec = bb.prefix.to(ids.device).expand(ids.shape[0], -1)
-        out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False, output_hidden_states=hidden)
-        return (out.logits[:, -1], out.decoder_hidden_states[-1][:, -1]) if hidden else out.logits[:, -1]
+        return _enc_dec_answer(bb, model, ids, mask, rows, hidden)
     if bb.family == "causal":
         return _causal_at(model, ids, mask, mask.sum(1) - 1, hidden, rows)
     return model.slot_logits(ids, mask, bb.mask_id, hidden, rows=rows)
