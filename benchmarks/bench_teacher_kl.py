@@ -36,9 +36,10 @@ def make_fn(backend: str):
 
 def bench(backend, N, V, dtype, device, reps):
     g = torch.Generator(device="cpu").manual_seed(0)
+    # the student's logits in `dtype`; the teachers stay fp32 (the cache's dtype, kept by every backend)
     s = (torch.randn(N, V, generator=g) * 3).to(device, dtype).requires_grad_()
-    t = (torch.randn(N, V, generator=g) * 3).to(device, dtype)
-    a = (torch.randn(N, V, generator=g) * 3).to(device, dtype)
+    t = (torch.randn(N, V, generator=g) * 3).to(device, torch.float32)
+    a = (torch.randn(N, V, generator=g) * 3).to(device, torch.float32)
     fn = make_fn(backend)
     out = fn(s, t, a)  # warm (and compile)
     fwd = timeit(lambda: fn(s, t, a), device, reps)
@@ -68,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--backends", default=None, help="comma list (default: all that run on the device)")
     ap.add_argument("--shapes", default=None, help="e.g. 48x32128,4096x2")
+    ap.add_argument("--compile-shapes", type=int, default=None,
+                    help="run the torch.compile backend on the first N shapes only (each shape is a compilation)")
     ap.add_argument("--csv", default=str(RESULTS / "teacher_kl.csv"))
     ap.add_argument("--no-csv", action="store_true")
     args = ap.parse_args(argv)
@@ -76,7 +79,7 @@ def main(argv=None):
     if args.backends:
         backends = args.backends.split(",")
     else:
-        backends = ["torch", "compile"] + (["native"] if native.available(dev) else [])
+        backends = ["torch", "compile"] + (["native"] if native.available(dev) else [])  # native: the CUDA op on a GPU
         if dev.type == "cuda":
             backends.append("triton")
     shapes = [tuple(map(int, x.split("x"))) for x in args.shapes.split(",")] if args.shapes else (
@@ -85,9 +88,11 @@ def main(argv=None):
     rows = []
     print(f"# teacher_kl on {env['device']}, {args.dtype}, torch {env['torch']}, git {env['git']}")
     print(f"{'N':>6} {'V':>6} {'backend':>8} {'fwd ms':>9} {'full ms':>9} {'p20-p80':>15} {'peak MiB':>9} {'x eager':>8}")
-    for N, V in shapes:
+    for k, (N, V) in enumerate(shapes):
         base = None
         for b in backends:
+            if b == "compile" and args.compile_shapes is not None and k >= args.compile_shapes:
+                continue
             try:
                 r = bench(b, N, V, dtype, dev, args.reps if N * V < 10**7 else max(3, args.reps // 3))
             except Exception as e:  # e.g. torch.compile without a working toolchain

@@ -67,7 +67,7 @@ def setup(a):
     else:
         prep = prepare(a.dataset, a.data_dir, cache, a.max_samples, 0.2, a.seed)
     job = Job(prep, resolve_backbone(a.backbone, prep, cache, a.seed), Path(a.work), device=a.device, seed=a.seed,
-              batch_size=a.batch_size, progress=False)
+              batch_size=a.batch_size, progress=False, dtype=a.dtype)
     cfg = TrainConfig(lr=1e-3, batch_size=a.batch_size, epochs=1 if a.dry_run else 2, patience=1, max_steps=a.orig_steps)
     orig, _, _ = train_on(job, "train", cfg, cache, "Original")
     retr, _, _ = train_on(job, "retain", cfg, cache, "Retrain")
@@ -77,7 +77,15 @@ def setup(a):
 
 
 def one_path(a) -> dict:
-    """Run one path in this process; returns its timings, probes and peak RSS."""
+    """Run one path in this process (every stage under --dtype's forward context);
+    returns its timings, probes and peak RSS."""
+    from e2urec_fast import precision
+
+    with precision.autocast(a.dtype, a.device):
+        return _one_path(a)
+
+
+def _one_path(a) -> dict:
     import torch
 
     from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
@@ -179,7 +187,7 @@ def spawn(a, path: str, extra: str) -> dict:
                "--steps", str(a.steps), "--eval-every", str(a.eval_every), "--batch-size", str(a.batch_size), "--seed", str(a.seed),
                "--device", a.device] + (["--data-dir", a.data_dir] if a.data_dir else []) \
             + (["--orig-steps", str(a.orig_steps)] if a.orig_steps else []) + (["--dry-run"] if a.dry_run else []) \
-            + (["--threads", str(a.threads)] if a.threads else [])
+            + (["--threads", str(a.threads)] if a.threads else []) + ["--dtype", a.dtype]
         t0 = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
@@ -222,6 +230,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="precision of every stage of both paths (the unlearn flag --dtype; Original/Retrain too)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each path; times are medians")
     ap.add_argument("--fast-args", default="", help="extra unlearn flags for the fast path")
