@@ -535,9 +535,9 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
         else:
             log(f"{LABELS[meth]}: {args.shards} shards ...")
             if meth == "sisa":
-                bb, info = sisa.unlearn(job, cfg, model_cache, args.shards)
+                bb, info = sisa.unlearn(job, cfg, model_cache, args.shards, args.shard_scheme)
             else:
-                bb, info = receraser.unlearn(job, cfg, model_cache, args.shards, args.receraser_agg)
+                bb, info = receraser.unlearn(job, cfg, model_cache, args.shards, args.receraser_agg, args.shard_scheme)
             add(LABELS[meth] + (" (attention)" if meth == "receraser" and args.receraser_agg == "attention" else ""), bb, info)
             extra[meth] = info
 
@@ -571,7 +571,7 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
         settings=dict(dataset=args.dataset, backbone=args.backbone, backbone_dir=str(bdir), max_samples=args.max_samples,
                       forget_ratio=None if users is not None else args.forget_ratio, seed=args.seed, split_seed=split_seed, methods=methods,
                       epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, baseline_steps=args.baseline_steps,
-                      baseline_lr=args.baseline_lr, neg_weight=args.neg_weight, shards=args.shards,
+                      baseline_lr=args.baseline_lr, neg_weight=args.neg_weight, shards=args.shards, shard_scheme=args.shard_scheme,
                       receraser_agg=args.receraser_agg, no_retrain=bool(args.no_retrain), dtype=args.dtype, **e2u_settings),
         backbone_params=n_params(job.backbone().model, False),
         counts=c,

@@ -125,24 +125,60 @@ def test_paired_schedule_zips_retain_and_forget(setup):
 def test_sisa_shards(setup):
     job = setup[0]
     prep = job.prepared
-    parts = sisa.shards(prep, 4, 42)
-    allx = torch.cat(parts)
-    assert len(set(allx.tolist())) == len(allx)  # disjoint
-    assert set(allx.tolist()) == set(prep.index("retain").tolist())  # train minus D_f
+    retain = set(prep.index("retain").tolist())
+    for scheme in ("authors", "balanced"):
+        parts = sisa.shards(prep, 4, 7, scheme)
+        allx = torch.cat(parts)
+        assert len(set(allx.tolist())) == len(allx)  # disjoint
+        assert set(allx.tolist()) == retain  # train minus D_f
+        assert [p.tolist() for p in sisa.shards(prep, 4, 7, scheme)] == [p.tolist() for p in parts]  # seeded
+    parts = sisa.shards(prep, 4, 7, "balanced")
     assert max(map(len, parts)) - min(map(len, parts)) < 0.5 * len(allx) / 4 + 8
-    assert [p.tolist() for p in sisa.shards(prep, 4, 42)] == [p.tolist() for p in parts]  # seeded
+
+
+def test_sisa_shards_as_the_authors_draw_them(setup):
+    """split_ml-1m.ipynb: np.random.seed(42); df['shared'] = np.random.choice([0,1,2,3], size=len(df)) over the kept
+    frame (train, valid, test in time order); shard j trains on the train rows drawn j, minus the forgotten users."""
+    import numpy as np
+
+    prep = setup[0].prepared
+    np.random.seed(42)
+    shared = np.random.choice([0, 1, 2, 3], size=len(prep.labels))
+    retain = set(prep.index("retain").tolist())
+    want = [[i for i in prep.index("train").tolist() if shared[i] == j and i in retain] for j in range(4)]
+    assert [p.tolist() for p in sisa.shards(prep, 4, 123, "authors")] == want
+
+
+def test_receraser_groups_as_the_authors_cut_them(setup):
+    """split_ml-1m.ipynb: train users in order of first appearance, random.seed(42); random.shuffle; the first 20% are
+    forgotten, the rest cut into four equal slices; a group trains on its users' train rows minus D_f."""
+    import random
+
+    prep = setup[0].prepared
+    tr = prep.index("train").tolist()
+    users = list(dict.fromkeys(prep.users[tr].tolist()))
+    random.seed(42)
+    random.shuffle(users)
+    n_f = int(0.25 * len(users))  # tiny_job's forget ratio
+    assert set(users[:n_f]) == set(prep.users[prep.index("forget")].tolist())  # the same shuffle made the forget split
+    retain_users = users[n_f:]
+    n = len(retain_users)
+    for j, g in enumerate(receraser.user_groups(prep, 4, "authors")):
+        members = set(retain_users[int(n * j / 4) : int(n * (j + 1) / 4)])
+        assert g.tolist() == [i for i in tr if int(prep.users[i]) in members]
 
 
 def test_receraser_groups_by_user(setup):
     job = setup[0]
     prep = job.prepared
-    groups = receraser.user_groups(prep, 3)
-    users = [set(prep.users[g].tolist()) for g in groups]
-    assert all(not (a & b) for i, a in enumerate(users) for b in users[i + 1 :])  # a user lives in one shard
-    assert set(torch.cat(groups).tolist()) == set(prep.index("retain").tolist())
-    assert not set(prep.users[prep.index("forget")].tolist()) & set().union(*users)
+    for scheme in ("authors", "balanced"):
+        groups = receraser.user_groups(prep, 3, scheme)
+        users = [set(prep.users[g].tolist()) for g in groups]
+        assert all(not (a & b) for i, a in enumerate(users) for b in users[i + 1 :])  # a user lives in one shard
+        assert set(torch.cat(groups).tolist()) == set(prep.index("retain").tolist())
+        assert not set(prep.users[prep.index("forget")].tolist()) & set().union(*users)
     per_user = torch.unique(prep.users[prep.index("retain")], return_counts=True)[1]
-    loads = [len(g) for g in groups]
+    loads = [len(g) for g in receraser.user_groups(prep, 3, "balanced")]
     assert max(loads) - min(loads) <= int(per_user.max())  # greedy balance
 
 

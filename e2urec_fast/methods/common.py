@@ -151,6 +151,10 @@ def add_baseline_arguments(ap):
                    help="their AdamW learning rate (the authors: 5e-5, a tenth of their training lr; ours is a tenth of --lr)")
     g.add_argument("--neg-weight", type=float, default=0.5, help="w of the D_f term in NegGrad (CE_r - w CE_f) and Bad-T (CE_r + w CE_f~)")
     g.add_argument("--shards", type=int, default=4, help="SISA / RecEraser shards")
+    g.add_argument("--shard-scheme", default="authors", choices=["authors", "balanced"],
+                   help="authors: SISA shards drawn by np.random.seed(42) choice over the kept samples, RecEraser groups as "
+                   "equal slices of the seed-42-shuffled retained users (the authors' split_ml-1m.ipynb); balanced: equal "
+                   "random SISA shards (--seed) and RecEraser groups balanced by sample count")
     g.add_argument("--receraser-agg", default="mean", choices=["mean", "attention"],
                    help="RecEraser aggregation: the mean of the shards' logits (the authors' code) or the RecEraser paper's "
                    "learned attention over the shards")

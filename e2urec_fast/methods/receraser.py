@@ -1,5 +1,9 @@
-"""RecEraser: the retained users are cut into `--shards` groups balanced by sample count
-(users in order of their D_r sample count, each to the lightest group); one model per group
+"""RecEraser: the retained users are cut into `--shards` groups: `--shard-scheme authors`
+(default; the authors' split_ml-1m.ipynb) takes the train users in order of first
+appearance, shuffled by `random.seed(42); random.shuffle(...)` (the shuffle the forget
+split also uses), drops the forgotten ones and cuts the rest into k equal slices
+(`users[int(n*j/k):int(n*(j+1)/k)]`); `balanced` balances the groups by sample count
+(users in order of their D_r sample count, each to the lightest group). One model per group
 is trained from the pretrained backbone on its users' D_r samples; predictions are
 aggregated by the mean of the logits (the authors' code) or, with --receraser-agg attention,
 by the RecEraser paper's attention: a_k = softmax_k(q . tanh(W h_k + b)) over the shards'
@@ -19,9 +23,19 @@ from ..models.scoring import answer_logits, pad, yes_no
 from .common import Ensemble, train_shards
 
 
-def user_groups(prepared, k: int) -> list[torch.Tensor]:
+def user_groups(prepared, k: int, scheme: str = "authors") -> list[torch.Tensor]:
     r = prepared.index("retain")
     users = prepared.users[r]
+    if scheme == "authors":
+        import random
+
+        order = list(dict.fromkeys(prepared.users[prepared.index("train")].tolist()))
+        random.Random(42).shuffle(order)
+        kept = set(users.tolist())
+        order = [u for u in order if u in kept]
+        n = len(order)
+        groups = [order[int(n * j / k) : int(n * (j + 1) / k)] for j in range(k)]
+        return [r[torch.isin(users, torch.tensor(g, dtype=users.dtype))] for g in groups]
     uniq, counts = torch.unique(users, return_counts=True)
     load = [0] * k
     members: list[list[int]] = [[] for _ in range(k)]
@@ -76,8 +90,8 @@ def train_attention(bb, models, seqs, idx, labels, epochs: int = 200, lr: float 
     return att.eval()
 
 
-def unlearn(job, cfg, cache_dir, k: int = 4, agg: str = "mean"):
-    parts = user_groups(job.prepared, k)
+def unlearn(job, cfg, cache_dir, k: int = 4, agg: str = "mean", scheme: str = "authors"):
+    parts = user_groups(job.prepared, k, scheme)
     models, seconds, info = train_shards(job, parts, cfg, cache_dir, "RecEraser")
     att, extra = None, 0.0
     if agg == "attention":
