@@ -212,7 +212,8 @@ def check(args, explicit: set[str]) -> dict:
     if args.paper_scale and args.max_samples is not None:
         raise UserError("--paper-scale and --max-samples conflict: --paper-scale means --max-samples 100000")
     if args.authors_settings:
-        clash = sorted(k for k in AUTHORS if k in explicit and getattr(args, k) != AUTHORS[k])
+        clash = sorted([k for k in AUTHORS if k in explicit and getattr(args, k) != AUTHORS[k]]
+                       + (["baseline_steps"] if "baseline_steps" in explicit else []))
         if clash:
             raise UserError(f"--authors-settings conflicts with {', '.join('--' + k.replace('_', '-') for k in clash)} "
                             "(the preset sets them; drop one or the other)")

@@ -92,6 +92,8 @@ def test_negkl_is_retain_kl_minus_forget_kl(setup):
     # fp32 against fp64 of a difference of two similar terms: absolute tolerance
     assert float(t["loss"]) == pytest.approx(kl(rb) - kl(fb), abs=1e-5)
     assert float(t["kl_r"]) == pytest.approx(kl(rb), rel=1e-5)
+    tw = negkl.loss(other, orig.model, rb, fb, 0.2)  # weighted like NegGrad and Bad-T (--neg-weight)
+    assert float(tw["loss"]) == pytest.approx(kl(rb) - 0.2 * kl(fb), abs=1e-5)
     assert float(t["kl_f"]) > 0
 
 
@@ -218,3 +220,27 @@ def test_ablation_losses(setup):
     assert float(e2urec.combine(t, 0.6)) == pytest.approx(0.6 * 3 + 0.4 * 4)
     assert float(e2urec.combine({k: t[k] for k in ("ce_r", "kl_r")}, 0.6)) == pytest.approx(3.0)  # w/o L_FGT
     assert float(e2urec.combine({"kl_f": t["kl_f"]}, 0.6)) == pytest.approx(4.0)  # w/o L_REM
+
+
+def test_authors_settings_for_the_baselines(setup, monkeypatch):
+    """--authors-settings runs the baselines as train_ga.sh / train_rl.sh: weight 0.2, lr 5e-5, 3000 / 2400 steps,
+    AdamW weight decay 0.01 (torch's default, which the scripts keep) and no gradient clipping; without it ours."""
+    from e2urec_fast.methods import common
+    from e2urec_fast.unlearn import build_parser
+
+    job, orig = setup[0], setup[1]
+    seen = {}
+
+    def fake_fit(model, batches, step, cfg, **kw):
+        seen["cfg"] = cfg
+        raise common.UserError("stop here")  # the settings are what is checked
+
+    monkeypatch.setattr(common, "fit", fake_fit)
+    for flags, want in ((["--authors-settings"], dict(lr=5e-5, max_steps=2400, weight_decay=0.01, grad_clip=None, w=0.2)),
+                        ([], dict(lr=1e-4, max_steps=200, weight_decay=0.0, grad_clip=1.0, w=0.5))):
+        args = build_parser().parse_args(flags)
+        e2urec.settings(args)
+        with pytest.raises(common.UserError):
+            badt.unlearn(job, orig, args)
+        cfg = seen["cfg"]
+        assert (cfg.lr, cfg.max_steps, cfg.weight_decay, cfg.grad_clip, args.neg_weight) == tuple(want.values())

@@ -139,6 +139,7 @@ def _cli(world, tmp_path, capsys, *args, out=None):
     (["--retain-weight", "1.2"], "--retain-weight must be in [0, 1]"),
     (["--alpha", "-1"], "--alpha must be in >= 0"),
     (["--authors-settings", "--student-lr", "3e-4"], "--authors-settings conflicts with --student-lr"),
+    (["--authors-settings", "--baseline-steps", "50"], "--authors-settings conflicts with --baseline-steps"),
     (["--no-retrain", "--methods", "retrain,e2urec"], "--no-retrain conflicts with --methods"),
     (["--original", "/nonexistent/m", "--forget-users", "1"], "/nonexistent/m: --original: model folder not found"),
     (["--original", "{tmp}", "--forget-users", "1", "--no-retrain"], "--original: no config.json"),

@@ -149,7 +149,9 @@ def add_baseline_arguments(ap):
                    "200 keeps the default job within 15 minutes on 2 CPU cores)")
     g.add_argument("--baseline-lr", type=float, default=1e-4,
                    help="their AdamW learning rate (the authors: 5e-5, a tenth of their training lr; ours is a tenth of --lr)")
-    g.add_argument("--neg-weight", type=float, default=0.5, help="w of the D_f term in NegGrad (CE_r - w CE_f) and Bad-T (CE_r + w CE_f~)")
+    g.add_argument("--neg-weight", type=float, default=0.5,
+                   help="w of the D_f term in NegGrad (CE_r - w CE_f), NegKL (KL_r - w KL_f) and Bad-T (CE_r + w CE_f~); "
+                   "the authors' scripts pass 0.2 (--authors-settings)")
     g.add_argument("--shards", type=int, default=4, help="SISA / RecEraser shards")
     g.add_argument("--shard-scheme", default="authors", choices=["authors", "balanced"],
                    help="authors: SISA shards drawn by np.random.seed(42) choice over the kept samples, RecEraser groups as "
@@ -165,14 +167,16 @@ def unlearn_full(job: Job, orig: Backbone, args, loss_fn, desc: str, resume=None
 
     `loss_fn(bb, rb, fb) -> {term: tensor, "loss": tensor}`; returns (model, info)."""
     from ..train import DivergedError
+    from .e2urec import AUTHORS_BASELINE_STEPS, optimizer_settings
 
-    if args.baseline_steps < 1:
+    steps = AUTHORS_BASELINE_STEPS[desc] if getattr(args, "_authors", False) else args.baseline_steps
+    if steps < 1:
         raise UserError("--baseline-steps must be at least 1")
     bb = orig.clone()
     for p in bb.model.parameters():
         p.requires_grad_(True)
     torch.manual_seed(job.seed + 5)
-    cfg = TrainConfig(lr=args.baseline_lr, batch_size=job.batch_size, epochs=1, max_steps=args.baseline_steps)
+    cfg = TrainConfig(lr=args.baseline_lr, batch_size=job.batch_size, epochs=1, max_steps=steps, **optimizer_settings(args))
 
     def step(batch):
         _, rb, fb = batch
@@ -180,7 +184,7 @@ def unlearn_full(job: Job, orig: Backbone, args, loss_fn, desc: str, resume=None
 
     info = dict(trainable_params=n_params(bb.model))
     try:
-        res = fit(bb.model, lambda e: paired_batches(job, 0, args.baseline_steps, job.bucket), step, cfg, desc=desc,
+        res = fit(bb.model, lambda e: paired_batches(job, 0, steps, job.bucket), step, cfg, desc=desc,
                   progress=job.progress, resume=resume)
         info |= dict(time_s=res.seconds, steps=res.steps, final_loss=res.loss_history[-1])
     except DivergedError as e:  # a baseline that diverges is a result, not a crash of the whole job

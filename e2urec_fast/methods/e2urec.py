@@ -44,7 +44,17 @@ from ..train import Resume, TrainConfig, fit
 from .common import Job, finetune, n_params, paired_batches, retain_batches
 
 AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5, base_dropout=True,
-               aug_dropout=True)
+               aug_dropout=True, kl_scope="full", no_bucketing=True, neg_weight=0.2, baseline_lr=5e-5)
+# with --authors-settings, also as the authors' scripts: AdamW's default weight decay 0.01 and
+# no gradient clipping for every unlearning run (student, augmented model, baselines), and the
+# baselines' steps of train_ga.sh / train_rl.sh (NegKL has no script there: NegGrad's)
+AUTHORS_OPT = dict(weight_decay=0.01, grad_clip=None)
+AUTHORS_BASELINE_STEPS = {"NegGrad": 3000, "Bad-T": 2400, "NegKL": 3000}
+
+
+def optimizer_settings(args, default_clip: float | None = 1.0) -> dict:
+    """weight_decay / grad_clip of an unlearning run: the authors' under --authors-settings."""
+    return dict(AUTHORS_OPT) if getattr(args, "_authors", False) else dict(weight_decay=0.0, grad_clip=default_clip)
 
 
 def add_arguments(ap):
@@ -52,7 +62,9 @@ def add_arguments(ap):
     g.add_argument("--impl", default="fast", choices=["fast", "reference", "both"],
                    help="fast path, the reference path that mirrors the authors' code, or both side by side")
     g.add_argument("--authors-settings", action="store_true",
-                   help="the authors' hyper-parameters: student lr 1e-3, alpha 2, retain weight 0.6, 1000 steps, aug lr 5e-5")
+                   help="the authors' hyper-parameters and objective: student lr 1e-3, alpha 2, retain weight 0.6, 1000 steps, "
+                   "aug lr 5e-5 with dropout, full-vocabulary KL, random batches, AdamW weight decay 0.01 and no gradient "
+                   "clipping; baselines: weight 0.2, lr 5e-5, 3000 steps (Bad-T 2400)")
     g.add_argument("--student-lr", type=float, default=1e-4, help="AdamW learning rate of the LoRA student")
     g.add_argument("--alpha", type=float, default=2.0, help="forgetting-teacher strength in v - alpha*relu(v_aug - v)")
     g.add_argument("--retain-weight", type=float, default=0.6,
@@ -98,6 +110,7 @@ def settings(args) -> dict:
         args.authors_settings = False  # applied once
         args._authors = True
     keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
+            "neg_weight", "baseline_lr", "baseline_steps",
             "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "aug_dropout", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
             "no_batch_fusion", "batch_fusion", "base_dropout", "load_in_8bit", "compile", "keep_artifacts"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
@@ -232,7 +245,7 @@ def make_augmented(job: Job, orig: Backbone, args, dropout: bool = True) -> tupl
     mode = None if dropout else (lambda m: m.eval())
     aug = orig.clone()
     torch.manual_seed(job.seed + 1)
-    cfg = TrainConfig(lr=args.aug_lr, batch_size=job.batch_size, epochs=args.aug_epochs)
+    cfg = TrainConfig(lr=args.aug_lr, batch_size=job.batch_size, epochs=args.aug_epochs, **optimizer_settings(args))
     if getattr(args, "aug_mode", "full") == "lora":
         inject_lora(aug.model, LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family]))
         finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment (LoRA)", full=False, train_mode=mode)
@@ -370,7 +383,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     t0 = time.perf_counter()
     resume = Resume(work / f"{name}-{impl}-student-{key}.safetensors", key, every=getattr(args, "checkpoint_every", 50))
     res = fit(student.model, lambda e: student_batches(job, sched, bucket, parts), step,
-              TrainConfig(lr=args.student_lr, batch_size=job.batch_size, epochs=1, max_steps=sched.total, grad_clip=None),
+              TrainConfig(lr=args.student_lr, batch_size=job.batch_size, epochs=1, max_steps=sched.total,
+                          **optimizer_settings(args, default_clip=None)),
               desc=f"{name} student ({impl})", progress=job.progress,
               train_mode=base_eval_mode if impl == "fast" and not args.base_dropout else None, resume=resume,
               hook=None if probe is None else lambda k, sec: probe(k, sec, student))

@@ -1,6 +1,9 @@
 """NegKL: a full fine-tune of Original that stays close to it on D_r and moves away on D_f:
 
-    loss = KL(orig || model)(D_r batch) - KL(orig || model)(D_f batch)
+    loss = KL(orig || model)(D_r batch) - w * KL(orig || model)(D_f batch)      (w = --neg-weight)
+
+weighted like NegGrad and Bad-T (the paper runs the three alike; unweighted, the D_f term's
+growth is unbounded and the model collapsed within the default schedule),
 
 with the authors' form of "KL" (utils.compute_kl: -sum softmax(orig) * log(softmax(model) + 1e-12),
 over the full vocabulary at every target position), Original frozen as the teacher.
@@ -15,7 +18,7 @@ from .common import unlearn_full
 from .e2urec import ce_kl
 
 
-def loss(bb, orig_model, rb, fb) -> dict:
+def loss(bb, orig_model, rb, fb, w: float = 1.0) -> dict:
     def kl(b):
         s, _ = full_logits(bb, bb.model, b.ids, b.mask, b.labels)
         with torch.no_grad():
@@ -23,9 +26,9 @@ def loss(bb, orig_model, rb, fb) -> dict:
         return ce_kl(t, s)
 
     kl_r, kl_f = kl(rb), kl(fb)
-    return dict(kl_r=kl_r, kl_f=kl_f, loss=kl_r - kl_f)
+    return dict(kl_r=kl_r, kl_f=kl_f, loss=kl_r - w * kl_f)
 
 
 def unlearn(job, orig, args, resume=None):
     orig.model.eval()
-    return unlearn_full(job, orig, args, lambda bb, rb, fb: loss(bb, orig.model, rb, fb), "NegKL", resume)
+    return unlearn_full(job, orig, args, lambda bb, rb, fb: loss(bb, orig.model, rb, fb, args.neg_weight), "NegKL", resume)
