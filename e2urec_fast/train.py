@@ -202,6 +202,10 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
             opt.step()
+            # autocast keeps a bf16 copy of each trainable weight until its outermost context
+            # exits; a run under one long-lived context (precision.autocast) would go on using
+            # the weights of the first step: drop the copies after every update
+            torch.clear_autocast_cache()
             res.steps += 1
             res.samples += n
             pending.append(loss.detach().float())

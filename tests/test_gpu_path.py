@@ -99,3 +99,28 @@ def test_dtype_resolution():
             assert torch.is_autocast_enabled("cpu") and (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
         with precision.autocast("fp32", "cpu"):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_training_under_one_long_bf16_context_uses_the_updated_weights():
+    """A run lives in one autocast context (api._run); autocast caches a bf16 copy of each
+    trainable weight until the outermost context exits, so without fit() dropping those
+    copies after each update the forward kept using the first step's weights (a bf16
+    Original did not learn at all)."""
+    from e2urec_fast import precision
+    from e2urec_fast.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+
+    def step(_):
+        return torch.nn.functional.mse_loss(model(x).float(), y), 64
+
+    with precision.autocast("bf16", "cpu"):
+        before = float(step(None)[0].detach())
+        res = fit(model, lambda e: range(30), step, TrainConfig(lr=3e-2, max_steps=30, grad_clip=None), progress=False)
+        inside = model(x).float().detach()
+    with precision.autocast("bf16", "cpu"):
+        fresh = model(x).float().detach()
+    assert torch.allclose(inside, fresh)  # the open context sees the trained weights
+    assert res.loss_history[-1] < 0.7 * before  # and training moved the loss

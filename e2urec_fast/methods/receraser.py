@@ -87,6 +87,7 @@ def train_attention(bb, models, seqs, idx, labels, epochs: int = 200, lr: float 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        torch.clear_autocast_cache()  # no stale bf16 copies of the updated weights (train.fit)
     return att.eval()
 
 
