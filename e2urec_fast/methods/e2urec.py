@@ -119,8 +119,8 @@ def settings(args) -> dict:
 # ----------------------------------------------------------------- loss terms
 def ce_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     """The authors' "KL": -sum softmax(p) * log(softmax(q) + 1e-12), mean over rows."""
-    p = torch.softmax(p_logits, -1)
-    q = torch.softmax(q_logits, -1)
+    p = torch.softmax(p_logits.float(), -1)  # in fp32 whatever the logits' dtype (--dtype bf16)
+    q = torch.softmax(q_logits.float(), -1)
     return -(p * torch.log(q + 1e-12)).sum(-1).mean()
 
 
@@ -150,9 +150,9 @@ def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict
         with torch.no_grad():
             v_r, _ = logits(orig if rem is None else rem, rb)
         if restrict:
-            out["ce_r"] = F.cross_entropy(s_r, rb.labels)
+            out["ce_r"] = F.cross_entropy(s_r.float(), rb.labels)
         else:
-            out["ce_r"] = F.cross_entropy(s_r.flatten(0, 1), tgt.flatten(), ignore_index=-100)
+            out["ce_r"] = F.cross_entropy(s_r.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100)
         out["kl_r"] = ce_kl(v_r, s_r)
     return out
 
