@@ -364,7 +364,7 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     from .models import load_backbone, resolve_backbone
     from .models.export import merged_backbone, save_hf_folder
     from .models.lora import load_adapter
-    from .report import csv_table, markdown_table, plot_jsd_time, render_markdown
+    from .report import below_floor, csv_table, markdown_table, plot_jsd_time, render_markdown
     from .train import Resume, TrainConfig
     from .unlearn import LABELS, env_info
 
@@ -490,6 +490,9 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     def dist(full):
         return jsd_l2(retr_full, full) if retr_full is not None else dict(jsd=None, l2=None)
 
+    warn = below_floor(rows + [dict(method="Original", auc=orig_m["auc"])])
+    if warn:
+        log(warn)
     if "original" in methods:
         rows.append(dict(method="Original", kind="reference", **orig_m, **dist(orig_full), time_s=None, train_time_s=orig_s,
                          trainable_params=n_params(orig.model, False)))

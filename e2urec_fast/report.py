@@ -77,6 +77,22 @@ def csv_table(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def below_floor(rows: list[dict]) -> str | None:
+    """The warning a report leads with when Original's test AUC does not beat the CTR floor
+    (a logistic regression on user and item ids): such a recommender has learned nothing a
+    trivial model does not know, and every unlearning figure on it is noise. None otherwise."""
+    by = {r["method"]: r for r in rows}
+    floor = next((r for m, r in by.items() if m.startswith("CTR floor")), None)
+    orig = by.get("Original")
+    if floor is None or orig is None or _num(orig.get("auc")) is None or _num(floor.get("auc")) is None:
+        return None
+    if orig["auc"] > floor["auc"]:
+        return None
+    return (f"WARNING: Original's test AUC {100 * orig['auc']:.2f} does not beat the CTR floor's {100 * floor['auc']:.2f} "
+            "(logistic regression on user and item ids): this recommender has not learned more than the floor, so the "
+            "unlearning figures below measure noise, not forgetting (train longer, or use another backbone or data set)")
+
+
 def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
     """PNG: D_f JSD (x100) against unlearning time, one labelled point per method with both.
     Returns False (and writes nothing) when fewer than one such method exists."""
@@ -100,8 +116,15 @@ def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
         ax.set_xscale("log")
     if len(pts) > 1 and max(p[1] for p in pts) / max(min(p[1] for p in pts), 1e-3) > 20:
         ax.set_yscale("log")  # a collapsed baseline (JSD in the hundreds) would flatten the rest
+    if below_floor(rows):
+        mark_below_floor(ax)
     finish_plot(fig, ax, path, title or "forgetting quality against unlearning time")
     return True
+
+
+def mark_below_floor(ax, text: str = "Original below the CTR floor: these figures are noise") -> None:
+    ax.text(0.5, 0.97, text, transform=ax.transAxes, ha="center", va="top", color="tab:red", fontsize=9, fontweight="bold",
+            bbox=dict(facecolor="white", edgecolor="tab:red", alpha=0.9))
 
 
 def finish_plot(fig, ax, path, title: str) -> None:
@@ -122,9 +145,11 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
     c = report["counts"]
     s = report["settings"]
     e = report["env"]
+    warn = below_floor(report["rows"])
     parts = [
         f"# E2URec unlearning report: {s['dataset']}, backbone {s['backbone']}",
         "",
+        *([f"**{warn}.**", ""] if warn else []),
         "AUC, ACC, LogLoss on test; JSD (the authors' symmetric KL) and L2 on D_f against Retrain; all x100.",
         "Time(s): unlearning wall-clock (Retrain, SISA, RecEraser: their training time). #Params: trainable parameters.",
         "Bold: the best value of a column among the unlearning methods (Original, Retrain and the CTR floor take no part).",

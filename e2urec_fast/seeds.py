@@ -67,7 +67,10 @@ def aggregate(reports: list[dict], seeds: list[int]) -> dict:
         o, e = b.get("Original", {}).get("jsd"), b.get(REF, {}).get("jsd")
         if o and e is not None:
             gap.append((o - e) / o)
-    return dict(seeds=seeds, rows=rows, paired_vs_e2urec=paired, jsd_gap_closed=summarize(gap))
+    from .report import below_floor
+
+    low = [s for s, rep in zip(seeds, reports) if below_floor(rep["rows"])]
+    return dict(seeds=seeds, rows=rows, paired_vs_e2urec=paired, jsd_gap_closed=summarize(gap), below_floor_seeds=low)
 
 
 def _cell(s: dict | None, scale: float, digits: int = 2) -> str:
@@ -81,7 +84,11 @@ def _cell(s: dict | None, scale: float, digits: int = 2) -> str:
 def markdown(agg: dict) -> str:
     cols = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2"), ("time_s", "Time(s)")]
     n = len(agg["seeds"])
-    lines = [f"Mean ± 95% confidence half-width over {n} seeds ({', '.join(map(str, agg['seeds']))}); metrics x100 as in "
+    low = agg.get("below_floor_seeds") or []
+    lines = ([f"**WARNING: on seed(s) {', '.join(map(str, low))} Original's test AUC does not beat the CTR floor: on those "
+              "seeds the recommender learned no more than a logistic regression on ids, and their unlearning figures are "
+              "noise (see each seed's report).**", ""] if low else [])
+    lines += [f"Mean ± 95% confidence half-width over {n} seeds ({', '.join(map(str, agg['seeds']))}); metrics x100 as in "
              "the paper, time in seconds.", "",
              "| Method | " + " | ".join(c for _, c in cols) + " | LOSS-attack AUC | #Params |", "|" + "---|" * (len(cols) + 3)]
     for r in agg["rows"]:
@@ -138,5 +145,9 @@ def plot(agg: dict, path, title: str = "") -> bool:
         ax.set_yscale("log")
     ax.set_xlabel("unlearning time (s), mean ± 95% CI")
     ax.set_ylabel("JSD on D_f vs Retrain (x100), mean ± 95% CI")
+    if agg.get("below_floor_seeds"):
+        from .report import mark_below_floor
+
+        mark_below_floor(ax, f"Original below the CTR floor on seed(s) {', '.join(map(str, agg['below_floor_seeds']))}")
     finish_plot(fig, ax, path, title or f"over {len(agg['seeds'])} seeds")
     return True

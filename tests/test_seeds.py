@@ -66,3 +66,26 @@ def test_seed_flags(kw, msg, tmp_path):
     with pytest.raises(UserError, match=msg):
         forget(tmp_path / "o", **kw)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_recommender_below_the_ctr_floor_is_flagged_first(tmp_path):
+    """A report whose Original does not beat the CTR floor says so at the top (and the seeds
+    report names the seeds); a plot is still written, marked."""
+    from e2urec_fast.report import below_floor, plot_jsd_time, render_markdown
+
+    floor = lambda auc: dict(method="CTR floor (LogReg)", kind="reference", auc=auc, acc=0.6, logloss=0.6, jsd=None, l2=None)
+    good, bad = _rep(0.1, 0, 0.05, 0.08), _rep(0.1, 0, 0.05, 0.08)
+    good["rows"].insert(0, floor(0.65))  # Original 0.70 beats it
+    bad["rows"].insert(0, floor(0.75))
+    assert below_floor(good["rows"]) is None
+    warn = below_floor(bad["rows"])
+    assert warn.startswith("WARNING: Original's test AUC 70.00 does not beat the CTR floor's 75.00")
+    rep = dict(bad, counts=dict(samples_after_filter=1, samples=1, train=1, valid=1, test=1, forget_users=1, train_users=2,
+                                forget=1, retain=1),
+               settings=dict(dataset="ml-1m", backbone="tiny", seed=1), env=dict(device="cpu", torch="x", git="x"), total_s=1.0)
+    md = render_markdown(rep)
+    assert md.splitlines()[2].startswith("**WARNING: Original's test AUC")
+    assert "WARNING" not in render_markdown(dict(rep, rows=good["rows"]))
+    agg = aggregate([good, bad, good], [1, 2, 3])
+    assert agg["below_floor_seeds"] == [2] and markdown(agg).startswith("**WARNING: on seed(s) 2 ")
+    assert plot_jsd_time(bad["rows"], tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
