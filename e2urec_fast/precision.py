@@ -18,8 +18,10 @@ auto = bf16 on a CUDA device that supports it, fp32 elsewhere (the CPU).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
+import torch.nn.functional as F
 
 DTYPES = ("auto", "fp32", "bf16")
 
@@ -57,3 +59,30 @@ def frozen_to_bf16(model: torch.nn.Module) -> int:
                     p.data = p.data.to(torch.bfloat16)
                     n += p.numel()
     return n
+
+
+def cache_tag(dtype: str) -> dict:
+    """What a cache key adds for the precision: nothing for fp32 (keys made before --dtype
+    existed stay valid), {"dtype": ...} otherwise."""
+    return {} if dtype == "fp32" else dict(dtype=dtype)
+
+
+def fp32_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`h @ w.T + b` in fp32 whatever autocast says: the answer logits feed the teacher
+    cache, the KL and every metric, and a bf16 product would round them to 8 bits (at
+    --dtype bf16 the tiny model's p(yes) collapsed into ties). The head is one product
+    per row (two rows for Yes/No), so fp32 costs little next to the network."""
+    with torch.autocast(h.device.type, enabled=False):
+        return F.linear(h.float(), w.float(), None if b is None else b.float())
+
+
+@functools.lru_cache(maxsize=64)
+def _row_index(rows: tuple, device: str) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def row_index(rows, device) -> torch.Tensor:
+    """The index tensor of `rows` on `device`, made once: indexing a device tensor with a
+    Python list copies the list to the device at every call (a host sync on CUDA, in the
+    student's step)."""
+    return _row_index(tuple(rows), str(device))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .batching import to_device
 from .errors import fail, load_safetensors, save_safetensors_atomic
 
 
@@ -35,8 +36,6 @@ class TeacherTable:
         return self
 
     def __getitem__(self, sample_idx: torch.Tensor) -> torch.Tensor:
-        from .batching import to_device
-
         return self.logits[to_device(self.pos[sample_idx], self.logits.device)]  # sample_idx: a batch's host index
 
     def to(self, device) -> TeacherTable:

@@ -38,7 +38,7 @@ from ..models.backbone import Backbone
 from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, full_logits, yes_no, yes_no_rows
-from ..precision import frozen_to_bf16
+from ..precision import cache_tag, frozen_to_bf16
 from ..teachers import cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, finetune, n_params, paired_batches, retain_batches
@@ -263,7 +263,7 @@ def run_key(job: Job, orig: Backbone, args, impl: str, parts) -> str:
     blob = json.dumps(dict(orig=orig.fingerprint(), data=job.prepared.manifest["content_hash"],
                            forget=job.prepared.forget_key(), impl=impl, parts=sorted(parts),
                            seed=job.seed, batch=job.batch_size, bucket=job.bucket, s=keys)
-                      | ({} if job.dtype == "fp32" else dict(dtype=job.dtype)), sort_keys=True)
+                      | cache_tag(job.dtype), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -340,7 +340,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
                                               desc=None if not job.progress else "teacher cache")
 
         base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
-                       scope=args.kl_scope, prefix=orig.prefix.tolist()) | ({} if job.dtype == "fp32" else dict(dtype=job.dtype))
+                       scope=args.kl_scope, prefix=orig.prefix.tolist()) | cache_tag(job.dtype)
         tables, cache_status = {}, {}
         if "rem" in parts:
             rem_fp = base_fp if rem is orig else base_fp | dict(orig=rem.fingerprint())

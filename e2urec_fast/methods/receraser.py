@@ -14,6 +14,7 @@ frozen. Unlearning time: the shards' training plus the aggregator's.
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 
 import torch
@@ -21,16 +22,15 @@ import torch.nn.functional as F
 
 from ..models.scoring import answer_logits, pad, yes_no
 from .common import Ensemble, train_shards
+from .sisa import AUTHORS_SEED
 
 
 def user_groups(prepared, k: int, scheme: str = "authors") -> list[torch.Tensor]:
     r = prepared.index("retain")
     users = prepared.users[r]
     if scheme == "authors":
-        import random
-
         order = list(dict.fromkeys(prepared.users[prepared.index("train")].tolist()))
-        random.Random(42).shuffle(order)
+        random.Random(AUTHORS_SEED).shuffle(order)
         kept = set(users.tolist())
         order = [u for u in order if u in kept]
         n = len(order)

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import load_safetensors, save_safetensors_atomic
+from ..precision import cache_tag
 from ..train import TrainConfig
 from .common import Job, finetune
 
@@ -24,7 +25,7 @@ def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
     rows = hashlib.sha256((job.prepared.index(part) if idx is None else idx).numpy().tobytes()).hexdigest()
     blob = json.dumps(dict(bb=job.backbone().fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
                            cfg={k: v for k, v in asdict(cfg).items() if k != "sync_every"}, seed=job.seed, bucket=job.bucket, rows=rows)
-                      | ({} if job.dtype == "fp32" else dict(dtype=job.dtype)), sort_keys=True)
+                      | cache_tag(job.dtype), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

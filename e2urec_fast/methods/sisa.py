@@ -18,7 +18,7 @@ import torch
 
 from .common import Ensemble, train_shards
 
-AUTHORS_SEED = 42  # np.random.seed(42) in the authors' notebook
+AUTHORS_SEED = 42  # np.random.seed(42) / random.seed(42) in the authors' split_ml-1m.ipynb (SISA, RecEraser)
 
 
 def shards(prepared, k: int, seed: int = 42, scheme: str = "authors") -> list[torch.Tensor]:

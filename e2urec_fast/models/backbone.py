@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..errors import fail, staged_dir
+from ..precision import fp32_linear, row_index
 
 T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
 BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -65,11 +66,10 @@ class MaskedScorer(torch.nn.Module):
         pos = slot.int().argmax(1)
         hs = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         h = hs[torch.arange(len(ids), device=ids.device), pos]  # (B, d)
-        from .scoring import fp32_linear
-
         w, b = self.get_input_embeddings().weight, self.bias
         if rows is not None:
-            w, b = w[rows], b[rows]
+            ix = row_index(rows, w.device)
+            w, b = w.index_select(0, ix), b.index_select(0, ix)
         lg = fp32_linear(h, w, b)
         return (lg, h) if hidden else lg
 

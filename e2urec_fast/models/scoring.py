@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..precision import fp32_linear, row_index
 from .backbone import Backbone
 
 ENC_DEC = ("t5", "bart")
@@ -51,25 +52,17 @@ def _rows(ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(ids.shape[0], device=ids.device)
 
 
-def fp32_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """`h @ w.T + b` in fp32 whatever autocast says: the answer logits feed the teacher
-    cache, the KL and every metric, and a bf16 product would round them to 8 bits (at
-    --dtype bf16 the tiny model's p(yes) collapsed into ties). The head is one product
-    per row (two rows for Yes/No), so fp32 costs little next to the network."""
-    with torch.autocast(h.device.type, enabled=False):
-        return F.linear(h.float(), w.float(), None if b is None else b.float())
-
-
 def head_rows(head: torch.nn.Module, h: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
     """`head(h)` in fp32, or only its output rows `rows`: `h @ W[rows].T (+ b[rows])`, the
     two-row Yes/No head instead of the (d, V) product. A head that is not a plain Linear
     (an 8-bit one) runs as it is and the columns are gathered."""
     if type(head) is not torch.nn.Linear:
         lg = head(h)
-        return lg if rows is None else lg[..., rows]
+        return lg if rows is None else lg.index_select(-1, row_index(rows, lg.device))
     if rows is None:
         return fp32_linear(h, head.weight, head.bias)
-    return fp32_linear(h, head.weight[rows], None if head.bias is None else head.bias[rows])
+    ix = row_index(rows, head.weight.device)
+    return fp32_linear(h, head.weight.index_select(0, ix), None if head.bias is None else head.bias.index_select(0, ix))
 
 
 def _causal_at(model, ids, mask, pos, hidden: bool, rows=None):
@@ -96,7 +89,8 @@ def _enc_dec_answer(bb: Backbone, model, ids, mask, rows, hidden: bool):
         lg = head_rows(model.lm_head, hs, rows)
     else:
         h = model.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False).last_hidden_state[:, -1]
-        bias = model.final_logits_bias[0] if rows is None else model.final_logits_bias[0, rows]
+        bias = model.final_logits_bias[0]
+        bias = bias if rows is None else bias.index_select(0, row_index(rows, bias.device))
         lg = head_rows(model.lm_head, h, rows) + bias.float()
     return (lg, h) if hidden else lg
 
@@ -124,7 +118,7 @@ def yes_no_rows(bb: Backbone) -> list[int]:
 
 def yes_no(bb: Backbone, logits: torch.Tensor) -> torch.Tensor:
     """(B, 2) [No, Yes] logits from (B, V) logits."""
-    return logits[..., [bb.no_id, bb.yes_id]]
+    return logits.index_select(-1, row_index(yes_no_rows(bb), logits.device))
 
 
 def full_logits(bb: Backbone, model, ids, mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
