@@ -20,8 +20,10 @@ EPS = 1e-12
 
 @torch.no_grad()
 def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch_size: int = 64,
-                   device: str = "cpu", full: bool = False, desc: str | None = None) -> torch.Tensor:
-    """Answer-position logits for samples `idx`: (N, V) if full else (N, 2) [No, Yes]."""
+                   device: str = "cpu", full: bool = False, desc: str | None = None, boundary=None) -> torch.Tensor:
+    """Answer-position logits for samples `idx`: (N, V) if full else (N, 2) [No, Yes].
+    `boundary` = (BoundaryTable, Scope): start from those cached states (models/boundary.py)."""
+    import contextlib
     import sys
 
     from tqdm.auto import tqdm
@@ -34,7 +36,13 @@ def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch
     for s in tqdm(starts, desc=desc, disable=quiet, leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0):
         chunk = order[s : s + batch_size]
         ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
-        out.append(answer_logits(bb, model, ids.to(device), mask.to(device), rows=None if full else yes_no_rows(bb)).float())
+        ctx = contextlib.nullcontext()
+        if boundary is not None:
+            from .models.boundary import from_states
+
+            ctx = from_states(bb, model, boundary[0].gather(torch.tensor(chunk), ids.shape[1]), boundary[1])
+        with ctx:
+            out.append(answer_logits(bb, model, ids.to(device), mask.to(device), rows=None if full else yes_no_rows(bb)).float())
     lg = torch.cat(out).cpu()
     # rows are in `order`; bring them back to the order of `idx`
     pos = {i: k for k, i in enumerate(order)}

@@ -73,16 +73,24 @@ def mean_lm_loss(job: Job, bb: Backbone, idx: torch.Tensor) -> float:
 
 
 def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, desc: str,
-             valid_idx: torch.Tensor | None = None, ckpt=None, full: bool = True, train_mode=None) -> TrainResult:
+             valid_idx: torch.Tensor | None = None, ckpt=None, full: bool = True, train_mode=None,
+             boundary=None) -> TrainResult:
     """Fine-tune on the answer cross-entropy (Original, Retrain, augment): every weight when
-    `full`, else only the parameters that already require grad (an injected adapter)."""
+    `full`, else only the parameters that already require grad (an injected adapter).
+    `boundary` = (BoundaryTable, Scope): each batch starts from its cached states (an
+    adapter above them; models/boundary.py)."""
     if full:
         for p in bb.model.parameters():
             p.requires_grad_(True)
     batcher = job.batcher(cfg.batch_size)
 
     def step(batch):
-        return lm_loss(bb, bb.model, batch.ids, batch.mask, batch.labels), len(batch)
+        if boundary is None:
+            return lm_loss(bb, bb.model, batch.ids, batch.mask, batch.labels), len(batch)
+        from ..models.boundary import from_states
+
+        with from_states(bb, bb.model, boundary[0].gather(batch.idx, batch.ids.shape[1]), boundary[1]):
+            return lm_loss(bb, bb.model, batch.ids, batch.mask, batch.labels), len(batch)
 
     valid = (lambda: mean_lm_loss(job, bb, valid_idx)) if valid_idx is not None else None
     if cfg.max_steps is None and cfg.epochs <= 0:

@@ -35,7 +35,8 @@ from .. import ops
 from ..errors import UserError, load_safetensors, save_safetensors_atomic
 from ..evaluate import predict_logits
 from ..models.backbone import Backbone
-from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, lora_modules, save_adapter
+from ..models.boundary import build_table, cached_boundary, check_scope, from_states, parse_scope, target_modules
+from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, merge_and_unload, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, full_logits, yes_no, yes_no_rows
 from ..precision import cache_tag, frozen_to_bf16
@@ -83,6 +84,12 @@ def add_arguments(ap):
                    "it trains in eval mode, about twice as fast on the CPU)")
     g.add_argument("--kl-scope", default="yesno", choices=["yesno", "full"],
                    help="fast path: KL over the Yes/No pair or the full vocabulary at the answer position")
+    g.add_argument("--lora-scope", default="all",
+                   help="fast path: where the student's LoRA sits. all: every q/v projection (the authors' code); decoder "
+                   "(t5, bart): the decoder only, the encoder's output computed once per sample and cached, each step runs "
+                   "the decoder alone; top:K (causal, masked): the top K layers, the states entering them cached")
+    g.add_argument("--boundary-max-gib", type=float, default=8.0,
+                   help="cap on the cached boundary states of --lora-scope decoder / top:K (exit 2 above it)")
     g.add_argument("--kernel-backend", default="auto", choices=list(ops.BACKENDS), help="teacher-KL op backend")
     g.add_argument("--no-teacher-cache", action="store_true", help="fast path: teacher forward passes every step")
     g.add_argument("--no-bucketing", action="store_true", help="fast path: random padded batches")
@@ -111,7 +118,8 @@ def settings(args) -> dict:
         args._authors = True
     keys = ["impl", "student_lr", "alpha", "retain_weight", "student_steps", "forget_epochs", "lora_r", "lora_alpha",
             "neg_weight", "baseline_lr", "baseline_steps",
-            "lora_dropout", "aug_lr", "aug_epochs", "aug_mode", "aug_dropout", "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
+            "lora_dropout", "lora_scope", "aug_lr", "aug_epochs", "aug_mode", "aug_dropout",
+            "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
             "no_batch_fusion", "batch_fusion", "base_dropout", "load_in_8bit", "compile", "keep_artifacts"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
 
@@ -158,27 +166,32 @@ def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict
 
 
 def fast_terms(student: Backbone, tables: dict, rb, fb, alpha: float, scope: str = "yesno", backend: str = "auto",
-               fuse: bool = True) -> dict:
+               fuse: bool = True, boundary=None) -> dict:
     """Loss terms from cached teachers; one forward over D_r and D_f together when `fuse`.
 
     No host sync: the two right-padded halves are padded to one length on the device, the
     teacher rows are looked up by index, and with scope "yesno" the student's head is only
-    the two [No, Yes] rows of the output embedding (`answer_logits(rows=...)`)."""
+    the two [No, Yes] rows of the output embedding (`answer_logits(rows=...)`).
+    `boundary` = (BoundaryTable, Scope): the student starts from the cached states of the
+    batch's samples (its adapter sits above them: models/boundary.py)."""
     rows = yes_no_rows(student) if scope == "yesno" else None
 
-    def head(b_ids, b_mask):
-        return answer_logits(student, student.model, b_ids, b_mask, rows=rows)
+    def head(b_ids, b_mask, b_idx):
+        if boundary is None:
+            return answer_logits(student, student.model, b_ids, b_mask, rows=rows)
+        with from_states(student, student.model, boundary[0].gather(b_idx, b_ids.shape[1]), boundary[1]):
+            return answer_logits(student, student.model, b_ids, b_mask, rows=rows)
 
     parts = [b for b in (rb, fb) if b is not None]
     if fuse and len(parts) == 2:
         L = max(rb.ids.shape[1], fb.ids.shape[1])
         ids = torch.cat([F.pad(b.ids, (0, L - b.ids.shape[1]), value=student.pad_id) for b in parts])
         mask = torch.cat([F.pad(b.mask, (0, L - b.mask.shape[1]), value=0) for b in parts])
-        lg = head(ids, mask)
+        lg = head(ids, mask, torch.cat([rb.idx, fb.idx]))
         s_r, s_f = lg[: len(rb)], lg[len(rb) :]
     else:
-        s_r = head(rb.ids, rb.mask) if rb is not None else None
-        s_f = head(fb.ids, fb.mask) if fb is not None else None
+        s_r = head(rb.ids, rb.mask, rb.idx) if rb is not None else None
+        s_f = head(fb.ids, fb.mask, fb.idx) if fb is not None else None
     out = {}
     if fb is not None:
         out["kl_f"] = ops.teacher_kl(s_f, tables["orig_f"][fb.idx], tables["aug_f"][fb.idx], alpha, backend=backend)
@@ -237,20 +250,20 @@ def visited(job: Job, sched: Schedule, bucket: bool, parts) -> tuple[torch.Tenso
     return torch.tensor(sorted(r), dtype=torch.long), torch.tensor(sorted(f), dtype=torch.long)
 
 
-def make_augmented(job: Job, orig: Backbone, args, dropout: bool = True) -> tuple[Backbone, float]:
+def make_augmented(job: Job, orig: Backbone, args, dropout: bool = True, targets=None, boundary=None) -> tuple[Backbone, float]:
     """Original fine-tuned further on D_f (one epoch; the authors' finetune_aug.py). Without
     `dropout` (the fast path's default) the model trains in eval mode: no dropout masks, and
-    attention runs in its fused kernel."""
+    attention runs in its fused kernel. With --aug-mode lora: an adapter on `targets` (default:
+    every q/v), trained from the cached `boundary` states when given, merged and unloaded."""
     t0 = time.perf_counter()
     mode = None if dropout else (lambda m: m.eval())
     aug = orig.clone()
     torch.manual_seed(job.seed + 1)
     cfg = TrainConfig(lr=args.aug_lr, batch_size=job.batch_size, epochs=args.aug_epochs, **optimizer_settings(args))
     if getattr(args, "aug_mode", "full") == "lora":
-        inject_lora(aug.model, LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family]))
-        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment (LoRA)", full=False, train_mode=mode)
-        for m in lora_modules(aug.model).values():
-            m.merge()
+        inject_lora(aug.model, LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, targets or DEFAULT_TARGETS[orig.family]))
+        finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment (LoRA)", full=False, train_mode=mode, boundary=boundary)
+        merge_and_unload(aug.model)
     else:
         finetune(job, aug, job.prepared.index("forget"), cfg, desc="augment", train_mode=mode)
     aug.model.eval()
@@ -283,6 +296,14 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     rem = orig if rem is None else rem
     if args.student_steps < 1:
         raise UserError("--student-steps must be at least 1")
+    scope = check_scope(parse_scope(getattr(args, "lora_scope", "all")), orig)
+    if impl != "fast":  # the reference path mirrors the authors' code: LoRA on every q/v
+        scope = parse_scope("all")
+    if scope.cached and args.no_teacher_cache:
+        raise UserError(f"--lora-scope {scope} caches the states below the adapter beside the teacher logits: "
+                        "it cannot go with --no-teacher-cache")
+    if scope.cached and getattr(args, "compile", False):
+        raise UserError(f"--lora-scope {scope} does not go with --compile (the cached states change the forward every step)")
     stages = {}
     t_all = time.perf_counter()
     orig.model.eval()
@@ -290,6 +311,34 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     work = job.out / "work"
     need_aug = "fgt" in parts
     aug_path = work / f"{name}-{impl}-augmented-{key}.safetensors"
+    sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps,
+                     joint="rem" in parts and "fgt" in parts)
+    bucket = impl == "fast" and not args.no_bucketing
+    cache_dir = job.out / "cache"
+    n_total = len(job.prepared.labels)
+    aug_lora = need_aug and getattr(args, "aug_mode", "full") == "lora"
+    boundary, boundary_info, aug_targets, aug_train_bd = None, None, None, None
+    if scope.cached:  # the frozen states below the adapter, once per sample the run visits
+        t0 = time.perf_counter()
+        r_idx, f_idx = visited(job, sched, bucket, parts)
+        need = [r_idx, f_idx] + ([job.prepared.index("forget")] if aug_lora else [])
+        need = torch.unique(torch.cat(need))
+        bfp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=job.prepared.manifest["content_hash"],
+                   scope=str(scope), family=orig.family, prefix=orig.prefix.tolist()) | cache_tag(job.dtype)
+        st_dtype = torch.bfloat16 if job.dtype == "bf16" else None
+
+        def build(idx):
+            return build_table(orig, orig.model, job.seqs, idx, scope, n_total, job.eval_batch_size, job.device, dtype=st_dtype,
+                               max_gib=args.boundary_max_gib, desc=None if not job.progress else "boundary cache")
+
+        table, bstatus = cached_boundary(cache_dir / "boundary.safetensors", bfp, build, need, n_total,
+                                         rebuild=not args.no_cache_rebuild, device=job.device)
+        boundary = (table, scope)
+        boundary_info = dict(status=bstatus, scope=str(scope), rows=len(need), bytes=table.nbytes(),
+                             seconds=time.perf_counter() - t0)
+        if aug_lora:  # the augmented model's adapter above the same boundary, so its D_f states are these
+            aug_targets = target_modules(orig, scope, DEFAULT_TARGETS[orig.family])
+            aug_train_bd = boundary if orig.family != "causal" else None  # a causal LM loss reads the target's own states
     if not need_aug:
         stages["augment"] = 0.0
     elif aug is not None:
@@ -301,7 +350,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         aug.model.eval()
         stages["augment"] = time.perf_counter() - t0
     else:
-        aug, stages["augment"] = make_augmented(job, orig, args, dropout=impl == "reference" or args.aug_dropout)
+        aug, stages["augment"] = make_augmented(job, orig, args, dropout=impl == "reference" or args.aug_dropout,
+                                                targets=aug_targets, boundary=aug_train_bd)
         save_safetensors_atomic(aug.model.state_dict(), aug_path)
 
     # the student: the Original's weights, frozen, with a fresh adapter
@@ -311,7 +361,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     if getattr(args, "load_in_8bit", False):
         quantize_8bit(student.model)
         student_bytes["8bit"] = model_bytes(student.model)
-    cfg = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS[orig.family])
+    cfg = LoraConfig(args.lora_r, args.lora_alpha, args.lora_dropout, target_modules(orig, scope, DEFAULT_TARGETS[orig.family]))
     inject_lora(student.model, cfg)
     if job.dtype == "bf16":  # the frozen base in bf16, the adapter's fp32 master weights (precision.py)
         frozen_to_bf16(student.model)
@@ -320,14 +370,10 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     if getattr(args, "compile", False) and impl == "fast":
         runner = dataclasses.replace(student, model=torch.compile(student.model, dynamic=True))
 
-    cache_dir = job.out / "cache"
     cache_status = None
     use_cache = impl == "fast" and not args.no_teacher_cache
     fusion = "off" if args.no_batch_fusion else getattr(args, "batch_fusion", "auto")
     fuse = fusion == "on" or (fusion == "auto" and not str(job.device).startswith("cpu"))
-    sched = schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps,
-                     joint="rem" in parts and "fgt" in parts)
-    bucket = impl == "fast" and not args.no_bucketing
     if use_cache:
         t0 = time.perf_counter()
         full = args.kl_scope == "full"
@@ -335,9 +381,9 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         seqs = job.seqs
         r_idx, f_idx = visited(job, sched, bucket, parts)  # only the rows the schedule will visit
 
-        def logits_of(model):
+        def logits_of(model, bd=None):  # from the cached boundary states when `bd` (the model's frozen part is the Original's)
             return lambda idx: predict_logits(orig, model, seqs, idx, job.eval_batch_size, job.device, full=full,
-                                              desc=None if not job.progress else "teacher cache")
+                                              desc=None if not job.progress else "teacher cache", boundary=bd)
 
         base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
                        scope=args.kl_scope, prefix=orig.prefix.tolist()) | cache_tag(job.dtype)
@@ -345,19 +391,23 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         if "rem" in parts:
             rem_fp = base_fp if rem is orig else base_fp | dict(orig=rem.fingerprint())
             t, cache_status["retain"] = cached_teachers(cache_dir / "teacher_retain.safetensors", rem_fp,
-                                                        {"orig_r": (logits_of(rem.model), r_idx)}, len(prep.labels),
+                                                        {"orig_r": (logits_of(rem.model, boundary if rem is orig else None), r_idx)},
+                                                        len(prep.labels),
                                                         rebuild=not args.no_cache_rebuild, device=job.device)
             tables |= t
         if need_aug:
             t, cache_status["forget"] = cached_teachers(cache_dir / "teacher_forget.safetensors",
                                                         base_fp | dict(aug=aug.fingerprint()),
-                                                        {"orig_f": (logits_of(orig.model), f_idx), "aug_f": (logits_of(aug.model), f_idx)},
+                                                        {"orig_f": (logits_of(orig.model, boundary), f_idx),
+                                                         "aug_f": (logits_of(aug.model, boundary if aug_targets else None), f_idx)},
                                                         len(prep.labels), rebuild=not args.no_cache_rebuild, device=job.device)
             tables |= t
         for n, tab in tables.items():  # every row the schedule visits, checked once (the steps do not)
             tab.require(r_idx if n == "orig_r" else f_idx)
         cache_status["rows"] = dict(retain=len(r_idx), forget=len(f_idx))
-        stages["cache"] = time.perf_counter() - t0
+        stages["cache"] = time.perf_counter() - t0 + (boundary_info["seconds"] if boundary_info else 0.0)
+        if boundary_info:
+            cache_status["boundary"] = boundary_info
 
     w, alpha = args.retain_weight, args.alpha
 
@@ -366,7 +416,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         if impl == "reference":
             terms = reference_terms(student, orig.model, aug.model if fb is not None else None, rb, fb, alpha, rem=rem.model)
         elif use_cache:
-            terms = fast_terms(runner, tables, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse)
+            terms = fast_terms(runner, tables, rb, fb, alpha, args.kl_scope, args.kernel_backend, fuse, boundary=boundary)
         else:  # fast path without the cache: teacher forwards at the answer position only
             live = {}
             with torch.no_grad():
@@ -398,9 +448,11 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     kept = []
     if args.keep_artifacts and need_aug:
         save_safetensors_atomic(aug.model.state_dict(), job.out / "artifacts" / f"augmented_model{suffix}.safetensors")
-        kept = [f"artifacts/augmented_model{suffix}.safetensors"] + (["cache/teacher_forget.safetensors"] if use_cache else [])
-    elif use_cache:
+        kept = [f"artifacts/augmented_model{suffix}.safetensors"] + (["cache/teacher_forget.safetensors"] if use_cache else []) \
+            + (["cache/boundary.safetensors"] if boundary else [])
+    elif use_cache:  # derived from the forgotten data (the boundary holds D_f's states, and is large)
         (cache_dir / "teacher_forget.safetensors").unlink(missing_ok=True)
+        (cache_dir / "boundary.safetensors").unlink(missing_ok=True)
     if not args.keep_artifacts and (job.out / "artifacts").exists():
         shutil.rmtree(job.out / "artifacts")
     info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,

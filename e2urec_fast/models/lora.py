@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,19 @@ class LoraConfig:
     r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    target_modules: list = field(default_factory=lambda: ["q", "v"])
+    # names' last parts (["q", "v"]: every module called q or v), or, as in PEFT, one regular
+    # expression that the whole module name must match (a cached boundary's adapter, boundary.py)
+    target_modules: list | str = field(default_factory=lambda: ["q", "v"])
+
+
+def targeted(name: str, module: nn.Module, target_modules: list | str) -> bool:
+    """Whether `inject_lora` wraps this module: PEFT's rule (a string is a full-match regex,
+    a list matches the name's last part)."""
+    if not hasattr(module, "in_features"):
+        return False
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return name.split(".")[-1] in target_modules
 
 
 class LoRALinear(nn.Module):
@@ -83,7 +96,7 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Wrap every module whose name ends in one of cfg.target_modules; freeze the rest."""
     for p in model.parameters():
         p.requires_grad_(False)
-    names = [n for n, m in model.named_modules() if n.split(".")[-1] in cfg.target_modules and hasattr(m, "in_features")]
+    names = [n for n, m in model.named_modules() if targeted(n, m, cfg.target_modules)]
     if not names:
         raise ValueError(f"no module named {cfg.target_modules} to put LoRA on")
     for n in names:
@@ -92,6 +105,17 @@ def inject_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
         setattr(parent, child, LoRALinear(getattr(parent, child), cfg.r, cfg.lora_alpha, cfg.lora_dropout))
     model._lora_config = cfg
     return names
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Every adapter merged into its base weight and the LoRA wrappers replaced by their
+    (plain) bases: a model with the state-dict keys and fingerprint of one without LoRA."""
+    for n, m in lora_modules(model).items():
+        m.merge()
+        parent_name, _, child = n.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, m.base)
+    model.__dict__.pop("_lora_config", None)
+    return model
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
@@ -135,7 +159,8 @@ def save_adapter(model: nn.Module, folder, base_model_name: str = "", task_type:
     save_safetensors_atomic(lora_state(model), folder / "adapter_model.safetensors")
     write_json_atomic(folder / "adapter_config.json", dict(
         peft_type="LORA", task_type=task_type, base_model_name_or_path=base_model_name, r=cfg.r,
-        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=list(cfg.target_modules), bias="none",
+        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules), bias="none",
         fan_in_fan_out=False, inference_mode=True, init_lora_weights=True, modules_to_save=None, use_rslora=False,
         use_dora=False, layers_to_transform=None, layers_pattern=None, rank_pattern={}, alpha_pattern={},
         revision=None))
@@ -151,7 +176,7 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
     try:
         c = json.loads(cfg_path.read_text())
         cfg = LoraConfig(r=int(c["r"]), lora_alpha=c["lora_alpha"], lora_dropout=c.get("lora_dropout", 0.0),
-                         target_modules=list(c["target_modules"]))
+                         target_modules=c["target_modules"] if isinstance(c["target_modules"], str) else list(c["target_modules"]))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise fail(cfg_path, f"not a LoRA adapter config ({e})") from None
     inject_lora(model, cfg)

@@ -1,0 +1,278 @@
+"""The cached boundary (`--lora-scope`): LoRA only above a fixed layer, so the frozen
+states below it are computed once per sample and every student step starts there.
+
+- `decoder` (T5, BART): LoRA in the decoder only (self- and cross-attention); the boundary
+  is the encoder's output, (L, d) per prompt. A student step runs the decoder's answer
+  step over the cached states instead of the encoder forward and backward over ~270 tokens.
+- `top:K` (causal, masked): LoRA in the top K layers only; the boundary is the hidden
+  state entering layer L-K at every prompt position (the top layers' attention reads
+  every earlier position of a causal prompt, and every position of a masked one). The
+  model still embeds the ids (a lookup), then a pre-hook swaps the cached states in and
+  only the top K layers run: masks and rotary positions come from the model's own forward.
+
+States live flat in one (tokens, d) tensor, a sample's rows next to each other (no
+padding stored); `BoundaryTable.gather(idx, L)` pads a batch's states on the device with
+one host-built index, so a step waits for no host sync. Memory: L x d x 4 bytes per
+sample in fp32 (2 in bf16): ~69 KB for the `tiny` T5 at 270 tokens, ~830 KB at d = 768,
+~2.2 MB for a 2048-wide causal LM; `--boundary-max-gib` caps the cache (exit 2 above it).
+
+Below the boundary nothing trains, so nothing there can differ from the Original: with
+`--base-dropout` the frozen layers below run once, without dropout; with `--load-in-8bit`
+the states come from the unquantized Original (the 8-bit base serves the layers above).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..batching import to_device
+from ..errors import UserError
+from .backbone import Backbone
+
+ENC_DEC = ("t5", "bart")
+
+
+@dataclass(frozen=True)
+class Scope:
+    kind: str = "all"  # "all", "decoder" or "top"
+    k: int = 0  # top:K
+
+    def __str__(self) -> str:
+        return f"top:{self.k}" if self.kind == "top" else self.kind
+
+    @property
+    def cached(self) -> bool:
+        return self.kind != "all"
+
+
+def parse_scope(text: str) -> Scope:
+    """`all`, `decoder` or `top:K` (K >= 1)."""
+    t = str(text).strip()
+    if t in ("all", "decoder"):
+        return Scope(t)
+    m = re.fullmatch(r"top:(\d+)", t)
+    if m and int(m.group(1)) >= 1:
+        return Scope("top", int(m.group(1)))
+    raise UserError(f"--lora-scope {text!r}: give all, decoder or top:K with K >= 1")
+
+
+def layer_stack(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The name and the ModuleList of a causal or masked model's transformer layers."""
+    n_layers = model.config.num_hidden_layers
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers and name.split(".")[-1] in ("layers", "layer", "h"):
+            return name, m
+    raise UserError(f"--lora-scope top:K: no stack of {n_layers} layers found in {type(model).__name__}")
+
+
+def check_scope(scope: Scope, bb: Backbone) -> Scope:
+    """Refuse a scope the backbone's family cannot have (exit 2)."""
+    if scope.kind == "decoder" and bb.family not in ENC_DEC:
+        raise UserError(f"--lora-scope decoder needs an encoder-decoder backbone (t5, bart), not {bb.family}; use top:K")
+    if scope.kind == "top":
+        if bb.family in ENC_DEC:
+            raise UserError(f"--lora-scope top:K is for causal and masked backbones; a {bb.family} backbone takes decoder")
+        n = len(layer_stack(bb.model)[1])
+        if scope.k > n:
+            raise UserError(f"--lora-scope top:{scope.k}: the backbone has only {n} layers")
+    return scope
+
+
+def target_modules(bb: Backbone, scope: Scope, names: list[str]) -> list[str] | str:
+    """LoRA's target_modules for `scope`: the short names (`names`) for `all`, else one
+    regular expression (PEFT's full-match rule) naming exactly the modules above the boundary,
+    so PEFT's `from_pretrained` puts the adapter where it was trained."""
+    if not scope.cached:
+        return list(names)
+    model = bb.model
+    if scope.kind == "decoder":
+        dec = model.get_decoder()
+        prefix = next(n for n, m in model.named_modules() if m is dec) + "."
+        keep = lambda n: n.startswith(prefix)  # noqa: E731
+    else:
+        stack_name, stack = layer_stack(model)
+        top = tuple(f"{stack_name}.{i}." for i in range(len(stack) - scope.k, len(stack)))
+        keep = lambda n: n.startswith(top)  # noqa: E731
+    full = [n for n, m in model.named_modules() if hasattr(m, "in_features") and n.split(".")[-1] in names and keep(n)]
+    if not full:
+        raise UserError(f"--lora-scope {scope}: no module named {names} above the boundary")
+    return "(?:" + "|".join(re.escape(n) for n in full) + ")"
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def states_of(bb: Backbone, model, ids: torch.Tensor, mask: torch.Tensor, scope: Scope) -> torch.Tensor:
+    """(B, L, d) states at the boundary of a padded batch (the model's frozen part only)."""
+    if bb.family in ENC_DEC:
+        return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    from .scoring import answer_logits
+
+    _, stack = layer_stack(model)
+    got = {}
+
+    def grab(mod, args, kwargs):
+        got["h"] = args[0] if args else kwargs["hidden_states"]
+        raise _Stop  # nothing above the boundary is needed
+
+    h = stack[len(stack) - scope.k].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        answer_logits(bb, model, ids, mask, rows=[0])
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got["h"]
+
+
+@contextlib.contextmanager
+def from_states(bb: Backbone, model, states: torch.Tensor, scope: Scope):
+    """Inside, `model`'s forward starts at the boundary with `states` ((B, L, d), the
+    batch's ids still passed as usual): an encoder-decoder's encoder returns them; a causal
+    or masked model runs only its top K layers, the first fed `states`."""
+    if bb.family in ENC_DEC:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        enc = model.get_encoder()
+        enc.forward = lambda *a, **k: BaseModelOutput(last_hidden_state=states)
+        try:
+            yield model
+        finally:
+            del enc.forward
+        return
+    stack_name, stack = layer_stack(model)
+    parent_name, _, attr = stack_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    top = torch.nn.ModuleList(list(stack)[len(stack) - scope.k :])
+
+    def feed(mod, args, kwargs):
+        if args:
+            return (states.to(args[0].dtype), *args[1:]), kwargs
+        return args, kwargs | {"hidden_states": states.to(kwargs["hidden_states"].dtype)}
+
+    h = top[0].register_forward_pre_hook(feed, with_kwargs=True)
+    parent._modules[attr] = top
+    try:
+        yield model
+    finally:
+        parent._modules[attr] = stack
+        h.remove()
+
+
+class BoundaryTable:
+    """Cached boundary states of some samples, looked up by sample index.
+
+    `states` is (tokens + 1, d): each sample's real positions one after another and a last
+    all-zero row that pads every batch; `start`/`length` (host) locate a sample's rows."""
+
+    def __init__(self, states: torch.Tensor, idx: torch.Tensor, length: torch.Tensor, n_total: int):
+        self.states, self.idx, self.length = states, idx, length
+        self.start = torch.cumsum(length, 0) - length
+        self.pos = torch.full((n_total,), -1, dtype=torch.long)
+        self.pos[idx] = torch.arange(len(idx))
+
+    @classmethod
+    def build(cls, per_sample: list[torch.Tensor], idx: torch.Tensor, n_total: int, dtype=None) -> BoundaryTable:
+        """From one (L_i, d) tensor per sample of `idx`."""
+        d = per_sample[0].shape[-1]
+        flat = torch.cat([*per_sample, per_sample[0].new_zeros(1, d)])
+        flat = flat if dtype is None else flat.to(dtype)
+        return cls(flat, idx.clone(), torch.tensor([len(s) for s in per_sample], dtype=torch.long), n_total)
+
+    def has(self, sample_idx: torch.Tensor) -> bool:
+        return not len(sample_idx) or bool((self.pos[sample_idx] >= 0).all())
+
+    def gather(self, sample_idx: torch.Tensor, L: int) -> torch.Tensor:
+        """(B, L, d) states of a batch right-padded to L (`sample_idx` on the host)."""
+        p = self.pos[sample_idx]
+        ar = torch.arange(L)
+        rows = torch.where(ar < self.length[p, None], self.start[p, None] + ar, len(self.states) - 1)
+        return self.states[to_device(rows, self.states.device)]
+
+    def nbytes(self) -> int:
+        return self.states.numel() * self.states.element_size()
+
+    def tensors(self) -> dict:
+        return {"states": self.states, "idx": self.idx, "length": self.length}
+
+    def to(self, device) -> BoundaryTable:
+        self.states = self.states.to(device)
+        return self
+
+
+def width(model) -> int:
+    c = model.config
+    return int(getattr(c, "d_model", None) or c.hidden_size)
+
+
+@torch.no_grad()
+def build_table(bb: Backbone, model, seqs: list[torch.Tensor], idx: torch.Tensor, scope: Scope, n_total: int,
+                batch_size: int, device: str, dtype: torch.dtype | None = None, max_gib: float | None = None,
+                desc: str | None = None) -> BoundaryTable:
+    """The boundary states of samples `idx` from one inference pass over length-sorted batches.
+    `max_gib`: refuse (exit 2) a cache that would be larger, before computing anything."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from .scoring import pad
+
+    model.eval()
+    elt = torch.finfo(dtype).bits // 8 if dtype is not None else 4
+    need = sum(len(seqs[i]) for i in idx.tolist()) * width(model) * elt
+    if max_gib is not None and need > max_gib * 2**30:
+        per = need / max(len(idx), 1)
+        raise UserError(f"--lora-scope {scope}: the cached boundary of {len(idx)} samples needs {need / 2**30:.2f} GiB "
+                        f"({per / 2**10:.0f} KiB per sample), above --boundary-max-gib {max_gib:g}; raise the cap, "
+                        f"use fewer --student-steps, or --lora-scope all")
+    order = sorted(idx.tolist(), key=lambda i: len(seqs[i]))
+    per_sample = {}
+    starts = range(0, len(order), batch_size)
+    quiet = desc is None or len(starts) < 50
+    for s in tqdm(starts, desc=desc, disable=quiet, leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0):
+        chunk = order[s : s + batch_size]
+        ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
+        st = states_of(bb, model, ids.to(device), mask.to(device), scope)
+        for j, i in enumerate(chunk):
+            per_sample[i] = st[j, : len(seqs[i])]
+    return BoundaryTable.build([per_sample[i] for i in idx.tolist()], idx, n_total, dtype)
+
+
+def cached_boundary(path, fingerprint: dict, build, idx: torch.Tensor, n_total: int, rebuild: bool = True,
+                    device: str = "cpu") -> tuple[BoundaryTable, str]:
+    """The boundary table of `idx` from `path` when its fingerprint matches and it holds
+    every row ("reused"), else `build(idx)` written atomically there ("built"); a stale file
+    without `rebuild` is refused, naming it."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from ..errors import fail, load_safetensors, save_safetensors_atomic
+
+    path = Path(path)
+    fp = json.dumps(fingerprint, sort_keys=True)
+    if path.exists():
+        try:
+            with safe_open(str(path), "pt") as f:
+                ok = (f.metadata() or {}).get("fingerprint") == fp
+        except Exception:
+            ok = False
+        if ok:
+            t = load_safetensors(path)
+            table = BoundaryTable(t["states"], t["idx"], t["length"], n_total)
+            if table.has(idx):
+                return table.to(device), "reused"
+        elif not rebuild:
+            raise fail(path, "stale boundary cache (built for another model, data set, scope or settings); "
+                             "delete it or allow rebuilding")
+    table = build(idx)
+    save_safetensors_atomic({k: v.contiguous().cpu() for k, v in table.tensors().items()}, path,
+                            metadata={"fingerprint": fp})
+    return table.to(device), "built"

@@ -1,0 +1,136 @@
+"""The cached boundary (--lora-scope): a student that starts from cached states gives the
+uncached forward's answer logits and LoRA gradients, for every family; its adapter loads in
+PEFT where it was trained; the unlearning run builds, fingerprints and removes the cache."""
+
+import copy
+
+import pytest
+import torch
+
+from e2urec_fast.errors import UserError
+from e2urec_fast.evaluate import predict_logits
+from e2urec_fast.methods import e2urec
+from e2urec_fast.models.boundary import BoundaryTable, build_table, check_scope, from_states, parse_scope, target_modules
+from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, lora_modules, save_adapter
+from e2urec_fast.models.scoring import answer_logits, lm_loss, yes_no_rows
+from e2urec_fast.unlearn import build_parser
+from helpers import tiny_job
+
+FAMILIES = [("tiny", "decoder"), ("bart-tiny", "decoder"), ("causal-tiny", "top:1"), ("masked-tiny", "top:1")]
+
+
+def student_of(job, scope_text, seed=0):
+    bb = job.fresh()
+    scope = check_scope(parse_scope(scope_text), bb)
+    names = inject_lora(bb.model, LoraConfig(4, 8, 0.0, target_modules(bb, scope, DEFAULT_TARGETS[bb.family])))
+    torch.manual_seed(seed)
+    for m in lora_modules(bb.model).values():
+        torch.nn.init.normal_(m.lora_B.weight, std=0.3)
+    bb.model.eval()
+    return bb, scope, names
+
+
+@pytest.mark.parametrize("preset,scope_text", FAMILIES)
+def test_cached_states_give_the_uncached_logits_and_gradients(tmp_path, preset, scope_text):
+    job = tiny_job(tmp_path, preset, n_users=12, per_user=10)
+    bb, scope, names = student_of(job, scope_text)
+    everywhere = inject_lora(job.fresh().model, LoraConfig(4, 8, 0.0, DEFAULT_TARGETS[bb.family]))
+    assert names and set(names) < set(everywhere)  # only above the boundary
+    idx = job.prepared.index("forget")[:6]
+    table = build_table(bb, bb.model, job.seqs, idx, scope, len(job.prepared.labels), batch_size=4, device="cpu")
+    b = job.batcher(6, bucket=False).make(idx.tolist())
+    trainable = [p for p in bb.model.parameters() if p.requires_grad]
+    for rows in (yes_no_rows(bb), None):
+        ref = answer_logits(bb, bb.model, b.ids, b.mask, rows=rows)
+        g_ref = torch.autograd.grad(ref.logsumexp(-1).sum() + ref[:, 0].sum(), trainable)
+        with from_states(bb, bb.model, table.gather(b.idx, b.ids.shape[1]), scope):
+            got = answer_logits(bb, bb.model, b.ids, b.mask, rows=rows)
+            g = torch.autograd.grad(got.logsumexp(-1).sum() + got[:, 0].sum(), trainable)
+        assert (got - ref).abs().max() < 1e-5
+        for a, c in zip(g_ref, g):
+            assert (a - c).abs().max() <= 1e-5 * max(1.0, a.abs().max().item())
+    # the frozen part below the boundary has no adapter: the states are the Original's
+    plain = job.fresh()
+    t2 = build_table(plain, plain.model, job.seqs, idx, scope, len(job.prepared.labels), batch_size=6, device="cpu")
+    assert torch.allclose(t2.states, table.states, atol=1e-6)
+    if bb.family != "causal":  # the LM loss from states (the augmented model's adapter trains on it)
+        with from_states(bb, bb.model, table.gather(b.idx, b.ids.shape[1]), scope):
+            got = lm_loss(bb, bb.model, b.ids, b.mask, b.labels)
+        assert abs(got.item() - lm_loss(bb, bb.model, b.ids, b.mask, b.labels).item()) < 1e-5
+
+
+def test_table_gathers_padded_batches():
+    per = [torch.full((n, 3), float(k + 1)) for k, n in enumerate((2, 4, 1))]
+    t = BoundaryTable.build(per, torch.tensor([5, 1, 7]), n_total=9)
+    g = t.gather(torch.tensor([7, 5]), 3)
+    assert g.shape == (2, 3, 3)
+    assert torch.equal(g[0, :, 0], torch.tensor([3.0, 0, 0])) and torch.equal(g[1, :, 0], torch.tensor([1.0, 1, 0]))
+    assert t.has(torch.tensor([1, 5])) and not t.has(torch.tensor([1, 2]))
+
+
+def test_scope_refusals(tmp_path):
+    for bad in ("top:0", "encoder", "top:x"):
+        with pytest.raises(UserError, match="--lora-scope"):
+            parse_scope(bad)
+    job = tiny_job(tmp_path, "causal-tiny", n_users=8, per_user=8)
+    with pytest.raises(UserError, match="encoder-decoder"):
+        check_scope(parse_scope("decoder"), job.fresh())
+    with pytest.raises(UserError, match="only 2 layers"):
+        check_scope(parse_scope("top:3"), job.fresh())
+
+
+def test_decoder_adapter_loads_in_peft_where_it_was_trained(tmp_path):
+    peft = pytest.importorskip("peft")
+    job = tiny_job(tmp_path, n_users=8, per_user=8)
+    bb, scope, names = student_of(job, "decoder")
+    assert names and all(n.startswith("decoder.") for n in names)
+    save_adapter(bb.model, tmp_path / "ad", base_model_name=str(job.backbone_dir))
+    pm = peft.PeftModel.from_pretrained(job.fresh().model, str(tmp_path / "ad")).eval()
+    wrapped = [n for n, m in pm.named_modules() if n.endswith(".q") and hasattr(m, "lora_A")]
+    assert wrapped and all(".decoder." in n for n in wrapped)  # PEFT put it where it was trained, not in the encoder
+    b = job.batcher(4, bucket=False).make(job.prepared.index("test")[:4].tolist())
+    with torch.no_grad():
+        ours = answer_logits(bb, bb.model, b.ids, b.mask)
+        theirs = answer_logits(bb, pm.base_model.model, b.ids, b.mask)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_unlearning_with_a_cached_boundary(tmp_path):
+    job = tiny_job(tmp_path, n_users=16, per_user=10)
+    orig = job.fresh()
+    base = ["--student-steps", "6", "--forget-epochs", "1", "--quiet", "--lora-scope", "decoder", "--keep-artifacts"]
+    args = build_parser().parse_args([*base, "--aug-mode", "lora", "--aug-lr", "1e-2"])
+    e2urec.settings(args)
+    bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
+    bd = info["teacher_cache"]["boundary"]
+    assert bd["status"] == "built" and bd["scope"] == "decoder" and bd["rows"] > 0
+    mods = lora_modules(bb.model)
+    assert mods and all(n.startswith("decoder.") for n in mods)
+    assert any(m.lora_B.weight.abs().sum() > 0 for m in mods.values())  # it trained
+    assert (job.out / "cache" / "boundary.safetensors").exists()  # kept (--keep-artifacts)
+    # the aug's adapter sat above the boundary: its cached D_f logits equal its full forward
+    from e2urec_fast.errors import load_safetensors
+
+    t = load_safetensors(job.out / "cache" / "teacher_forget.safetensors")
+    aug = orig.clone()
+    aug.model.load_state_dict(load_safetensors(job.out / "artifacts" / "augmented_model.safetensors"))
+    full = predict_logits(orig, aug.model, job.seqs, t["aug_f.idx"])
+    assert torch.allclose(full, t["aug_f"], atol=1e-5) and not torch.allclose(full, t["orig_f"], atol=1e-3)
+    # a stale boundary (another Original's fingerprint) is refused when rebuilding is off, rebuilt otherwise
+    other = orig.clone()
+    with torch.no_grad():
+        other.model.get_encoder().block[0].layer[0].SelfAttention.q.weight.mul_(1.01)
+    args = build_parser().parse_args([*base, "--no-cache-rebuild"])
+    e2urec.settings(args)
+    with pytest.raises(UserError, match="stale boundary cache"):
+        e2urec.unlearn(job, other, args, "fast")
+    job.out.joinpath("cache", "boundary.safetensors").unlink()
+    args = build_parser().parse_args([*base[:-1], "--boundary-max-gib", "1e-6"])
+    e2urec.settings(args)
+    with pytest.raises(UserError, match="boundary-max-gib"):
+        e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
+    args = build_parser().parse_args(base[:-1])
+    e2urec.settings(args)
+    _, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
+    assert info["teacher_cache"]["boundary"]["status"] == "built"
+    assert not (job.out / "cache" / "boundary.safetensors").exists()  # D_f's states go with the run
