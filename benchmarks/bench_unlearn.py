@@ -107,7 +107,10 @@ def _one_path(a) -> dict:
         m = ctr_metrics(y, p_yes(predict_logits(bb, bb.model, job.seqs, test, job.eval_batch_size, a.device)))
         return m | jsd_l2(r_full, predict_logits(bb, bb.model, job.seqs, forget, job.eval_batch_size, a.device, full=True))
 
+    cum = []  # the student's cumulative seconds after each step (per-step times)
+
     def probe(k, seconds, student):
+        cum.append(seconds)
         if a.eval_every and (k % a.eval_every == 0) and k < args.student_steps:
             probes.append(dict(step=k, student_s=seconds, **metrics(student)))
 
@@ -117,7 +120,9 @@ def _one_path(a) -> dict:
     bb, info = e2urec.unlearn(job, orig, args, a.path, probe=probe)
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if a.device.startswith("cuda") else None
     probes.append(dict(step=info["steps"], student_s=info["stages"]["student"], **metrics(bb)))
+    step_s = [b - a_ for a_, b in zip([0.0, *cum[:-1]], cum)]
     return dict(impl=a.path, args=a.path_args, steps=info["steps"], stages=info["stages"], time_s=info["time_s"],
+                step_s=step_s, forget_steps=info["forget_steps"], teacher_cache=info["teacher_cache"],
                 samples_per_s=info["samples_per_s"], peak_rss_mib=peak_rss_mib(), rss_before_mib=rss0, gpu_peak_mib=gpu_peak,
                 base_model_bytes=info["base_model_bytes"], probes=probes, final=probes[-1],
                 mfu=mfu(job, orig, args, a.path, info["stages"]["student"], a.device))
