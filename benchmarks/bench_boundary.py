@@ -49,7 +49,7 @@ def run_seed(a, seed: int) -> dict:
         if key not in a.paths:
             continue
         ns = argparse.Namespace(**vars(a))
-        ns.seed, ns.eval_every, ns.orig_steps = seed, 0, None
+        ns.seed, ns.eval_every = seed, 0
         print(f"seed {seed}: {key} ...", file=sys.stderr, flush=True)
         r = bench_unlearn.spawn(ns, impl, f"{AUTHORS_SCHEDULE} {extra} {a.extra}".strip())
         k = r["forget_steps"]
@@ -130,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--orig-steps", type=int, default=None, help="cap the Original/Retrain training (speed runs at scale)")
     ap.add_argument("--extra", default="", help="extra unlearn flags for every path")
     ap.add_argument("--dry-run", action="store_true", help="tiny synthetic data and 12 steps (CI)")
     ap.add_argument("--out", default=None, help="JSON result (default benchmarks/results/boundary_<dataset>_<backbone>.json)")

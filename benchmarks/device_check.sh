@@ -16,7 +16,9 @@
 #   6 e2e        end-to-end time-to-quality at t5-base-config shapes with --dtype bf16,
 #                the reference path against the fast path, each in its own process, same
 #                data and seeds (bench_unlearn.py)
-#   7 causal8    a decoder-only model with an 8-bit frozen base, only if bitsandbytes
+#   7 boundary   the fast path against the cached boundary (--lora-scope decoder) with the
+#                authors' schedule, same Original as part 6 (bench_boundary.py)
+#   8 causal8    a decoder-only model with an 8-bit frozen base, only if bitsandbytes
 #                imports there (the device image has none unless its wheel is carried)
 #
 #   benchmarks/device_check.sh            # on the GPU machine
@@ -24,7 +26,7 @@
 #
 # What to carry (the device has no network): `.data/` holding the recbole wheel (ML-100K:
 # `pip download recbole==1.2.1 --no-deps -d .data`) and, for part 7, `.whl/` holding a
-# bitsandbytes wheel; e.g. run(command="benchmarks/device_check.sh", carry=[".data", ".whl"]).
+# bitsandbytes wheel (part 8); e.g. run(command="benchmarks/device_check.sh", carry=[".data", ".whl"]).
 # Without .data/ the parts use a small synthetic ML-1M-format set (E2UREC_DATA_ARGS overrides).
 set -u
 cd "$(dirname "$0")/.."
@@ -110,12 +112,14 @@ log "data: $E2UREC_DATA_ARGS"
 if [ $DRY = 1 ]; then
   DEV=cpu; KSHAPES=64x2,4x1271; KREPS=2; BACKENDS=torch,compile,native; CSHAPES=1; STEP_BB=tiny; STEP_N=1
   E2E="--dry-run --backbone tiny"
+  BOUNDARY="--dry-run --backbone tiny --seeds 42"
   CAUSAL="--dry-run --backbone causal-tiny"
   PARITY=(tests/test_ops_edge.py -k "not native_build and not stale_lock")
 else
   DEV=cuda; KSHAPES=4096x2,65536x2,48x32128,512x32128,4096x32128; KREPS=10; CSHAPES=2
   BACKENDS=torch,compile,triton,native; STEP_BB=t5-base-config; STEP_N=10
   E2E="--backbone t5-base-config --max-samples 10000 --steps 300 --eval-every 0 --orig-steps 300"
+  BOUNDARY="--backbone t5-base-config --max-samples 10000 --steps 204 --orig-steps 300 --seeds 42"
   CAUSAL="--backbone llama-1b-config --max-samples 4000 --steps 100 --eval-every 0 --orig-steps 50"
   PARITY=(tests/test_ops.py tests/test_ops_edge.py -k "not native_build and not stale_lock and not cuda_source_compiles")
   export E2UREC_GPU_TESTS=1
@@ -149,6 +153,10 @@ part step 60 python3 benchmarks/bench_student_step.py $E2UREC_DATA_ARGS --device
 # shellcheck disable=SC2086
 part e2e 150 python3 benchmarks/bench_unlearn.py $E2UREC_DATA_ARGS --device $DEV --dtype bf16 $E2E \
   --cache-dir "$E2UREC_CACHE" --out "$OUT/bench_unlearn_bf16.json"
+
+# shellcheck disable=SC2086
+part boundary 120 python3 benchmarks/bench_boundary.py $E2UREC_DATA_ARGS --device $DEV --dtype bf16 --paths fast,boundary $BOUNDARY \
+  --cache-dir "$E2UREC_CACHE" --out "$OUT/boundary_bf16.json"
 
 if python3 -c "import bitsandbytes" >/dev/null 2>&1; then
   # shellcheck disable=SC2086

@@ -134,3 +134,22 @@ def test_unlearning_with_a_cached_boundary(tmp_path):
     _, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
     assert info["teacher_cache"]["boundary"]["status"] == "built"
     assert not (job.out / "cache" / "boundary.safetensors").exists()  # D_f's states go with the run
+
+
+def test_bench_boundary_dry_run(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_boundary.py"
+    spec = importlib.util.spec_from_file_location("bench_boundary", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "b.json"
+    mod.main(["--dry-run", "--seeds", "1", "--paths", "fast,boundary", "--threads", "1", "--out", str(out),
+              "--cache-dir", str(tmp_path / "c")])
+    r = json.loads(out.read_text())
+    fast, bd = r["summary"]["fast"], r["summary"]["boundary"]
+    assert bd["joint_step"] < fast["joint_step"] and bd["forget_step"] < fast["forget_step"]  # no encoder in the step
+    assert r["runs"]["1"]["boundary"]["teacher_cache"]["boundary"]["status"] == "built"
+    assert "authors'" not in out.with_suffix(".md").read_text()  # no anchor column off the anchor's setting

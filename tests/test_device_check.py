@@ -19,7 +19,7 @@ def test_device_check_dry_run(tmp_path):
     out = tmp_path / "out"
     s = json.loads((out / "summary.json").read_text())
     status = {p["part"]: p["status"] for p in s["parts"]}
-    assert list(status) == ["env", "build", "parity", "kernels_fp32", "kernels_bf16", "step", "e2e", "causal8"], status
+    assert list(status) == ["env", "build", "parity", "kernels_fp32", "kernels_bf16", "step", "e2e", "boundary", "causal8"], status
     bad = {p["part"]: p["reason"] for p in s["parts"] if p["status"] != "ok" and not (p["part"] == "causal8" and p["status"] == "skipped")}
     assert not bad, bad
     assert s["dry_run"] and s["elapsed_s"] <= s["budget_s"]
