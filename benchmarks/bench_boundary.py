@@ -75,10 +75,14 @@ def table(runs: dict, paths: list[str], anchor: bool = True) -> tuple[str, dict]
             auc=summarize([100 * r["final"]["auc"] for r in per]),
             jsd=summarize([100 * r["final"]["jsd"] for r in per]),
             l2=summarize([100 * r["final"]["l2"] for r in per]),
+            mia_loss_auc=summarize([r["final"].get("mia_loss_auc") for r in per]),
+            privleak=summarize([r["final"].get("privleak") for r in per]),
         )
         if "fast" in paths and p != "fast":
             summ[p]["vs_fast"] = {m: summarize([100 * (runs[s][p]["final"][m] - runs[s]["fast"]["final"][m]) for s in runs])
                                   for m in ("auc", "jsd", "l2")}
+            summ[p]["vs_fast"]["privleak"] = summarize([runs[s][p]["final"].get("privleak", 0) - runs[s]["fast"]["final"].get("privleak", 0)
+                                                        for s in runs])
 
     def t(v):
         return "-" if v is None else f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
@@ -105,14 +109,15 @@ def table(runs: dict, paths: list[str], anchor: bool = True) -> tuple[str, dict]
     if ref:
         lines.append(f"| whole unlearning vs our reference path | {a_('-')}"
                      + " | ".join(f"{summ[ref]['time_s'] / summ[p]['time_s']:.1f}x" for p in paths) + " |")
-    for name, key in (("test AUC", "auc"), ("D_f JSD", "jsd"), ("D_f L2", "l2")):
+    for name, key in (("test AUC", "auc"), ("D_f JSD", "jsd"), ("D_f L2", "l2"), ("MIA LOSS-attack AUC (D_f vs test)", "mia_loss_auc"),
+                      ("privleak vs Retrain (0 = Retrain)", "privleak")):
         lines.append(f"| {name} | {a_(f'{A[key]:.2f}' if A.get(key) is not None else '-')}"
                      + " | ".join(m(summ[p][key]) for p in paths) + " |")
     for p in paths:
         if "vs_fast" in summ[p]:
             d = summ[p]["vs_fast"]
             lines.append(f"\n{labels[p]} minus the fast path, paired by seed (mean ± 95% half-width): "
-                         + ", ".join(f"{k.upper() if k != 'auc' else 'AUC'} {m(d[k])}" for k in ("auc", "jsd", "l2")))
+                         + ", ".join(f"{k.upper() if k != 'auc' else 'AUC'} {m(d[k])}" for k in ("auc", "jsd", "l2", "privleak")))
     return "\n".join(lines), summ
 
 

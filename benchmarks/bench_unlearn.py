@@ -73,6 +73,7 @@ def setup(a):
     retr, _, _ = train_on(job, "retain", cfg, cache, "Retrain")
     torch.manual_seed(0)
     r_full = predict_logits(retr, retr.model, job.seqs, prep.index("forget"), job.eval_batch_size, a.device, full=True)
+    job.extras["retrain_test"] = predict_logits(retr, retr.model, job.seqs, prep.index("test"), job.eval_batch_size, a.device)
     return job, orig, r_full
 
 
@@ -88,9 +89,11 @@ def one_path(a) -> dict:
 def _one_path(a) -> dict:
     import torch
 
+    from e2urec_fast.audit import answer_losses, audit
     from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
     from e2urec_fast.methods import e2urec
     from e2urec_fast.models.quant import peak_rss_mib
+    from e2urec_fast.models.scoring import yes_no
     from e2urec_fast.unlearn import build_parser
 
     if a.threads:
@@ -103,9 +106,20 @@ def _one_path(a) -> dict:
     e2urec.settings(args)
     probes = []
 
-    def metrics(bb):
-        m = ctr_metrics(y, p_yes(predict_logits(bb, bb.model, job.seqs, test, job.eval_batch_size, a.device)))
-        return m | jsd_l2(r_full, predict_logits(bb, bb.model, job.seqs, forget, job.eval_batch_size, a.device, full=True))
+    y_f = prep.labels[forget].numpy()
+    r_losses = (answer_losses(yes_no(orig, r_full), y_f), answer_losses(job.extras["retrain_test"], y))
+
+    def metrics(bb, mia: bool = False):
+        """Test AUC/ACC/LogLoss, D_f JSD/L2 against Retrain; with `mia` the membership audit
+        (D_f against test, audit.py): LOSS-attack AUC, Retrain-calibrated AUC, privleak."""
+        t_lg = predict_logits(bb, bb.model, job.seqs, test, job.eval_batch_size, a.device)
+        f_full = predict_logits(bb, bb.model, job.seqs, forget, job.eval_batch_size, a.device, full=True)
+        m = ctr_metrics(y, p_yes(t_lg)) | jsd_l2(r_full, f_full)
+        if mia:
+            row = audit({"M": (answer_losses(yes_no(orig, f_full), y_f), answer_losses(t_lg, y)), "Retrain": r_losses},
+                        reference="Retrain")["M"]
+            m |= dict(mia_loss_auc=row["loss_auc"], mia_ref_auc=row["ref_auc"], privleak=row["privleak"])
+        return m
 
     cum = []  # the student's cumulative seconds after each step (per-step times)
 
@@ -119,7 +133,7 @@ def _one_path(a) -> dict:
         torch.cuda.reset_peak_memory_stats()
     bb, info = e2urec.unlearn(job, orig, args, a.path, probe=probe)
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if a.device.startswith("cuda") else None
-    probes.append(dict(step=info["steps"], student_s=info["stages"]["student"], **metrics(bb)))
+    probes.append(dict(step=info["steps"], student_s=info["stages"]["student"], **metrics(bb, mia=True)))
     step_s = [b - a_ for a_, b in zip([0.0, *cum[:-1]], cum)]
     return dict(impl=a.path, args=a.path_args, steps=info["steps"], stages=info["stages"], time_s=info["time_s"],
                 step_s=step_s, forget_steps=info["forget_steps"], teacher_cache=info["teacher_cache"],
