@@ -100,7 +100,11 @@ def _snapshot(out: Path):
 
 
 def _clean(out: Path, snap) -> None:
-    """Remove what this run created under `out`, nothing else."""
+    """Remove what this run created under `out`, nothing else (under torchrun: rank 0 does)."""
+    from .dist import is_main
+
+    if not is_main():
+        return
     if snap is None:
         if out.is_dir():
             shutil.rmtree(out, ignore_errors=True)
@@ -117,7 +121,12 @@ def _clean(out: Path, snap) -> None:
 
 def _finish_work(work: Path) -> None:
     """After a completed run: remove our resumable states (derived from D_f) from work/,
-    never a file of the user's; work/ goes only when empty."""
+    never a file of the user's; work/ goes only when empty (under torchrun: rank 0 does)."""
+    from .dist import barrier, is_main
+
+    barrier()  # every rank is done with the states
+    if not is_main():
+        return
     if not work.is_dir():
         return
     for p in work.iterdir():
@@ -337,9 +346,11 @@ def _run(args, explicit: set[str]) -> ForgetResult:
     precision's forward context (precision.py)."""
     import torch
 
-    from . import precision
+    from . import dist, precision
 
     plan = check(args, explicit)
+    dist.check_launch(args)
+    args.device = dist.init(args.device)  # torchrun: join the group, this rank's GPU (dist.py)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.dtype = precision.resolve(args.dtype, args.device)
@@ -352,6 +363,7 @@ def _run(args, explicit: set[str]) -> ForgetResult:
 def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     import torch
 
+    from . import dist as ranks
     from .audit import answer_losses, audit, audit_markdown
     from .data import prepare
     from .errors import write_json_atomic, write_text_atomic
@@ -383,10 +395,12 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     lineage, model_dir, prev_rep = _lineage_of(args)
 
     def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+        if ranks.is_main():  # torchrun: one log, rank 0's
+            print(msg, file=sys.stderr, flush=True)
 
     split_seed = args.seed if args.split_seed is None else args.split_seed
-    prep = prepare(args.dataset, args.data_dir, cache, args.max_samples, args.forget_ratio if users is None else 0.2, split_seed)
+    with ranks.main_first():  # torchrun: rank 0 prepares (and caches) the data, the others then read it
+        prep = prepare(args.dataset, args.data_dir, cache, args.max_samples, args.forget_ratio if users is None else 0.2, split_seed)
     if lineage.get("data_hash") and lineage["data_hash"] != prep.manifest["content_hash"]:
         raise UserError(f"{model_dir or args.previous}: its earlier requests were served on other data (prepared set "
                         f"{lineage['data_hash'][:12]}, this run {prep.manifest['content_hash'][:12]}); use the same "
@@ -415,9 +429,10 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     if orig is not None and "backbone" not in explicit:
         bdir = Path(orig.folder)
     else:
-        bdir = resolve_backbone(args.backbone, prep, cache, seed=args.seed)
-    job = Job(prep, bdir, out, device=args.device, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-              dtype=args.dtype)
+        with ranks.main_first():  # the preset's tokenizer and weights built once, by rank 0
+            bdir = resolve_backbone(args.backbone, prep, cache, seed=args.seed)
+    job = Job(prep, bdir, out, device=args.device, seed=args.seed, batch_size=args.batch_size,
+              progress=not args.quiet and ranks.is_main(), dtype=args.dtype)
     if orig is not None and job.backbone().tokenizer_key() != orig.tokenizer_key():
         raise UserError(f"--backbone {args.backbone}: its tokenizer differs from the Original's ({orig.folder}); give the "
                         "pretrained folder the Original was fine-tuned from")

@@ -30,10 +30,25 @@ def fail(path: str | os.PathLike | None, problem: str, line: int | None = None) 
     return UserError(f"{where}{problem}")
 
 
+def _writer() -> bool:
+    """Whether this process writes files (every process but torchrun's ranks above 0)."""
+    from .dist import is_main
+
+    return is_main()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; rename it onto `path` only on success."""
+    """Yield a temporary path beside `path`; rename it onto `path` only on success. Under
+    torchrun only rank 0 writes: another rank's write goes to a scratch file, then away."""
     path = Path(path)
+    if not _writer():
+        scratch = tempfile.mkdtemp(prefix="e2urec_rank_")
+        try:
+            yield Path(scratch) / path.name
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -87,8 +102,16 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
 
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike):
-    """Build a folder under a temporary name and move it into place only on success."""
+    """Build a folder under a temporary name and move it into place only on success (under
+    torchrun on rank 0 only; another rank's folder is built in scratch and removed)."""
     final = Path(final)
+    if not _writer():
+        scratch = tempfile.mkdtemp(prefix="e2urec_rank_")
+        try:
+            yield Path(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:

@@ -28,13 +28,16 @@ def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch
 
     from tqdm.auto import tqdm
 
+    from . import dist
+
     model.eval()
-    out = []
     order = sorted(idx.tolist(), key=lambda i: len(seqs[i]))  # length-sorted: less padding
-    starts = range(0, len(order), batch_size)
-    quiet = desc is None or len(starts) < 50
-    for s in tqdm(starts, desc=desc, disable=quiet, leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0):
-        chunk = order[s : s + batch_size]
+    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    quiet = desc is None or len(chunks) < 50 or not dist.is_main()
+    bar = tqdm(total=len(chunks), desc=desc, disable=quiet, leave=False, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+    def one(k):  # under torchrun each rank runs every N-th batch (dist.gather_batches)
+        chunk = chunks[k]
         ids, mask = pad([seqs[i] for i in chunk], bb.pad_id)
         ctx = contextlib.nullcontext()
         if boundary is not None:
@@ -42,11 +45,15 @@ def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch
 
             ctx = from_states(bb, model, boundary[0].gather(torch.tensor(chunk), ids.shape[1]), boundary[1])
         with ctx:
-            out.append(answer_logits(bb, model, ids.to(device), mask.to(device), rows=None if full else yes_no_rows(bb)).float())
-    lg = torch.cat(out).cpu()
+            lg = answer_logits(bb, model, ids.to(device), mask.to(device), rows=None if full else yes_no_rows(bb)).float()
+        bar.update(dist.world())
+        return lg
+
+    lg = dist.gather_batches([len(c) for c in chunks], one).cpu() if chunks else torch.empty(0, 0)
+    bar.close()
     # rows are in `order`; bring them back to the order of `idx`
     pos = {i: k for k, i in enumerate(order)}
-    return lg[torch.tensor([pos[i] for i in idx.tolist()])]
+    return lg[torch.tensor([pos[i] for i in idx.tolist()], dtype=torch.long)]
 
 
 def p_yes(yes_no_logits: torch.Tensor) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import dist
 from .batching import to_device
 from .errors import fail, load_safetensors, save_safetensors_atomic
 
@@ -62,6 +63,7 @@ def cached_teachers(path, fingerprint: dict, compute: dict, n_total: int, rebuil
     """
     path = Path(path)
     fp = json.dumps(fingerprint, sort_keys=True)
+    dist.barrier()  # torchrun: every rank sees the file as rank 0 left it (only rank 0 writes)
     have: dict = {}
     if path.exists():
         if _fingerprint_of(path) == fp:

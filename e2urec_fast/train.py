@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import dist
 from .errors import save_safetensors_atomic
 
 
@@ -131,6 +133,9 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
         raise ValueError("resumable runs take no validation")
     train_mode = train_mode or (lambda m: m.train())
     params = named_trainable(model)
+    multi = dist.world() > 1
+    kill_rank = int(os.environ.get("E2UREC_TEST_KILL_RANK", "-1"))
+    progress = progress and dist.is_main()
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.fused_optimizer:
         kw["fused"] = True
@@ -176,6 +181,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
     stop = False
     start_epoch, skip, before = 0, 0, 0.0
     if resume is not None:
+        dist.barrier()  # torchrun: every rank resumes from the state rank 0 wrote
         got = _load_state(resume, params, opt, res)
         if got is not None:
             start_epoch, skip, before = got
@@ -195,10 +201,26 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                 in_epoch += 1
                 continue
             in_epoch += 1
-            loss, n = step(batch)
             opt.zero_grad(set_to_none=True)
+            if multi:  # torchrun: this rank's share of the global batch, its loss weighted by that share (dist.py)
+                if kill_rank == dist.rank():  # fault injection for tests/test_dist.py: this rank dies mid-run
+                    os._exit(3)
+                local, share = dist.shard(batch)
+                if share:
+                    loss, n = step(local)
+                    loss, n = loss * share, round(n / share)
+                else:  # a last batch smaller than the process count: nothing here, zero gradients below
+                    loss, n = next(iter(params.values())).new_zeros(()), 0
+            else:
+                loss, n = step(batch)
             with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast (mixed precision)
                 loss.backward()
+            if multi:  # the gradient of the global batch's loss on every rank
+                for p in params.values():
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                dist.all_reduce_grads(list(params.values()))
+                loss = dist.all_sum(loss.detach())
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
             opt.step()

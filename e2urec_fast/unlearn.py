@@ -152,6 +152,19 @@ def main(argv=None) -> int:
         print(f"interrupted; run the same command again to resume from {out / 'work'}" if (out / "work").exists() else "interrupted",
               file=sys.stderr)
         return 130
+    except Exception as e:
+        from . import dist
+
+        if not dist.active():
+            raise
+        # torchrun: another rank died or timed out (E2UREC_DIST_TIMEOUT); one line, not a hang or a wall of tracebacks
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(f"error: rank {dist.rank()} of {dist.world()}: {first}; resume by launching the same command again", file=sys.stderr)
+        return 1
+    finally:
+        from . import dist
+
+        dist.shutdown()
     return 0
 
 

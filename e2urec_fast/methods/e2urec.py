@@ -343,7 +343,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         stages["augment"] = 0.0
     elif aug is not None:
         stages["augment"] = 0.0
-    elif aug_path.exists():  # a resumed run: the augmented model of the interrupted one
+    elif _exists_everywhere(aug_path):  # a resumed run: the augmented model of the interrupted one
         t0 = time.perf_counter()
         aug = orig.clone()
         aug.model.load_state_dict(load_safetensors(aug_path), strict=True)
@@ -382,7 +382,8 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         r_idx, f_idx = visited(job, sched, bucket, parts)  # only the rows the schedule will visit
 
         def logits_of(model, bd=None):  # from the cached boundary states when `bd` (the model's frozen part is the Original's)
-            return lambda idx: predict_logits(orig, model, seqs, idx, job.eval_batch_size, job.device, full=full,
+            bs = job.eval_batch_size if bd is None else max(job.eval_batch_size, 32)  # a decoder step: wider batches pay (CPU: 1.7x)
+            return lambda idx: predict_logits(orig, model, seqs, idx, bs, job.device, full=full,
                                               desc=None if not job.progress else "teacher cache", boundary=bd)
 
         base_fp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
@@ -461,6 +462,13 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
                 samples_per_s=res.samples / max(stages["student"], 1e-9), base_model_bytes=student_bytes,
                 peak_rss_mib=peak_rss_mib())
     return student, info
+
+
+def _exists_everywhere(path) -> bool:
+    from .. import dist
+
+    dist.barrier()  # torchrun: every rank sees what rank 0 left
+    return path.exists()
 
 
 class _Rows:

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import dist
 from ..errors import load_safetensors, save_safetensors_atomic
 from ..precision import cache_tag
 from ..train import TrainConfig
@@ -37,6 +38,7 @@ def train_on(job: Job, part: str, cfg: TrainConfig, cache_dir: Path | None, desc
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / "models" / f"{desc.lower()}-{_key(job, part, cfg, idx)}.safetensors"
+        dist.barrier()  # torchrun: every rank sees the cache as rank 0 left it
         if path.exists():
             from safetensors import safe_open
 

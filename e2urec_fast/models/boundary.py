@@ -254,10 +254,12 @@ def cached_boundary(path, fingerprint: dict, build, idx: torch.Tensor, n_total: 
 
     from safetensors import safe_open
 
+    from .. import dist
     from ..errors import fail, load_safetensors, save_safetensors_atomic
 
     path = Path(path)
     fp = json.dumps(fingerprint, sort_keys=True)
+    dist.barrier()  # torchrun: every rank sees the file as rank 0 left it (only rank 0 writes)
     if path.exists():
         try:
             with safe_open(str(path), "pt") as f:
