@@ -216,6 +216,18 @@ def check(args, explicit: set[str]) -> dict:
             raise UserError(f"--{k.replace('_', '-')} must be in {rng}, got {v}")
     if args.lora_alpha == 0:
         raise UserError("--lora-alpha must be positive, got 0")
+    from .models.boundary import ENC_DEC, parse_scope
+
+    scope = parse_scope(args.lora_scope)  # its fit to the backbone's family: here for presets, at load time otherwise
+    fam = PRESETS[args.backbone].family if args.backbone in PRESETS else None
+    if fam and ((scope.kind == "decoder") != (fam in ENC_DEC)) and scope.cached:
+        raise UserError(f"--lora-scope {scope}: the {args.backbone} preset is a {fam} model; "
+                        + ("use decoder" if fam in ENC_DEC else "use top:K (decoder is for t5 and bart)"))
+    if scope.cached and args.no_teacher_cache:
+        raise UserError(f"--lora-scope {scope} caches the states below the adapter beside the teacher logits: "
+                        "it cannot go with --no-teacher-cache")
+    if not args.boundary_max_gib > 0:
+        raise UserError(f"--boundary-max-gib must be positive, got {args.boundary_max_gib}")
     if args.forget_users is None and not 0.0 < args.forget_ratio < 1.0:
         raise UserError(f"--forget-ratio must be in (0, 1), got {args.forget_ratio}")
     if args.paper_scale and args.max_samples is not None:

@@ -153,3 +153,22 @@ def test_bench_boundary_dry_run(tmp_path):
     assert bd["joint_step"] < fast["joint_step"] and bd["forget_step"] < fast["forget_step"]  # no encoder in the step
     assert r["runs"]["1"]["boundary"]["teacher_cache"]["boundary"]["status"] == "built"
     assert "authors'" not in out.with_suffix(".md").read_text()  # no anchor column off the anchor's setting
+
+
+def test_boundary_file_is_keyed_by_its_scope(tmp_path):
+    from e2urec_fast.models.boundary import cached_boundary
+
+    built = []
+
+    def build(idx):
+        built.append(idx.tolist())
+        return BoundaryTable.build([torch.full((2, 3), float(i)) for i in idx.tolist()], idx, n_total=6)
+
+    path, idx = tmp_path / "b.safetensors", torch.tensor([1, 4])
+    t, st = cached_boundary(path, {"orig": "x", "scope": "top:1"}, build, idx, 6)
+    assert st == "built" and torch.equal(t.gather(torch.tensor([4]), 2)[0, :, 0], torch.tensor([4.0, 4.0]))
+    assert cached_boundary(path, {"orig": "x", "scope": "top:1"}, build, idx[:1], 6)[1] == "reused" and len(built) == 1
+    with pytest.raises(UserError, match="stale boundary cache"):
+        cached_boundary(path, {"orig": "x", "scope": "top:2"}, build, idx, 6, rebuild=False)
+    assert cached_boundary(path, {"orig": "x", "scope": "top:2"}, build, idx, 6)[1] == "built" and len(built) == 2
+    assert cached_boundary(path, {"orig": "x", "scope": "top:2"}, build, torch.tensor([0]), 6)[1] == "built"  # a row it lacks

@@ -40,5 +40,5 @@ def test_device_check_records_a_failing_part_and_goes_on(tmp_path):
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     by = {p["part"]: p for p in s["parts"]}
     assert by["step"]["status"] == "failed" and "recbole.whl" in by["step"]["reason"]  # the bad data path, named
-    assert by["env"]["status"] == "ok" and len(by) == 8  # every part has a status: ok, failed, or skipped (budget)
+    assert by["env"]["status"] == "ok" and len(by) == 9  # every part has a status: ok, failed, or skipped (budget)
     assert any(p["status"] == "skipped" and "budget" in p["reason"] for p in s["parts"])
