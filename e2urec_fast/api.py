@@ -627,7 +627,8 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
                "above is the evidence of forgetting.\n")
     write_text_atomic(out / "report.md", md)
     _finish_work(work)  # resumable states and the augmented model: derived from D_f, done with
-    print(markdown_table(rows))
+    if ranks.is_main():  # torchrun: one table
+        print(markdown_table(rows))
     log(f"wrote {out / 'report.json'}, report.md, report.csv{', report.png' if plotted else ''} ({report['total_s']:.0f} s in all)")
     def absolute(key):
         return Path(handed[key]).resolve() if key in handed else None

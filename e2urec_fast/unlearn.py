@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     try:
         run(args, explicit_options(argv))
     except UserError as e:  # only what this run created was removed (see api.run_guarded)
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same bad input: one line
+            print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except DivergedError as e:  # a non-finite loss: one line, no report; the last good state stays for inspection
         kept = f"; the last good training state is in {out / 'work'}" if (out / "work").exists() else ""

@@ -58,9 +58,18 @@ def test_two_processes_run_the_one_process_job(original):
     rep, one_rep = (json.loads((tmp / d / "report.json").read_text()) for d in ("two", "one"))
     assert [r["method"] for r in rep["rows"]] == [r["method"] for r in one_rep["rows"]]
     assert two.stderr.count("E2URec") == one.stderr.count("E2URec")  # one log (rank 0's), not two
+    assert two.stdout.count("| Method |") == 1  # one table
     e2u, e2u_one = rep["rows"][-1], one_rep["rows"][-1]
     assert abs(e2u["auc"] - e2u_one["auc"]) < 1e-3 and abs(e2u["logloss"] - e2u_one["logloss"]) < 1e-3
     assert not list(tmp.glob("two/*rank*"))  # rank 1 wrote nothing of its own
+
+
+def test_bad_input_is_one_line_under_torchrun(original):
+    tmp, common, orig = original
+    r = cli(*common, "--original", str(orig), "--forget-users", "99999", "--no-retrain", "--out", str(tmp / "bad"), n=2)
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert r.returncode != 0 and len(ours) == 1 and "99999" in ours[0], r.stderr[-2000:]
+    assert not (tmp / "bad").exists()
 
 
 def test_a_dead_rank_is_one_line_not_a_hang(original):
