@@ -12,10 +12,12 @@ Outside torchrun every function here is the one-process identity.
   in the same batch as in one process, so the result is the one-process result bit for bit
   (on the CPU, same threads per process).
 - Training (`train.fit`: every stage): each rank takes its share of the global batch
-  (`shard`: per-rank batch = global / N), its loss is weighted by its share of the rows, the
-  trainable gradients are summed over the ranks (`all_reduce_grads`, one flat buffer) and
-  every rank takes the same optimizer step: the update of one process on the global batch.
-  Frozen weights (the base under LoRA) have no gradient and are never communicated.
+  (`shard`: per-rank batch = global / N), its loss is weighted by its share of the rows, and
+  the step runs under DDP (`data_parallel`: the step wrapped as a module, since our steps
+  call the encoder, decoder and heads rather than the model's forward), which averages the
+  trainable gradients over the ranks in buckets during the backward; every rank takes the
+  same optimizer step: the update of one process on the global batch. Frozen weights (the
+  base under LoRA) have no gradient and are never communicated.
 - Writing: rank 0 writes the output folder; the other ranks write into a private scratch
   folder removed at the end (`scratch_out`).
 """
@@ -116,27 +118,68 @@ def shard(batch):
 
     if isinstance(batch, Batch):
         local = cut(batch)
-        return local, (len(local) if local is not None else 0) / max(len(batch), 1)
+        if local is None:  # fewer rows than ranks: one row, weight 0 (every rank runs the step: DDP's collective)
+            return Batch(batch.ids[:1], batch.mask[:1], batch.labels[:1], batch.idx[:1]), 0.0
+        return local, len(local) / len(batch)
     kind, rb, fb = batch
     local = (kind, cut(rb), cut(fb))
     n = sum(len(b) for b in (rb, fb) if b is not None)
     n_local = sum(len(b) for b in local[1:] if b is not None)
-    return local, n_local / max(n, 1)
+    if not n_local:  # as above: one row of weight 0
+        first = rb if rb is not None else fb
+        one = Batch(first.ids[:1], first.mask[:1], first.labels[:1], first.idx[:1])
+        return ((kind, one, None) if rb is not None else (kind, None, one)), 0.0
+    return local, n_local / n
 
 
-def all_reduce_grads(params) -> None:
-    """Sum the trainable parameters' gradients over the ranks, through one flat buffer."""
+class _Step(torch.nn.Module):
+    """A training step as a module, so DDP sees its forward: `forward(batch)` is `step(batch)`
+    (our steps call the encoder, decoder and heads directly, not the model's forward)."""
+
+    def __init__(self, model: torch.nn.Module, step):
+        super().__init__()
+        self.model, self.step = model, step
+
+    def forward(self, batch):
+        return self.step(batch)
+
+
+def data_parallel(model: torch.nn.Module, step):
+    """DDP over a training step: the trainable parameters' gradients are averaged over the
+    ranks in buckets during the backward (frozen ones are left out); parameters a step does
+    not use (a loss term absent from a step) are found, not waited for."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = next(model.parameters()).device
+    return DistributedDataParallel(_Step(model, step), device_ids=[dev.index] if dev.type == "cuda" else None,
+                                   find_unused_parameters=True, broadcast_buffers=False)
+
+
+def _rng_state() -> torch.Tensor:
+    """This process's CPU generator state, and its CUDA device's when one is in use (bytes)."""
+    st = [torch.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st.append(torch.cuda.get_rng_state())
+    return torch.cat(st)
+
+
+def gather_rng_states() -> list[torch.Tensor]:
+    """Every rank's generator states (for a resumable state written by rank 0); [] outside
+    torchrun. Ranks whose batches are cut unequally draw unequal dropout masks, so each keeps
+    its own stream."""
     if not active():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    o = 0
-    for g in grads:
-        g.copy_(flat[o : o + g.numel()].view_as(g))
-        o += g.numel()
+        return []
+    mine = _rng_state().to(_comm_device())
+    out = [torch.empty_like(mine) for _ in range(world())]
+    torch.distributed.all_gather(out, mine)
+    return [o.cpu() for o in out]
+
+
+def set_rng_state(state: torch.Tensor) -> None:
+    n = torch.get_rng_state().numel()
+    torch.set_rng_state(state[:n].clone())
+    if len(state) > n and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state[n:].clone())
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

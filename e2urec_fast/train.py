@@ -76,6 +76,8 @@ def _save_state(resume: Resume, params, opt, res: TrainResult, epoch: int, in_ep
         for k, v in st.items():
             t[f"opt.{names[i]}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     t["rng"] = torch.get_rng_state()
+    for r, st in enumerate(dist.gather_rng_states()):  # torchrun: every rank's generators (ranks draw unequal masks)
+        t[f"rng.rank{r}"] = st
     t["loss_history"] = torch.tensor(res.loss_history, dtype=torch.float64)
     meta = dict(key=resume.key, steps=res.steps, samples=res.samples, epoch=epoch, in_epoch=in_epoch, elapsed=elapsed)
     save_safetensors_atomic(t, resume.path, metadata={"state": json.dumps(meta)})
@@ -111,6 +113,8 @@ def _load_state(resume: Resume, params, opt, res: TrainResult):
     sd["state"] = state
     opt.load_state_dict(sd)
     torch.set_rng_state(t["rng"])
+    if f"rng.rank{dist.rank()}" in t:
+        dist.set_rng_state(t[f"rng.rank{dist.rank()}"])
     res.loss_history = t["loss_history"].tolist()
     res.steps, res.samples, res.resumed_at = meta["steps"], meta["samples"], meta["steps"]
     return meta["epoch"], meta["in_epoch"], meta["elapsed"]
@@ -134,7 +138,11 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
     train_mode = train_mode or (lambda m: m.train())
     params = named_trainable(model)
     multi = dist.world() > 1
+    ddp = dist.data_parallel(model, step) if multi else None
+    # fault injection for tests/test_dist.py: rank E2UREC_TEST_KILL_RANK dies at the step
+    # E2UREC_TEST_KILL_AT = "<part of desc>:<steps done>" (default: the first step of any run)
     kill_rank = int(os.environ.get("E2UREC_TEST_KILL_RANK", "-1"))
+    kill_desc, _, kill_step = os.environ.get("E2UREC_TEST_KILL_AT", ":0").rpartition(":")
     progress = progress and dist.is_main()
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.fused_optimizer:
@@ -202,25 +210,22 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                 continue
             in_epoch += 1
             opt.zero_grad(set_to_none=True)
-            if multi:  # torchrun: this rank's share of the global batch, its loss weighted by that share (dist.py)
-                if kill_rank == dist.rank():  # fault injection for tests/test_dist.py: this rank dies mid-run
-                    os._exit(3)
+            if multi:  # torchrun: this rank's share of the global batch through DDP (dist.py)
+                if kill_rank == dist.rank() and kill_desc in desc and res.steps == int(kill_step):
+                    os._exit(3)  # fault injection (above)
                 local, share = dist.shard(batch)
-                if share:
-                    loss, n = step(local)
-                    loss, n = loss * share, round(n / share)
-                else:  # a last batch smaller than the process count: nothing here, zero gradients below
-                    loss, n = next(iter(params.values())).new_zeros(()), 0
+                loss, n = ddp(local)
+                loss = loss * share  # this rank's part of the global batch's loss
+                n = round(n / share) if share else 0
+                # DDP averages the gradients over the ranks: x world makes them the sum of the
+                # weighted parts, the gradient of the global batch's loss
+                with torch.autocast(loss.device.type, enabled=False):
+                    (loss * dist.world()).backward()
+                loss = dist.all_sum(loss.detach())
             else:
                 loss, n = step(batch)
-            with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast (mixed precision)
-                loss.backward()
-            if multi:  # the gradient of the global batch's loss on every rank
-                for p in params.values():
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                dist.all_reduce_grads(list(params.values()))
-                loss = dist.all_sum(loss.detach())
+                with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast (mixed precision)
+                    loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
             opt.step()

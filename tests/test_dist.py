@@ -122,3 +122,22 @@ def test_sharded_gradients_sum_to_the_global_batch_gradient(tmp_path, monkeypatc
     assert abs(loss_sum - full_loss.item()) < 1e-6
     for a, b in zip(full, summed):
         assert torch.allclose(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_resume_under_torchrun_gives_the_uninterrupted_adapter(original):
+    """Rank 1 dies at student step 5 (a state was saved at step 4); the same command again
+    resumes every rank from rank 0's state and ends on the adapter of a run never stopped."""
+    tmp, common, orig = original
+    req = [*common, "--original", str(orig), "--forget-users", "1,2,3", "--no-retrain", "--methods", "e2urec",
+           "--student-steps", "8", "--forget-epochs", "1", "--checkpoint-every", "2"]
+    full = cli(*req, "--out", str(tmp / "full"), n=2)
+    assert full.returncode == 0, full.stderr[-2000:]
+    died = cli(*req, "--out", str(tmp / "res"), n=2, env={"E2UREC_TEST_KILL_RANK": "1", "E2UREC_TEST_KILL_AT": "student:5",
+                                                           "E2UREC_DIST_TIMEOUT": "20"})
+    assert died.returncode != 0 and list((tmp / "res" / "work").glob("*student*"))
+    again = cli(*req, "--out", str(tmp / "res"), n=2)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rep = json.loads((tmp / "res" / "report.json").read_text())
+    assert rep["details"]["e2urec_fast"]["resumed_at_step"] == 4
+    a, b = (load_safetensors(tmp / d / "adapter" / "adapter_model.safetensors") for d in ("full", "res"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
