@@ -444,7 +444,7 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
         with ranks.main_first():  # the preset's tokenizer and weights built once, by rank 0
             bdir = resolve_backbone(args.backbone, prep, cache, seed=args.seed)
     job = Job(prep, bdir, out, device=args.device, seed=args.seed, batch_size=args.batch_size,
-              progress=not args.quiet and ranks.is_main(), dtype=args.dtype)
+              progress=not args.quiet and ranks.is_main(), dtype=args.dtype, bucket=not args.no_train_bucketing)
     if orig is not None and job.backbone().tokenizer_key() != orig.tokenizer_key():
         raise UserError(f"--backbone {args.backbone}: its tokenizer differs from the Original's ({orig.folder}); give the "
                         "pretrained folder the Original was fine-tuned from")

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "presets built with random weights, 5e-5 for pretrained backbones (minilm, local folders)")
     g.add_argument("--batch-size", type=int, default=16, help="training batch size")
     g.add_argument("--no-model-cache", action="store_true", help="retrain Original/Retrain even if cached")
+    g.add_argument("--no-train-bucketing", action="store_true",
+                   help="random padded batches (the authors' code) for the full fine-tunes (Original, Retrain, shards, the "
+                   "augmented model, NegGrad/NegKL/Bad-T) instead of length-bucketed ones; the E2URec student has its own "
+                   "--no-bucketing")
     from .methods import e2urec
     from .methods.common import add_baseline_arguments
 

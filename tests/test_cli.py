@@ -146,3 +146,9 @@ def test_original_only_skips_retrain(data, tmp_path):
     assert [row["method"] for row in rep["rows"]] == ["CTR floor (LogReg)", "Original"]
     assert rep["rows"][1]["jsd"] is None and 0 <= rep["rows"][1]["auc"] <= 1
     assert rep["settings"]["lr"] == 1e-3  # a preset with random weights: the from-scratch learning rate
+    # random batches for the full fine-tunes: another Original (its cache key holds the batching), not the cached one
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o2"),
+                "--max-samples", "200", "--epochs", "1", "--batch-size", "8", "--quiet", "--forget-ratio", "0.25",
+                "--methods", "original", "--no-train-bucketing")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "c" / "models").glob("original-*.safetensors"))) == 2

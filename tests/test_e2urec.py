@@ -161,10 +161,12 @@ def test_authors_settings_preset():
     assert (s["student_lr"], s["alpha"], s["retain_weight"], s["student_steps"], s["aug_lr"], s["base_dropout"]) == (
         1e-3, 2.0, 0.6, 1000, 5e-5, True)
     assert (s["kl_scope"], s["no_bucketing"], s["neg_weight"], s["baseline_lr"]) == ("full", True, 0.2, 5e-5)  # their objective
+    assert s["no_train_bucketing"]  # random batches for every full fine-tune too, as their scripts
     assert e2urec.optimizer_settings(args) == dict(weight_decay=0.01, grad_clip=None)  # torch AdamW's default decay, no clipping
     assert s["authors_settings"] and e2urec.settings(args) == s  # applying twice changes nothing
     d = e2urec.settings(build_parser().parse_args([]))
     assert (d["student_lr"], d["student_steps"], d["base_dropout"], d["authors_settings"]) == (1e-4, 300, False, False)
+    assert not d["no_train_bucketing"]
 
 
 def test_e2urec_over_8bit_base(setup, tmp_path):

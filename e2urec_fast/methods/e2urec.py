@@ -45,7 +45,7 @@ from ..train import Resume, TrainConfig, fit
 from .common import Job, finetune, n_params, paired_batches, retain_batches
 
 AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000, forget_epochs=1, aug_lr=5e-5, base_dropout=True,
-               aug_dropout=True, kl_scope="full", no_bucketing=True, neg_weight=0.2, baseline_lr=5e-5)
+               aug_dropout=True, kl_scope="full", no_bucketing=True, neg_weight=0.2, baseline_lr=5e-5, no_train_bucketing=True)
 # with --authors-settings, also as the authors' scripts: AdamW's default weight decay 0.01 and
 # no gradient clipping for every unlearning run (student, augmented model, baselines), and the
 # baselines' steps of train_ga.sh / train_rl.sh (NegKL has no script there: NegGrad's)
@@ -64,7 +64,7 @@ def add_arguments(ap):
                    help="fast path, the reference path that mirrors the authors' code, or both side by side")
     g.add_argument("--authors-settings", action="store_true",
                    help="the authors' hyper-parameters and objective: student lr 1e-3, alpha 2, retain weight 0.6, 1000 steps, "
-                   "aug lr 5e-5 with dropout, full-vocabulary KL, random batches, AdamW weight decay 0.01 and no gradient "
+                   "aug lr 5e-5 with dropout, full-vocabulary KL, random batches (every training run), AdamW weight decay 0.01 and no gradient "
                    "clipping; baselines: weight 0.2, lr 5e-5, 3000 steps (Bad-T 2400)")
     g.add_argument("--student-lr", type=float, default=1e-4, help="AdamW learning rate of the LoRA student")
     g.add_argument("--alpha", type=float, default=2.0, help="forgetting-teacher strength in v - alpha*relu(v_aug - v)")
@@ -120,7 +120,7 @@ def settings(args) -> dict:
             "neg_weight", "baseline_lr", "baseline_steps",
             "lora_dropout", "lora_scope", "aug_lr", "aug_epochs", "aug_mode", "aug_dropout",
             "kl_scope", "kernel_backend", "no_teacher_cache", "no_bucketing",
-            "no_batch_fusion", "batch_fusion", "base_dropout", "load_in_8bit", "compile", "keep_artifacts"]
+            "no_batch_fusion", "batch_fusion", "base_dropout", "load_in_8bit", "compile", "keep_artifacts", "no_train_bucketing"]
     return {k: getattr(args, k) for k in keys} | {"authors_settings": getattr(args, "_authors", False)}
 
 
