@@ -192,7 +192,7 @@ def check(args, explicit: set[str]) -> dict:
     """Every flag and path, before any work. Returns what the run needs (parsed ids, ...)."""
     import torch
 
-    from .methods.e2urec import AUTHORS
+    from .methods.e2urec import AUTHORS, scope_conflicts
     from .models.backbone import FETCHED, PRESETS, check_model_folder
     from .unlearn import ALL_METHODS
 
@@ -223,9 +223,7 @@ def check(args, explicit: set[str]) -> dict:
     if fam and ((scope.kind == "decoder") != (fam in ENC_DEC)) and scope.cached:
         raise UserError(f"--lora-scope {scope}: the {args.backbone} preset is a {fam} model; "
                         + ("use decoder" if fam in ENC_DEC else "use top:K (decoder is for t5 and bart)"))
-    if scope.cached and args.no_teacher_cache:
-        raise UserError(f"--lora-scope {scope} caches the states below the adapter beside the teacher logits: "
-                        "it cannot go with --no-teacher-cache")
+    scope_conflicts(scope, args)
     if not args.boundary_max_gib > 0:
         raise UserError(f"--boundary-max-gib must be positive, got {args.boundary_max_gib}")
     if args.forget_users is None and not 0.0 < args.forget_ratio < 1.0:

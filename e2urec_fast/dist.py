@@ -53,7 +53,7 @@ def is_main() -> bool:
 
 def launched() -> bool:
     """Started by torchrun with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size_env() > 1
 
 
 def init(device: str) -> str:

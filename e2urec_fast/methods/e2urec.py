@@ -213,6 +213,16 @@ def combine(terms: dict, w: float) -> torch.Tensor:
     return w * rem + (1 - w) * terms["kl_f"]
 
 
+def scope_conflicts(scope, args) -> None:
+    """Refuse flags a cached boundary cannot go with (exit 2): checked by api.check before any
+    work, and here for callers of `unlearn` itself."""
+    if scope.cached and args.no_teacher_cache:
+        raise UserError(f"--lora-scope {scope} caches the states below the adapter beside the teacher logits: "
+                        "it cannot go with --no-teacher-cache")
+    if scope.cached and getattr(args, "compile", False):
+        raise UserError(f"--lora-scope {scope} does not go with --compile (the cached states change the forward every step)")
+
+
 # ----------------------------------------------------------------- the method
 @dataclass
 class Schedule:
@@ -299,11 +309,7 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     scope = check_scope(parse_scope(getattr(args, "lora_scope", "all")), orig)
     if impl != "fast":  # the reference path mirrors the authors' code: LoRA on every q/v
         scope = parse_scope("all")
-    if scope.cached and args.no_teacher_cache:
-        raise UserError(f"--lora-scope {scope} caches the states below the adapter beside the teacher logits: "
-                        "it cannot go with --no-teacher-cache")
-    if scope.cached and getattr(args, "compile", False):
-        raise UserError(f"--lora-scope {scope} does not go with --compile (the cached states change the forward every step)")
+    scope_conflicts(scope, args)
     stages = {}
     t_all = time.perf_counter()
     orig.model.eval()
@@ -317,10 +323,11 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
     cache_dir = job.out / "cache"
     n_total = len(job.prepared.labels)
     aug_lora = need_aug and getattr(args, "aug_mode", "full") == "lora"
+    use_cache = impl == "fast" and not args.no_teacher_cache
+    r_idx, f_idx = visited(job, sched, bucket, parts) if use_cache else (None, None)  # only the rows the schedule visits
     boundary, boundary_info, aug_targets, aug_train_bd = None, None, None, None
     if scope.cached:  # the frozen states below the adapter, once per sample the run visits
         t0 = time.perf_counter()
-        r_idx, f_idx = visited(job, sched, bucket, parts)
         need = [r_idx, f_idx] + ([job.prepared.index("forget")] if aug_lora else [])
         need = torch.unique(torch.cat(need))
         bfp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=job.prepared.manifest["content_hash"],
@@ -371,7 +378,6 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         runner = dataclasses.replace(student, model=torch.compile(student.model, dynamic=True))
 
     cache_status = None
-    use_cache = impl == "fast" and not args.no_teacher_cache
     fusion = "off" if args.no_batch_fusion else getattr(args, "batch_fusion", "auto")
     fuse = fusion == "on" or (fusion == "auto" and not str(job.device).startswith("cpu"))
     if use_cache:
@@ -379,7 +385,6 @@ def unlearn(job: Job, orig: Backbone, args, impl: str = "fast", aug: Backbone | 
         full = args.kl_scope == "full"
         prep = job.prepared
         seqs = job.seqs
-        r_idx, f_idx = visited(job, sched, bucket, parts)  # only the rows the schedule will visit
 
         def logits_of(model, bd=None):  # from the cached boundary states when `bd` (the model's frozen part is the Original's)
             bs = job.eval_batch_size if bd is None else max(job.eval_batch_size, 32)  # a decoder step: wider batches pay (CPU: 1.7x)
