@@ -208,7 +208,7 @@ def check(args, explicit: set[str]) -> dict:
         v = getattr(args, k)
         if v is not None and not v > 0:
             raise UserError(f"--{k.replace('_', '-')} must be positive, got {v}")
-    for k, lo, hi, hi_open in (("lora_dropout", 0, 1, True), ("retain_weight", 0, 1, False), ("neg_weight", 0, None, False),
+    for k, lo, hi, hi_open in (("warmup", 0, 1, True), ("lora_dropout", 0, 1, True), ("retain_weight", 0, 1, False), ("neg_weight", 0, None, False),
                                ("alpha", 0, None, False), ("lora_alpha", 0, None, False)):
         v = getattr(args, k)
         if not (v >= lo and (hi is None or (v < hi if hi_open else v <= hi))) or v != v:
@@ -450,7 +450,8 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     test_idx, forget_idx = prep.index("test"), prep.index("forget_all")
     test_labels = prep.labels[test_idx].numpy()
     forget_labels = prep.labels[forget_idx].numpy()
-    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience)
+    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
+                      schedule=args.lr_schedule, warmup=args.warmup if args.lr_schedule == "linear" else 0.0)
     model_cache = None if args.no_model_cache else cache
     losses, handed = {}, {}
 
@@ -599,7 +600,8 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
         rows=rows,
         settings=dict(dataset=args.dataset, backbone=args.backbone, backbone_dir=str(bdir), max_samples=args.max_samples,
                       forget_ratio=None if users is not None else args.forget_ratio, seed=args.seed, split_seed=split_seed, methods=methods,
-                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, shards=args.shards, shard_scheme=args.shard_scheme,
+                      epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup if args.lr_schedule == "linear" else 0.0,
+                      batch_size=args.batch_size, shards=args.shards, shard_scheme=args.shard_scheme,
                       receraser_agg=args.receraser_agg, no_retrain=bool(args.no_retrain), dtype=args.dtype, **e2u_settings),
         backbone_params=n_params(job.backbone().model, False),
         counts=c,

@@ -54,6 +54,27 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     fused_optimizer: bool = False
     sync_every: int = 20  # steps between reads of the losses (the only host sync of a step)
+    # learning-rate schedule: "constant", or "linear" (warm up over the first `warmup` share
+    # of `total_steps`, then decay linearly to 0 at `total_steps`: max_steps, or what
+    # `finetune` counts for `epochs` epochs)
+    schedule: str = "constant"
+    warmup: float = 0.0
+    total_steps: int | None = None
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The multiplier of `cfg.lr` for the update after `step` updates (0-based)."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule != "linear":
+        raise ValueError(f"unknown learning-rate schedule {cfg.schedule!r}")
+    total = cfg.max_steps or cfg.total_steps
+    if not total:
+        raise ValueError("a linear schedule needs max_steps or total_steps")
+    w = int(round(cfg.warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return max(0.0, (total - step) / max(1, total - w))
 
 
 @dataclass
@@ -228,6 +249,9 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                     loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+            if cfg.schedule != "constant":  # a function of the step count: a resumed run continues it
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * lr_factor(cfg, res.steps)
             opt.step()
             # autocast keeps a bf16 copy of each trainable weight until its outermost context
             # exits; a run under one long-lived context (precision.autocast) would go on using

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=None,
                    help="AdamW learning rate of the full fine-tunes (Original, Retrain, shards); default 1e-3 for the "
                    "presets built with random weights, 5e-5 for pretrained backbones (minilm, local folders)")
+    g.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
+                   help="learning rate of the full fine-tunes (Original, Retrain, shards): constant, or linear warm-up "
+                   "(--warmup share of the planned steps) and linear decay to 0 at the last planned epoch")
+    g.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the planned steps (--lr-schedule linear)")
     g.add_argument("--batch-size", type=int, default=16, help="training batch size")
     g.add_argument("--no-model-cache", action="store_true", help="retrain Original/Retrain even if cached")
     g.add_argument("--no-train-bucketing", action="store_true",

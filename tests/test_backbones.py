@@ -205,3 +205,34 @@ def test_unsupported_model_type_and_missing_answer_words(tmp_path):
     (nowords / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(UserError, match="no single token for 'Yes'"):
         load_backbone(nowords)
+
+
+def test_preset_tokenizer_never_sees_forgotten_or_test_prompts(tmp_path, monkeypatch):
+    """Seeds issue, item 6: the preset's tokenizer is trained on D_r + valid only (Retrain
+    starts from that backbone and must not have met D_f's text), keyed by the split."""
+    import e2urec_fast.models.backbone as bbmod
+    from conftest import make_ml1m
+    from e2urec_fast.api import apply_request
+    from e2urec_fast.data import prepare
+    from e2urec_fast.models import resolve_backbone
+
+    seen = []
+    real = bbmod.train_tokenizer
+    monkeypatch.setattr(bbmod, "train_tokenizer", lambda texts, *a: seen.append(list(texts)) or real(texts, *a))
+    d = make_ml1m(tmp_path / "ml1m", n_users=16, per_user=10)
+    prep = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=1)
+    folder = resolve_backbone("tiny", prep, tmp_path / "cache", seed=1)
+    texts = set(seen[0])
+    part = lambda name: {prep.prompts[i] for i in prep.index(name).tolist()}  # noqa: E731
+    assert part("forget") and not texts & (part("forget") - part("retain") - part("valid"))
+    assert not texts & (part("test") - part("retain") - part("valid"))
+    assert texts == part("retain") | part("valid")
+    assert json.loads((folder / "e2urec_preset.json").read_text())["tokenizer_texts"]["prompts"] == len(seen[0])
+    # another split seed (the same prompts, another D_f): another tokenizer, another folder
+    prep2 = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=2)
+    assert prep2.manifest["content_hash"] == prep.manifest["content_hash"]
+    assert resolve_backbone("tiny", prep2, tmp_path / "cache", seed=1) != folder and len(seen) == 2
+    # a deletion request keeps the split's backbone (the one its Original was built from)
+    user = int(prep.users[prep.index("retain")[0]])
+    apply_request(prep, "ml-1m", [user], set())
+    assert resolve_backbone("tiny", prep, tmp_path / "cache", seed=1) == folder and len(seen) == 2

@@ -40,6 +40,14 @@ class Prepared:
     # (N,) bool: train samples of users forgotten by earlier requests (sequential deletion
     # requests): in neither D_r nor this request's D_f; None when there were none
     excluded: torch.Tensor | None = None
+    # (N,) bool: the benchmark split's forget mask (--forget-ratio, split seed) as prepared,
+    # kept when a deletion request replaces `forget`: the preset backbones' tokenizer is
+    # trained without it (pretrain_prompts)
+    split_forget: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.split_forget is None:
+            self.split_forget = self.forget.clone()
 
     def index(self, part: str) -> torch.Tensor:
         """Sample indices of 'train', 'valid', 'test', 'forget' (this request's D_f),
@@ -65,8 +73,16 @@ class Prepared:
             h.update(self.excluded.numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def train_prompts(self) -> list[str]:
-        return [self.prompts[i] for i in self.index("train").tolist()]
+    def pretrain_prompts(self) -> list[str]:
+        """The prompts a preset backbone's tokenizer is trained on: the split's D_r and valid
+        (never D_f, nor test: Retrain must not see the forgotten text, even through the
+        vocabulary)."""
+        keep = ((self.split == SPLIT_TRAIN) & ~self.split_forget) | (self.split == SPLIT_VALID)
+        return [self.prompts[i] for i in keep.nonzero().flatten().tolist()]
+
+    def pretrain_key(self) -> str:
+        """Hash of the split's forget mask (which prompts pretrain_prompts leaves out)."""
+        return hashlib.sha256(self.split_forget.numpy().tobytes()).hexdigest()[:8]
 
     def tokens(self, tokenizer, tok_key: str, max_length: int = 512, suffix: str = "") -> list[torch.Tensor]:
         """Token ids of every prompt (+ `suffix`) under `tokenizer`, cached in the folder by

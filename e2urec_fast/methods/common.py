@@ -95,6 +95,10 @@ def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, 
     valid = (lambda: mean_lm_loss(job, bb, valid_idx)) if valid_idx is not None else None
     if cfg.max_steps is None and cfg.epochs <= 0:
         raise ValueError("epochs must be positive")
+    if cfg.schedule != "constant" and cfg.max_steps is None and cfg.total_steps is None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, total_steps=cfg.epochs * len(batcher.order(train_idx, 0)))
     res = fit(bb.model, lambda e: batcher.epoch(train_idx, e), step, cfg, valid=valid, ckpt=ckpt, desc=desc,
               progress=job.progress, train_mode=train_mode)
     for p in bb.model.parameters():

@@ -82,7 +82,7 @@ class Preset:
     layers: int
     heads: int
     d_kv: int = 64
-    tok_vocab: int = 8000  # size of the tokenizer trained on the train prompts
+    tok_vocab: int = 8000  # size of the tokenizer trained on the D_r + valid prompts
     model_vocab: int | None = None  # embedding rows; None = the tokenizer's size
 
 
@@ -205,20 +205,21 @@ def _auto(family: str):
     return dict(causal=AutoModelForCausalLM, masked=AutoModel).get(family, AutoModelForSeq2SeqLM)
 
 
-def build_preset(name: str, train_prompts: list[str], folder: Path, seed: int = 0) -> Path:
-    """Train the tokenizer, build the model with seeded random weights, save both."""
+def build_preset(name: str, texts: list[str], folder: Path, seed: int = 0, about: dict | None = None) -> Path:
+    """Train the tokenizer on `texts`, build the model with seeded random weights, save both
+    (`about`: what the texts were, recorded in e2urec_preset.json)."""
     p = PRESETS[name]
     if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
         return folder
     print(f"building backbone preset {name!r} in {folder}", file=sys.stderr)
     with staged_dir(folder) as tmp:
-        tok = train_tokenizer(train_prompts, p.tok_vocab, p.family)
+        tok = train_tokenizer(texts, p.tok_vocab, p.family)
         vocab = max(p.model_vocab or 0, len(tok))
         torch.manual_seed(seed)
         model = _auto(p.family).from_config(_config(p, vocab, tok))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "e2urec_preset.json").write_text(json.dumps(dict(preset=name, seed=seed, **asdict(p))) + "\n")
+        (tmp / "e2urec_preset.json").write_text(json.dumps(dict(preset=name, seed=seed, **asdict(p), tokenizer_texts=about or {})) + "\n")
     return folder
 
 
@@ -357,9 +358,12 @@ def resolve_backbone(name_or_path: str, prepared, cache_dir, seed: int = 0) -> P
     if name_or_path == "minilm":
         return fetch_minilm(cache_dir)
     if name_or_path in PRESETS:
-        key = prepared.manifest["content_hash"][:12]
+        # the tokenizer learns from the split's D_r + valid only: keyed by the data and the split
+        key = f"{prepared.manifest['content_hash'][:12]}-{prepared.pretrain_key()}"
         folder = Path(os.path.expanduser(str(cache_dir))) / "backbones" / f"{name_or_path}-{prepared.manifest['params']['dataset']}-{key}-s{seed}"
-        return build_preset(name_or_path, prepared.train_prompts(), folder, seed)
+        texts = prepared.pretrain_prompts()
+        return build_preset(name_or_path, texts, folder, seed,
+                            about=dict(parts="D_r + valid of the split", prompts=len(texts), split=prepared.pretrain_key()))
     p = Path(name_or_path)
     if not p.exists():
         raise fail(p, f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) nor a folder")
