@@ -188,6 +188,16 @@ def parse_user_list(spec: str) -> list[int]:
     return ids
 
 
+def finetune_config(args):
+    """The training settings of the full fine-tunes (Original, Retrain, shards) from the flags."""
+    from .models.backbone import PRESETS
+    from .train import TrainConfig
+
+    lr = args.lr if args.lr is not None else (1e-3 if args.backbone in PRESETS else 5e-5)
+    return TrainConfig(lr=lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
+                       schedule=args.lr_schedule, warmup=args.warmup if args.lr_schedule == "linear" else 0.0)
+
+
 def check(args, explicit: set[str]) -> dict:
     """Every flag and path, before any work. Returns what the run needs (parsed ids, ...)."""
     import torch
@@ -387,7 +397,7 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     from .models.export import merged_backbone, save_hf_folder
     from .models.lora import load_adapter
     from .report import below_floor, csv_table, markdown_table, plot_jsd_time, render_markdown
-    from .train import Resume, TrainConfig
+    from .train import Resume
     from .unlearn import LABELS, env_info
 
     t_start = time.perf_counter()
@@ -450,8 +460,7 @@ def _run_checked(args, explicit: set[str], plan: dict) -> ForgetResult:
     test_idx, forget_idx = prep.index("test"), prep.index("forget_all")
     test_labels = prep.labels[test_idx].numpy()
     forget_labels = prep.labels[forget_idx].numpy()
-    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
-                      schedule=args.lr_schedule, warmup=args.warmup if args.lr_schedule == "linear" else 0.0)
+    cfg = finetune_config(args)
     model_cache = None if args.no_model_cache else cache
     losses, handed = {}, {}
 

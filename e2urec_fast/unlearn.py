@@ -80,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="e2urec_out", help="output folder for report.json, report.md and the adapter")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g = ap.add_argument_group("Original / Retrain training")
-    g.add_argument("--epochs", type=int, default=2, help="maximum epochs (early stopping on valid loss)")
+    g.add_argument("--epochs", type=int, default=3, help="maximum epochs (early stopping on valid loss)")
     g.add_argument("--patience", type=int, default=1, help="validations without improvement before stopping")
     g.add_argument("--lr", type=float, default=None,
                    help="AdamW learning rate of the full fine-tunes (Original, Retrain, shards); default 1e-3 for the "
                    "presets built with random weights, 5e-5 for pretrained backbones (minilm, local folders)")
-    g.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
+    g.add_argument("--lr-schedule", choices=("constant", "linear"), default="linear",
                    help="learning rate of the full fine-tunes (Original, Retrain, shards): constant, or linear warm-up "
                    "(--warmup share of the planned steps) and linear decay to 0 at the last planned epoch")
     g.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the planned steps (--lr-schedule linear)")
