@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import env_row  # noqa: E402
 
+from e2urec_fast import precision  # noqa: E402
 from e2urec_fast.api import finetune_config  # noqa: E402
 from e2urec_fast.data import prepare  # noqa: E402
 from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits  # noqa: E402
@@ -96,6 +97,8 @@ def main():
     for seed in seeds:
         args = build_parser().parse_args(["--quiet", "--seed", str(seed), *base])
         e2urec.settings(args)
+        args.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+        args.dtype = precision.resolve(args.dtype, args.device)
         prep = prepare(args.dataset, args.data_dir, cache, args.max_samples or 10_000, args.forget_ratio, seed)
         bdir = resolve_backbone(args.backbone, prep, cache, seed=seed)
         out = Path(a.work) / f"seed-{seed}"
@@ -115,6 +118,7 @@ def main():
         for s in grid:
             sargs = build_parser().parse_args(["--quiet", "--seed", str(seed), *base, *flags(s)])
             e2urec.settings(sargs)
+            sargs.device, sargs.dtype = args.device, args.dtype
             name = " ".join(f"{k}={v}" for k, v in s.items())
             t0 = time.perf_counter()
             torch.manual_seed(seed)
