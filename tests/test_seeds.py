@@ -89,3 +89,26 @@ def test_a_recommender_below_the_ctr_floor_is_flagged_first(tmp_path):
     agg = aggregate([good, bad, good], [1, 2, 3])
     assert agg["below_floor_seeds"] == [2] and markdown(agg).startswith("**WARNING: on seed(s) 2 ")
     assert plot_jsd_time(bad["rows"], tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_sweep_grid_and_choice_rule(tmp_path):
+    """benchmarks/sweep_e2urec.py: the grid's product, and the table marks what it chose."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep_e2urec.py"
+    spec = importlib.util.spec_from_file_location("sweep_e2urec", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = mod.parse_grid("student_steps=300,1000; alpha=2")
+    assert g == [dict(student_steps="300", alpha="2"), dict(student_steps="1000", alpha="2")]
+    assert mod.flags(g[1]) == ["--student-steps", "1000", "--alpha", "2"]
+    s = lambda m, ci=None: dict(n=3, mean=m, std=None, ci95=ci, values=[m])  # noqa: E731
+    row = lambda jsd, dv: dict(valid_auc=s(0.7), valid_logloss=s(0.6), jsd=s(jsd), l2=s(0.1), test_auc=s(0.7),  # noqa: E731
+                               d_valid_auc_vs_original=s(dv, 0.001), jsd_gap_closed=s(0.2))
+    summary = dict(Original=row(0.02, 0), Retrain=row(0, 0), a=row(0.001, -0.02), b=row(0.01, 0), c=row(0.015, -0.004))
+    eligible, chosen = mod.choose(summary, ["a", "b", "c"])
+    assert eligible == ["b", "c"] and chosen == "b"  # a forgets most but loses 2 valid AUC points
+    res = dict(seeds=[1, 2, 3], base="", total_s=60, rule="r", eligible=eligible, chosen=chosen, summary=summary)
+    md = mod.markdown(res)
+    assert "| b **(chosen)** |" in md and "| a (loses valid AUC) |" in md
