@@ -670,7 +670,7 @@ def _run_seeds(args, explicit: set[str]) -> ForgetResult:
     import copy
 
     from .errors import write_json_atomic, write_text_atomic
-    from .seeds import aggregate, markdown, plot
+    from .seeds import aggregate, csv_text, markdown, plot
 
     seeds = parse_seeds(args.seeds)
     if args.forget_users is not None or args.original is not None or args.previous is not None:
@@ -704,6 +704,7 @@ def _run_seeds(args, explicit: set[str]) -> ForgetResult:
         seeds=seeds, seed_axis=args.seed_axis), summary=agg, per_seed=[str((out / f"seed-{s}").resolve()) for s in seeds],
         env=reports[-1]["env"], total_s=time.perf_counter() - t0, per_seed_total_s=[r.get("total_s") for r in reports])
     write_json_atomic(out / "report.json", summary)
+    write_text_atomic(out / "report.csv", csv_text(agg))
     plotted = plot(agg, out / "report.png", title=f"{s0['dataset']}, backbone {s0['backbone']}, {len(seeds)} seeds")
     md = (f"# E2URec over seeds: {s0['dataset']}, backbone {s0['backbone']}\n\n" + markdown(agg)
           + ("\n![D_f JSD against unlearning time, means with 95% intervals](report.png)\n" if plotted else "")

@@ -73,6 +73,21 @@ def aggregate(reports: list[dict], seeds: list[int]) -> dict:
     return dict(seeds=seeds, rows=rows, paired_vs_e2urec=paired, jsd_gap_closed=summarize(gap), below_floor_seeds=low)
 
 
+def csv_text(agg: dict) -> str:
+    """One line per method and metric: n, mean, std, 95% half-width (raw units, not x100),
+    and the paired difference to E2URec with its half-width."""
+    lines = ["method,metric,n,mean,std,ci95,diff_vs_e2urec_mean,diff_vs_e2urec_ci95"]
+    for row in agg["rows"]:
+        for k in METRICS:
+            s = row.get(k)
+            if s is None:
+                continue
+            d = agg["paired_vs_e2urec"].get(row["method"], {}).get(k)
+            cells = [s["n"], s["mean"], s["std"], s["ci95"], d and d["mean"], d and d["ci95"]]
+            lines.append(f"{row['method']},{k}," + ",".join("" if c is None else repr(c) for c in cells))
+    return "\n".join(lines) + "\n"
+
+
 def _cell(s: dict | None, scale: float, digits: int = 2) -> str:
     if s is None:
         return "-"

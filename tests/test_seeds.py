@@ -47,6 +47,9 @@ def test_two_seeds_end_to_end(tmp_path):
     assert [p["settings"]["seed"] for p in per] == [1, 2] and [p["settings"]["split_seed"] for p in per] == [1, 2]
     assert rows["E2URec"]["jsd"]["values"] == [p["rows"][3]["jsd"] for p in per]
     assert (tmp_path / "o" / "report.png").exists() and "± " in (tmp_path / "o" / "report.md").read_text()
+    csv = (tmp_path / "o" / "report.csv").read_text().splitlines()
+    jsd = next(line for line in csv if line.startswith("E2URec,jsd,")).split(",")
+    assert csv[0].startswith("method,metric,n,mean") and jsd[2] == "2" and float(jsd[3]) == pytest.approx(rows["E2URec"]["jsd"]["mean"])
     assert res.out == (tmp_path / "o").resolve()
     # a finished seed is reused (same settings): the second run trains nothing
     mtime = (tmp_path / "o" / "seed-1" / "report.json").stat().st_mtime
