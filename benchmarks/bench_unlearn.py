@@ -51,12 +51,13 @@ def setup(a):
     """Data, backbone, Original and Retrain (cached in --cache-dir), Retrain's D_f logits."""
     import torch
 
+    from e2urec_fast.api import finetune_config
     from e2urec_fast.data import prepare
     from e2urec_fast.evaluate import predict_logits
     from e2urec_fast.methods.common import Job
     from e2urec_fast.methods.retrain import train_on
     from e2urec_fast.models import resolve_backbone
-    from e2urec_fast.train import TrainConfig
+    from e2urec_fast.unlearn import build_parser
 
     cache = Path(a.cache_dir).expanduser()
     if a.dry_run:
@@ -68,7 +69,12 @@ def setup(a):
         prep = prepare(a.dataset, a.data_dir, cache, a.max_samples, 0.2, a.seed)
     job = Job(prep, resolve_backbone(a.backbone, prep, cache, a.seed), Path(a.work), device=a.device, seed=a.seed,
               batch_size=a.batch_size, progress=False, dtype=a.dtype)
-    cfg = TrainConfig(lr=1e-3, batch_size=a.batch_size, epochs=1 if a.dry_run else 2, patience=1, max_steps=a.orig_steps)
+    # the shipped fine-tune settings (python -m e2urec_fast.unlearn's defaults: epochs, lr, schedule), so a
+    # benchmark run shares its Original/Retrain with the default job's model cache
+    cfg = finetune_config(build_parser().parse_args(["--backbone", a.backbone, "--batch-size", str(a.batch_size)]))
+    cfg.max_steps = a.orig_steps
+    if a.dry_run:
+        cfg.epochs = 1
     orig, _, _ = train_on(job, "train", cfg, cache, "Original")
     retr, _, _ = train_on(job, "retain", cfg, cache, "Retrain")
     torch.manual_seed(0)

@@ -173,3 +173,28 @@ def test_ucsd_book_graph(tmp_path):
     (d / "goodreads_interactions_dedup.json").write_text('{"user_id": "abc", "book_id": "7"}\n')
     with pytest.raises(UserError, match="goodreads_interactions_dedup.json:1: a record needs the keys"):
         load_goodreads(d)
+
+
+@pytest.mark.parametrize("fmt", ["ml-1m", "goodreads"])
+def test_latent_factor_data_sets_load_and_follow_the_star_shares(tmp_path, fmt):
+    from e2urec_fast.data.synthetic import STAR_SHARES, make_latent
+
+    titles = ["Misérables, Les (1995)"] + [f"Film {i} ({1900 + i})" for i in range(199)]
+    d = make_latent(tmp_path / "a", fmt, titles, n_users=60, n_ratings=3000, seed=3)
+    inter = load_ml1m(d) if fmt == "ml-1m" else load_goodreads(d)
+    assert inter.titles[1] == titles[0]  # the Latin-1 (ML-1M) / UTF-8 (CSV) title reads back
+    assert 2500 <= len(inter.ratings) <= 3600 and len({r[0] for r in inter.ratings}) == 60
+    per_user = {}
+    for u, *_ in inter.ratings:
+        per_user[u] = per_user.get(u, 0) + 1
+    assert min(per_user.values()) >= 20  # ML-1M's filter
+    shares = [sum(r[2] == s for r in inter.ratings) / len(inter.ratings) for s in range(1, 6)]
+    assert max(abs(a - b) for a, b in zip(shares, STAR_SHARES[fmt])) < 0.01
+    if fmt == "goodreads":  # rows in time order (the row index is the timestamp)
+        assert [r[3] for r in inter.ratings] == list(range(len(inter.ratings)))
+    else:  # a user's ratings come one after another in time, in the shuffled order they were drawn
+        assert len({(r[0], r[3]) for r in inter.ratings}) == len(inter.ratings)
+    again = make_latent(tmp_path / "b", fmt, titles, n_users=60, n_ratings=3000, seed=3)
+    assert all((d / f).read_bytes() == (again / f).read_bytes() for f in (p.name for p in d.iterdir()))
+    samples = build_samples(inter)  # and the pipeline takes it: labels of both kinds
+    assert {s.label for s in samples} == {0, 1}
