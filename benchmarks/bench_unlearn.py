@@ -12,6 +12,7 @@ augment + teacher cache + the student's time up to that probe. The last line pri
     python benchmarks/bench_unlearn.py                       # ML-100K default job, CPU
     python benchmarks/bench_unlearn.py --ablation            # + the fast path with each feature off
     python benchmarks/bench_unlearn.py --dry-run             # tiny synthetic data (CI, device script)
+    python benchmarks/bench_unlearn.py --summarize s1.json s2.json s3.json --out over_seeds.json  # median, range
 
 `--fast-args` / `--ref-args` pass extra `python -m e2urec_fast.unlearn` flags to one path
 (for instance a shorter schedule for the fast path: `--fast-args "--student-steps 150"`).
@@ -243,6 +244,39 @@ HEAD = ("| Run | Augment (s) | Cache (s) | Student (s) | Unlearning (s) | Studen
         "|---|---|---|---|---|---|---|---|---|---|")
 
 
+def summarize(runs: list[dict]) -> tuple[dict, str]:
+    """Runs of this script (one per seed) -> the median and range of each ratio, and a table."""
+    keys = ("time_to_quality", "whole_unlearning", "student")
+
+    def ratio(r, k):
+        return r["time_to_quality"]["speedup"] if k == "time_to_quality" else r[f"{k}_speedup"]
+
+    rows = [dict(seed=r["seed"], reference_s=r["reference"]["time_s"], fast_s=r["fast"]["time_s"],
+                 reference_auc=r["reference"]["final"]["auc"], fast_auc=r["fast"]["final"]["auc"],
+                 reference_jsd=r["reference"]["final"]["jsd"], fast_jsd=r["fast"]["final"]["jsd"],
+                 **{k: ratio(r, k) for k in keys}) for r in runs]
+    out = dict(n=len(rows), seeds=[r["seed"] for r in rows], rows=rows)
+    for k in keys:
+        got = [r[k] for r in rows if r[k] is not None]
+        out[k] = dict(median=statistics.median(got) if got else None, min=min(got, default=None), max=max(got, default=None),
+                      reached=len(got))
+
+    def x(v):
+        return "not reached" if v is None else f"{v:.2f}x"
+
+    md = ["| Seed | Reference unlearning (s) | Fast unlearning (s) | Reference AUC / JSD | Fast AUC / JSD | Time to quality | "
+          "Whole unlearning | Student stage |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['seed']} | {r['reference_s']:.1f} | {r['fast_s']:.1f} | {100 * r['reference_auc']:.2f} / "
+                  f"{100 * r['reference_jsd']:.2f} | {100 * r['fast_auc']:.2f} / {100 * r['fast_jsd']:.2f} | "
+                  f"{x(r['time_to_quality'])} | {x(r['whole_unlearning'])} | {x(r['student'])} |")
+    md.append("| **median [min, max]** | | | | | " + " | ".join(
+        f"**{x(out[k]['median'])}** [{x(out[k]['min'])}, {x(out[k]['max'])}]" + ("" if out[k]["reached"] == len(rows) else
+                                                                                 f" ({out[k]['reached']} of {len(rows)} reached)")
+        for k in keys) + " |")
+    return out, "\n".join(md)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-100k")
@@ -266,11 +300,22 @@ def main(argv=None):
     ap.add_argument("--orig-steps", type=int, default=None, help="cap the Original/Retrain training (speed runs at scale)")
     ap.add_argument("--dry-run", action="store_true", help="tiny synthetic data and few steps (CI)")
     ap.add_argument("--out", default=None, help="JSON result (default benchmarks/results/bench_unlearn_<dataset>_<backbone>.json)")
+    ap.add_argument("--summarize", nargs="+", metavar="JSON", default=None,
+                    help="no run: read these results (one per seed), write the median and range of each ratio to --out (.json + .md)")
     ap.add_argument("--one-path", dest="path", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--path-args", default="", help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.summarize:
+        if not a.out:
+            ap.error("--summarize needs --out (the summary's .json; the table goes beside it as .md)")
+        summary, md = summarize([json.loads(Path(p).read_text()) for p in a.summarize])
+        out = Path(a.out)
+        out.write_text(json.dumps(dict(sources=[Path(p).name for p in a.summarize], **summary), indent=2) + "\n")
+        out.with_suffix(".md").write_text(md + "\n")
+        print(md)
+        return
     if a.dry_run:
         a.steps, a.eval_every, a.ablation_steps = min(a.steps, 12), min(a.eval_every or 4, 4), 6
     if a.path:  # child process: one path

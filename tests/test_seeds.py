@@ -115,3 +115,33 @@ def test_sweep_grid_and_choice_rule(tmp_path):
     res = dict(seeds=[1, 2, 3], base="", total_s=60, rule="r", eligible=eligible, chosen=chosen, summary=summary)
     md = mod.markdown(res)
     assert "| b **(chosen)** |" in md and "| a (loses valid AUC) |" in md
+
+
+def test_bench_unlearn_summary_over_seeds(tmp_path):
+    """benchmarks/bench_unlearn.py --summarize: per-seed ratios, their median and range; a seed
+    whose fast path never reached the target counts as not reached, not as a number."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_unlearn.py"
+    spec = importlib.util.spec_from_file_location("bench_unlearn", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(seed, ref_s, fast_s, ttq):
+        final = dict(auc=0.77, jsd=0.02)
+        return dict(seed=seed, reference=dict(time_s=ref_s, final=final), fast=dict(time_s=fast_s, final=final),
+                    time_to_quality=dict(speedup=ttq), whole_unlearning_speedup=ref_s / fast_s, student_speedup=2.0 * seed)
+
+    out, md = mod.summarize([run(1, 200.0, 100.0, 3.0), run(2, 300.0, 100.0, None), run(3, 120.0, 100.0, 1.0)])
+    assert out["whole_unlearning"] == dict(median=2.0, min=1.2, max=3.0, reached=3)
+    assert out["time_to_quality"] == dict(median=2.0, min=1.0, max=3.0, reached=2)
+    assert out["student"]["median"] == 4.0
+    assert "not reached" in md and "(2 of 3 reached)" in md and "**2.00x** [1.20x, 3.00x]" in md
+    files = []
+    for r in (run(1, 200.0, 100.0, 3.0), run(2, 300.0, 150.0, 2.5)):
+        files.append(tmp_path / f"s{r['seed']}.json")
+        files[-1].write_text(json.dumps(r))
+    mod.main(["--summarize", *map(str, files), "--out", str(tmp_path / "sum.json")])
+    assert json.loads((tmp_path / "sum.json").read_text())["time_to_quality"]["median"] == 2.75
+    assert (tmp_path / "sum.md").read_text().count("\n") == 5
