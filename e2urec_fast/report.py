@@ -127,6 +127,27 @@ def mark_below_floor(ax, text: str = "Original below the CTR floor: these figure
             bbox=dict(facecolor="white", edgecolor="tab:red", alpha=0.9))
 
 
+def spread_labels(fig, ax, step: float = 9.0, tries: int = 8) -> int:
+    """Move point labels (annotations) that would overlap an earlier one down or up by
+    `step` points until they are clear (methods with near-equal time and JSD otherwise
+    print on top of each other). Returns how many labels moved."""
+    from matplotlib.text import Annotation
+
+    renderer = fig.canvas.get_renderer()
+    placed, moved = [], 0
+    for ann in [t for t in ax.texts if isinstance(t, Annotation)]:
+        x0, y0 = ann.xyann
+        for k in range(tries + 1):
+            dy = 0 if k == 0 else step * ((k + 1) // 2) * (-1 if k % 2 else 1)
+            ann.xyann = (x0, y0 + dy)
+            box = ann.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed):
+                break
+        moved += ann.xyann != (x0, y0)
+        placed.append(ann.get_window_extent(renderer))
+    return moved
+
+
 def finish_plot(fig, ax, path, title: str) -> None:
     """Title, grid, layout, and an atomic PNG write (every plot of ours ends this way)."""
     import matplotlib.pyplot as plt
@@ -136,6 +157,7 @@ def finish_plot(fig, ax, path, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    spread_labels(fig, ax)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -145,3 +145,23 @@ def test_bench_unlearn_summary_over_seeds(tmp_path):
     mod.main(["--summarize", *map(str, files), "--out", str(tmp_path / "sum.json")])
     assert json.loads((tmp_path / "sum.json").read_text())["time_to_quality"]["median"] == 2.75
     assert (tmp_path / "sum.md").read_text().count("\n") == 5
+
+
+def test_plot_labels_of_coinciding_points_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from e2urec_fast.report import spread_labels
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, x in (("SISA", 290.0), ("RecEraser", 292.0), ("E2URec", 80.0)):
+        ax.scatter([x], [58.0])
+        ax.annotate(name, (x, 58.0), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig.canvas.draw()
+    assert spread_labels(fig, ax) == 1  # RecEraser moves, E2URec (far away) stays
+    r = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(r) for t in ax.texts]
+    assert not boxes[0].overlaps(boxes[1]) and ax.texts[2].xyann == (5, 4)
+    plt.close(fig)
