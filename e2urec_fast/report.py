@@ -79,8 +79,9 @@ def csv_table(rows: list[dict]) -> str:
 
 def below_floor(rows: list[dict]) -> str | None:
     """The warning a report leads with when Original's test AUC does not beat the CTR floor
-    (a logistic regression on user and item ids): such a recommender has learned nothing a
-    trivial model does not know, and every unlearning figure on it is noise. None otherwise."""
+    (a logistic regression on the history's stars and the item's train statistics, floor.py):
+    such a recommender has learned nothing a trivial model does not know, and every
+    unlearning figure on it is noise. None otherwise."""
     by = {r["method"]: r for r in rows}
     floor = next((r for m, r in by.items() if m.startswith("CTR floor")), None)
     orig = by.get("Original")
@@ -89,8 +90,9 @@ def below_floor(rows: list[dict]) -> str | None:
     if orig["auc"] > floor["auc"]:
         return None
     return (f"WARNING: Original's test AUC {100 * orig['auc']:.2f} does not beat the CTR floor's {100 * floor['auc']:.2f} "
-            "(logistic regression on user and item ids): this recommender has not learned more than the floor, so the "
-            "unlearning figures below measure noise, not forgetting (train longer, or use another backbone or data set)")
+            "(logistic regression on the history's stars and the item's train positive rate and count): this recommender "
+            "has not learned more than the floor, so the unlearning figures below measure noise, not forgetting "
+            "(train longer, or use another backbone or data set)")
 
 
 def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
