@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -72,10 +73,8 @@ def setup(a):
               batch_size=a.batch_size, progress=False, dtype=a.dtype)
     # the shipped fine-tune settings (python -m e2urec_fast.unlearn's defaults: epochs, lr, schedule), so a
     # benchmark run shares its Original/Retrain with the default job's model cache
-    cfg = finetune_config(build_parser().parse_args(["--backbone", a.backbone, "--batch-size", str(a.batch_size)]))
-    cfg.max_steps = a.orig_steps
-    if a.dry_run:
-        cfg.epochs = 1
+    flags = ["--backbone", a.backbone, "--batch-size", str(a.batch_size)] + (["--epochs", "1"] if a.dry_run else [])
+    cfg = replace(finetune_config(build_parser().parse_args(flags)), max_steps=a.orig_steps)
     orig, _, _ = train_on(job, "train", cfg, cache, "Original")
     retr, _, _ = train_on(job, "retain", cfg, cache, "Retrain")
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,13 +44,22 @@ def main(argv=None):
     a = ap.parse_args(argv)
     out = Path(a.out)
     if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out}: exists and is not empty")
+        print(f"error: {out}: exists and is not empty (give a new folder)", file=sys.stderr)
+        raise SystemExit(2)
     inter = load_ml100k(None, a.cache_dir)
     titles = [inter.titles[k] for k in sorted(inter.titles)]
     if a.format == "goodreads":
         titles = [re.sub(r"\s*\(\d{4}\)\s*$", "", t) for t in titles]
-    make_latent(out, a.format, titles, n_users=a.users, n_ratings=a.ratings, seed=a.seed, user_bias=a.user_bias,
-                item_bias=a.item_bias, taste=a.taste, noise=a.noise)
+    part = out.with_name(out.name + ".partial")  # written aside, renamed when whole: a failed run leaves nothing
+    shutil.rmtree(part, ignore_errors=True)
+    try:
+        make_latent(part, a.format, titles, n_users=a.users, n_ratings=a.ratings, seed=a.seed, user_bias=a.user_bias,
+                    item_bias=a.item_bias, taste=a.taste, noise=a.noise)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        part.rename(out)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
     print(f"{out}: {a.format} layout, {len(titles)} items, {a.users} users")
 
 

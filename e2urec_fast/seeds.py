@@ -76,7 +76,12 @@ def aggregate(reports: list[dict], seeds: list[int]) -> dict:
 def csv_text(agg: dict) -> str:
     """One line per method and metric: n, mean, std, 95% half-width (raw units, not x100),
     and the paired difference to E2URec with its half-width."""
-    lines = ["method,metric,n,mean,std,ci95,diff_vs_e2urec_mean,diff_vs_e2urec_ci95"]
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "metric", "n", "mean", "std", "ci95", "diff_vs_e2urec_mean", "diff_vs_e2urec_ci95"])
     for row in agg["rows"]:
         for k in METRICS:
             s = row.get(k)
@@ -84,8 +89,8 @@ def csv_text(agg: dict) -> str:
                 continue
             d = agg["paired_vs_e2urec"].get(row["method"], {}).get(k)
             cells = [s["n"], s["mean"], s["std"], s["ci95"], d and d["mean"], d and d["ci95"]]
-            lines.append(f"{row['method']},{k}," + ",".join("" if c is None else repr(c) for c in cells))
-    return "\n".join(lines) + "\n"
+            w.writerow([row["method"], k, *("" if c is None else repr(c) for c in cells)])
+    return buf.getvalue()
 
 
 def _cell(s: dict | None, scale: float, digits: int = 2) -> str:
