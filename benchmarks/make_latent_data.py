@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from e2urec_fast.data import load_ml100k  # noqa: E402
 from e2urec_fast.data.synthetic import make_latent  # noqa: E402
+from e2urec_fast.errors import staged_dir  # noqa: E402
 
 
 def main(argv=None):
@@ -50,16 +50,9 @@ def main(argv=None):
     titles = [inter.titles[k] for k in sorted(inter.titles)]
     if a.format == "goodreads":
         titles = [re.sub(r"\s*\(\d{4}\)\s*$", "", t) for t in titles]
-    part = out.with_name(out.name + ".partial")  # written aside, renamed when whole: a failed run leaves nothing
-    shutil.rmtree(part, ignore_errors=True)
-    try:
-        make_latent(part, a.format, titles, n_users=a.users, n_ratings=a.ratings, seed=a.seed, user_bias=a.user_bias,
+    with staged_dir(out) as tmp:  # built aside, moved into place when whole: a failed run leaves nothing
+        make_latent(tmp, a.format, titles, n_users=a.users, n_ratings=a.ratings, seed=a.seed, user_bias=a.user_bias,
                     item_bias=a.item_bias, taste=a.taste, noise=a.noise)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        part.rename(out)
-    finally:
-        shutil.rmtree(part, ignore_errors=True)
     print(f"{out}: {a.format} layout, {len(titles)} items, {a.users} users")
 
 

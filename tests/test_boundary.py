@@ -137,14 +137,11 @@ def test_unlearning_with_a_cached_boundary(tmp_path):
 
 
 def test_bench_boundary_dry_run(tmp_path):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_boundary.py"
-    spec = importlib.util.spec_from_file_location("bench_boundary", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import bench_module
+
+    mod = bench_module("bench_boundary")
     out = tmp_path / "b.json"
     mod.main(["--dry-run", "--seeds", "1", "--paths", "fast,boundary", "--threads", "1", "--out", str(out),
               "--cache-dir", str(tmp_path / "c")])

@@ -203,15 +203,11 @@ def test_latent_factor_data_sets_load_and_follow_the_star_shares(tmp_path, fmt):
 def test_floor_feature_aucs_read_the_signal_of_a_data_set(tmp_path):
     """benchmarks/floor_features.py: on a data set whose label is the item (every third item
     liked), the item's train rate separates test samples and the history stars do less."""
-    import importlib.util
-    from pathlib import Path
 
+    from conftest import bench_module
     from e2urec_fast.data.synthetic import make_ml1m
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "floor_features.py"
-    spec = importlib.util.spec_from_file_location("floor_features", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("floor_features")
     d = make_ml1m(tmp_path / "d", n_users=40, per_user=20, taste=False)
     aucs = mod.feature_aucs(prepare("ml-1m", d, tmp_path / "cache", None, 0.2, 0))
     assert list(aucs) == mod.NAMES

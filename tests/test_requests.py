@@ -204,13 +204,10 @@ def test_unwritable_out_found_before_training(world, tmp_path, capsys):
 
 
 def test_bench_requests_dry_run(tmp_path):
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_requests.py"
-    spec = importlib.util.spec_from_file_location("bench_requests", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import bench_module
+
+    mod = bench_module("bench_requests")
     assert mod.main(["--dry-run", "--work", str(tmp_path / "w"), "--cache-dir", str(tmp_path / "c")]) == 0
     res = json.loads((tmp_path / "w" / "requests.json").read_text())
     seq = res["sequential"]

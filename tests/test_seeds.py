@@ -96,13 +96,10 @@ def test_a_recommender_below_the_ctr_floor_is_flagged_first(tmp_path):
 
 def test_sweep_grid_and_choice_rule(tmp_path):
     """benchmarks/sweep_e2urec.py: the grid's product, and the table marks what it chose."""
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep_e2urec.py"
-    spec = importlib.util.spec_from_file_location("sweep_e2urec", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import bench_module
+
+    mod = bench_module("sweep_e2urec")
     g = mod.parse_grid("student_steps=300,1000; alpha=2")
     assert g == [dict(student_steps="300", alpha="2"), dict(student_steps="1000", alpha="2")]
     assert mod.flags(g[1]) == ["--student-steps", "1000", "--alpha", "2"]
@@ -120,13 +117,10 @@ def test_sweep_grid_and_choice_rule(tmp_path):
 def test_bench_unlearn_summary_over_seeds(tmp_path):
     """benchmarks/bench_unlearn.py --summarize: per-seed ratios, their median and range; a seed
     whose fast path never reached the target counts as not reached, not as a number."""
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_unlearn.py"
-    spec = importlib.util.spec_from_file_location("bench_unlearn", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import bench_module
+
+    mod = bench_module("bench_unlearn")
 
     def run(seed, ref_s, fast_s, ttq):
         final = dict(auc=0.77, jsd=0.02)
