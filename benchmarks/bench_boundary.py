@@ -33,12 +33,12 @@ from common import RESULTS, env_row  # noqa: E402
 
 from e2urec_fast.seeds import summarize  # noqa: E402
 
-AUTHORS_SCHEDULE = "--forget-epochs 1 --student-lr 1e-3 --aug-lr 5e-5"
-PATHS = [  # (key, label, impl, extra flags)
+AUTHORS_SCHEDULE = "forget_epochs=1 student_lr=1e-3 aug_lr=5e-5"
+PATHS = [  # (key, label, impl, config fields NAME=VALUE)
     ("reference", "our reference path", "reference", ""),
     ("fast", "our fast path", "fast", ""),
-    ("boundary", "cached boundary (decoder, LoRA aug)", "fast", "--lora-scope decoder --aug-mode lora"),
-    ("boundary_fullaug", "cached boundary (decoder, full aug)", "fast", "--lora-scope decoder"),
+    ("boundary", "cached boundary (decoder, LoRA aug)", "fast", "lora_scope=decoder aug_mode=lora"),
+    ("boundary_fullaug", "cached boundary (decoder, full aug)", "fast", "lora_scope=decoder"),
 ]
 AUTHORS = dict(forget_step=0.470, joint_step=1.119, augment=38.2, cache=None, student=165.0, time_s=203.2, auc=76.00, jsd=4.55)
 
@@ -136,7 +136,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--orig-steps", type=int, default=None, help="cap the Original/Retrain training (speed runs at scale)")
-    ap.add_argument("--extra", default="", help="extra unlearn flags for every path")
+    ap.add_argument("--extra", default="", help="config fields (NAME=VALUE, space-separated) for every path")
     ap.add_argument("--dry-run", action="store_true", help="tiny synthetic data and 12 steps (CI)")
     ap.add_argument("--out", default=None, help="JSON result (default benchmarks/results/boundary_<dataset>_<backbone>.json)")
     a = ap.parse_args(argv)

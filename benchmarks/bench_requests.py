@@ -39,17 +39,18 @@ def main(argv=None) -> int:
     import torch
 
     from e2urec_fast import forget
-    from e2urec_fast.api import apply_request, finetune_config
+    from e2urec_fast.config import preset
+    from e2urec_fast.request import apply_request
     from e2urec_fast.audit import answer_losses, audit
     from e2urec_fast.data import prepare
     from e2urec_fast.data.prepare import SPLIT_TRAIN
     from e2urec_fast.data.synthetic import make_ml1m
     from e2urec_fast.evaluate import jsd_l2, predict_logits
     from e2urec_fast.methods.common import Job
-    from e2urec_fast.methods.retrain import train_on
+    from e2urec_fast.methods.retrain import finetune_config, train_on
     from e2urec_fast.models import load_backbone, resolve_backbone
     from e2urec_fast.models.scoring import yes_no
-    from e2urec_fast.unlearn import build_parser, env_info
+    from e2urec_fast.report import env_info
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -113,9 +114,8 @@ def main(argv=None) -> int:
     apply_request(prep, common["dataset"], chosen, set())
     job = Job(prep, resolve_backbone("tiny", prep, Path(common["cache_dir"]).expanduser(), 42), work / "scratch", seed=42,
               batch_size=common.get("batch_size", 16), progress=False)
-    ca = build_parser().parse_args(["--backbone", "tiny"])  # the CLI's settings, as the single request trained it
-    ca.epochs, ca.batch_size = common.get("epochs", ca.epochs), job.batch_size
-    cfg = finetune_config(ca)
+    # the shipped settings, as the single request trained it
+    cfg = finetune_config(preset(backbone="tiny", batch_size=job.batch_size, **({"epochs": common["epochs"]} if "epochs" in common else {})))
     retr, _, rinfo = train_on(job, "retain", cfg, Path(common["cache_dir"]).expanduser(), "Retrain")
     assert "cached" in rinfo, "Retrain should be the one the single request trained"
     final = load_backbone(prev / "merged")

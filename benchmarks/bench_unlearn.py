@@ -14,8 +14,8 @@ augment + teacher cache + the student's time up to that probe. The last line pri
     python benchmarks/bench_unlearn.py --dry-run             # tiny synthetic data (CI, device script)
     python benchmarks/bench_unlearn.py --summarize s1.json s2.json s3.json --out over_seeds.json  # median, range
 
-`--fast-args` / `--ref-args` pass extra `python -m e2urec_fast.unlearn` flags to one path
-(for instance a shorter schedule for the fast path: `--fast-args "--student-steps 150"`).
+`--fast-args` / `--ref-args` set config fields of one path, NAME=VALUE separated by spaces
+(for instance a shorter schedule for the fast path: `--fast-args "student_steps=150"`).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from common import RESULTS, env_row  # noqa: E402
 
 ABLATIONS = [  # (label, extra flags): each switches one fast-path feature off (or, for 8-bit, on)
     ("fast path (all features)", []),
-    ("- teacher cache (teachers run every step)", ["--no-teacher-cache"]),
-    ("- Yes/No head (full-vocabulary KL)", ["--kl-scope", "full"]),
-    ("- length bucketing", ["--no-bucketing"]),
-    ("D_r+D_f fusion switched from its auto setting", ["--batch-fusion", "SWITCH"]),
-    ("- fused KL op (torch eager)", ["--kernel-backend", "torch"]),
-    ("- base in eval mode (base dropout on)", ["--base-dropout"]),
-    ("+ torch.compile of the student", ["--compile"]),
-    ("+ 8-bit frozen base (bitsandbytes)", ["--load-in-8bit"]),
+    ("- teacher cache (teachers run every step)", ["no_teacher_cache=true"]),
+    ("- Yes/No head (full-vocabulary KL)", ["kl_scope=full"]),
+    ("- length bucketing", ["no_bucketing=true"]),
+    ("D_r+D_f fusion switched from its auto setting", ["batch_fusion=SWITCH"]),
+    ("- fused KL op (torch eager)", ["kernel_backend=torch"]),
+    ("- base in eval mode (base dropout on)", ["base_dropout=true"]),
+    ("+ torch.compile of the student", ["compile=true"]),
+    ("+ 8-bit frozen base (bitsandbytes)", ["load_in_8bit=true"]),
 ]
 
 
@@ -53,13 +53,12 @@ def setup(a):
     """Data, backbone, Original and Retrain (cached in --cache-dir), Retrain's D_f logits."""
     import torch
 
-    from e2urec_fast.api import finetune_config
+    from e2urec_fast.config import preset
     from e2urec_fast.data import prepare
     from e2urec_fast.evaluate import predict_logits
     from e2urec_fast.methods.common import Job
-    from e2urec_fast.methods.retrain import train_on
+    from e2urec_fast.methods.retrain import finetune_config, train_on
     from e2urec_fast.models import resolve_backbone
-    from e2urec_fast.unlearn import build_parser
 
     cache = Path(a.cache_dir).expanduser()
     if a.dry_run:
@@ -73,8 +72,8 @@ def setup(a):
               batch_size=a.batch_size, progress=False, dtype=a.dtype)
     # the shipped fine-tune settings (python -m e2urec_fast.unlearn's defaults: epochs, lr, schedule), so a
     # benchmark run shares its Original/Retrain with the default job's model cache
-    flags = ["--backbone", a.backbone, "--batch-size", str(a.batch_size)] + (["--epochs", "1"] if a.dry_run else [])
-    cfg = replace(finetune_config(build_parser().parse_args(flags)), max_steps=a.orig_steps)
+    fields = dict(backbone=a.backbone, batch_size=a.batch_size) | (dict(epochs=1) if a.dry_run else {})
+    cfg = replace(finetune_config(preset(**fields)), max_steps=a.orig_steps)
     orig, _, _ = train_on(job, "train", cfg, cache, "Original")
     retr, _, _ = train_on(job, "retain", cfg, cache, "Retrain")
     torch.manual_seed(0)
@@ -96,11 +95,11 @@ def _one_path(a) -> dict:
     import torch
 
     from e2urec_fast.audit import answer_losses, audit
+    from e2urec_fast.config import parse_assignments, preset
     from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
     from e2urec_fast.methods import e2urec
     from e2urec_fast.models.quant import peak_rss_mib
     from e2urec_fast.models.scoring import yes_no
-    from e2urec_fast.unlearn import build_parser
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -108,8 +107,7 @@ def _one_path(a) -> dict:
     prep = job.prepared
     test, forget = prep.index("test"), prep.index("forget")
     y = prep.labels[test].numpy()
-    args = build_parser().parse_args(["--quiet", "--student-steps", str(a.steps), *shlex.split(a.path_args)])
-    e2urec.settings(args)
+    args = preset(**(dict(quiet=True, student_steps=a.steps) | parse_assignments(shlex.split(a.path_args))))
     probes = []
 
     y_f = prep.labels[forget].numpy()
@@ -131,7 +129,7 @@ def _one_path(a) -> dict:
 
     def probe(k, seconds, student):
         cum.append(seconds)
-        if a.eval_every and (k % a.eval_every == 0) and k < args.student_steps:
+        if a.eval_every and (k % a.eval_every == 0) and k < args.student.student_steps:
             probes.append(dict(step=k, student_s=seconds, **metrics(student)))
 
     rss0 = peak_rss_mib()
@@ -185,19 +183,19 @@ def mfu(job, orig, args, impl, student_s, device) -> dict:
         head = emb if orig.family == "masked" else model.get_output_embeddings().weight.numel()
         n_enc = sum(p.numel() for p in model.parameters()) - emb - (0 if orig.family == "masked" else head)
         n_dec = head
-    sched = e2urec.schedule(len(job.prepared.index("forget")), job.batch_size, args.forget_epochs, args.student_steps)
+    sched = e2urec.schedule(len(job.prepared.index("forget")), job.batch_size, args.student.forget_epochs, args.student.student_steps)
     parts = ("rem", "fgt")
     lens = [len(s) for s in job.seqs]
     dec_pos = len(orig.prefix) if impl == "fast" else max(len(t) for t in orig.targets.values())
     student = teacher = 0.0
-    for _, rb, fb in e2urec.student_batches(job, sched, impl == "fast" and not args.no_bucketing, parts, index_only=True):
+    for _, rb, fb in e2urec.student_batches(job, sched, impl == "fast" and not args.speed.no_bucketing, parts, index_only=True):
         for b, n_teachers in ((rb, 1), (fb, 2)):
             if b is None:
                 continue
             tok = sum(lens[i] for i in b.tolist())
             f = 2 * (n_enc * tok + n_dec * dec_pos * len(b))
             student += 2 * f
-            teacher += n_teachers * f if impl == "reference" or args.no_teacher_cache else 0.0
+            teacher += n_teachers * f if impl == "reference" or args.speed.no_teacher_cache else 0.0
     rate, what = matmul_rate(device)
     return dict(model_flops=student + teacher, student_flops=student, teacher_flops=teacher, seconds=student_s,
                 achieved_flops_per_s=(student + teacher) / student_s, peak_flops_per_s=rate, peak_measured_with=what,
@@ -292,8 +290,9 @@ def main(argv=None):
                     help="precision of every stage of both paths (the unlearn flag --dtype; Original/Retrain too)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each path; times are medians")
-    ap.add_argument("--fast-args", default="", help="extra unlearn flags for the fast path")
-    ap.add_argument("--ref-args", default="", help="extra unlearn flags for the reference path")
+    ap.add_argument("--fast-args", default="", help="config fields of the fast path, NAME=VALUE separated by spaces "
+                    "(e.g. 'lora_scope=decoder aug_mode=lora'; every field: python -m e2urec_fast.unlearn --help-all)")
+    ap.add_argument("--ref-args", default="", help="config fields of the reference path, as --fast-args")
     ap.add_argument("--ablation", action="store_true", help="also the fast path with each feature switched off in turn")
     ap.add_argument("--ablation-steps", type=int, default=100)
     ap.add_argument("--orig-steps", type=int, default=None, help="cap the Original/Retrain training (speed runs at scale)")
@@ -354,8 +353,8 @@ def main(argv=None):
         for label, flags in ABLATIONS:
             print(f"ablation: {label} ...", file=sys.stderr, flush=True)
             # no forget-only epoch: every step is a paired D_r/D_f step, so the fusion row measures something
-            flags = [("on" if a.device == "cpu" else "off") if f == "SWITCH" else f for f in flags]
-            r = spawn(a, "fast", " ".join(["--forget-epochs", "0", "--student-steps", str(a.ablation_steps), *flags]))
+            flags = [f.replace("SWITCH", "on" if a.device == "cpu" else "off") for f in flags]
+            r = spawn(a, "fast", " ".join(["forget_epochs=0", f"student_steps={a.ablation_steps}", *flags]))
             rows.append(dict(label=label, flags=flags, **{k: r[k] for k in ("stages", "time_s", "samples_per_s", "peak_rss_mib", "final",
                                                                             "base_model_bytes")}))
         base = rows[0]["stages"]["student"]

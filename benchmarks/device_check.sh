@@ -160,7 +160,7 @@ part boundary 120 python3 benchmarks/bench_boundary.py $E2UREC_DATA_ARGS --devic
 
 if python3 -c "import bitsandbytes" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
-  part causal8 90 python3 benchmarks/bench_unlearn.py $E2UREC_DATA_ARGS --device $DEV $CAUSAL --fast-args=--load-in-8bit \
+  part causal8 90 python3 benchmarks/bench_unlearn.py $E2UREC_DATA_ARGS --device $DEV $CAUSAL --fast-args=load_in_8bit=true \
     --cache-dir "$E2UREC_CACHE" --out "$OUT/bench_unlearn_causal_8bit.json"
 else
   skip causal8 "bitsandbytes does not import here (carry its wheel in .whl/)"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from e2urec_fast.data import load_ml100k  # noqa: E402
 from e2urec_fast.data.synthetic import make_latent  # noqa: E402
-from e2urec_fast.errors import staged_dir  # noqa: E402
+from e2urec_fast.files import staged_dir  # noqa: E402
 
 
 def main(argv=None):

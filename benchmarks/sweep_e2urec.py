@@ -16,7 +16,7 @@ mean D_f JSD among the settings whose valid AUC stays within the seed noise of O
     python benchmarks/sweep_e2urec.py --seeds 1,2,3 \
         --grid "student_steps=300,1000;alpha=2,8" --out benchmarks/results/sweep_seeds_ml100k_tiny.json
 
-`--base` holds flags every setting shares (the shipped defaults when empty).
+`--base` holds config fields every setting shares, NAME=VALUE (the shipped defaults when empty).
 """
 
 from __future__ import annotations
@@ -36,15 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import env_row  # noqa: E402
 
 from e2urec_fast import precision  # noqa: E402
-from e2urec_fast.api import finetune_config  # noqa: E402
+from e2urec_fast.config import max_samples, parse_assignments, preset, replace_fields  # noqa: E402
 from e2urec_fast.data import prepare  # noqa: E402
 from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits  # noqa: E402
 from e2urec_fast.methods import e2urec  # noqa: E402
 from e2urec_fast.methods.common import Job  # noqa: E402
-from e2urec_fast.methods.retrain import train_on  # noqa: E402
+from e2urec_fast.methods.retrain import finetune_config, train_on  # noqa: E402
 from e2urec_fast.models import resolve_backbone  # noqa: E402
 from e2urec_fast.seeds import summarize  # noqa: E402
-from e2urec_fast.unlearn import build_parser  # noqa: E402
 
 SLACK = 0.005  # valid AUC: how far below Original's a setting may fall (upper end of its 95% interval)
 
@@ -60,8 +59,9 @@ def parse_grid(text: str) -> list[dict]:
     return [dict(c) for c in itertools.product(*axes)]
 
 
-def flags(setting: dict) -> list[str]:
-    return [x for k, v in setting.items() for x in (f"--{k.replace('_', '-')}", v)]
+def fields(setting: dict) -> dict:
+    """A grid point's config fields, typed (config.parse_assignments)."""
+    return parse_assignments(f"{k}={v}" for k, v in setting.items())
 
 
 def score(bb, job, parts, retr_full, orig_full=None) -> dict:
@@ -80,7 +80,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--grid", default="student_steps=300,1000;alpha=2,8")
-    ap.add_argument("--base", default="", help="flags shared by every setting, e.g. '--lora-scope decoder'")
+    ap.add_argument("--base", default="", help="config fields shared by every setting, NAME=VALUE separated by spaces, "
+                    "e.g. 'lora_scope=decoder'")
     ap.add_argument("--cache-dir", default="~/.cache/e2urec_fast")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default="/tmp/e2urec_sweep")
@@ -90,20 +91,20 @@ def main():
         torch.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
     grid = parse_grid(a.grid)
-    base = a.base.split()
+    base = parse_assignments(a.base.split())
     cache = Path(os.path.expanduser(a.cache_dir))
     t_all = time.perf_counter()
     per_seed = []
     for seed in seeds:
-        args = build_parser().parse_args(["--quiet", "--seed", str(seed), *base])
-        e2urec.settings(args)
-        args.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-        args.dtype = precision.resolve(args.dtype, args.device)
-        prep = prepare(args.dataset, args.data_dir, cache, args.max_samples or 10_000, args.forget_ratio, seed)
-        bdir = resolve_backbone(args.backbone, prep, cache, seed=seed)
+        args = preset(**(dict(quiet=True, seed=seed) | base))
+        device = args.run.device
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        args = replace_fields(args, device=device, dtype=precision.resolve(args.run.dtype, device))
+        prep = prepare(args.data.dataset, args.data.data_dir, cache, max_samples(args), args.data.forget_ratio, seed)
+        bdir = resolve_backbone(args.run.backbone or "tiny", prep, cache, seed=seed)
         out = Path(a.work) / f"seed-{seed}"
-        job = Job(prep, bdir, out, device=args.device, seed=seed, batch_size=args.batch_size, progress=False,
-                  dtype=args.dtype, bucket=not args.no_train_bucketing)
+        job = Job(prep, bdir, out, device=device, seed=seed, batch_size=args.finetune.batch_size, progress=False,
+                  dtype=args.run.dtype, bucket=not args.finetune.no_train_bucketing)
         cfg = finetune_config(args)
         orig, _, _ = train_on(job, "train", cfg, cache, "Original")
         retr, _, _ = train_on(job, "retain", cfg, cache, "Retrain")
@@ -116,9 +117,7 @@ def main():
               f"{100 * rows['Original']['test_auc']:.2f} JSD {100 * rows['Original']['jsd']:.2f}; Retrain valid AUC "
               f"{100 * rows['Retrain']['valid_auc']:.2f}", flush=True)
         for s in grid:
-            sargs = build_parser().parse_args(["--quiet", "--seed", str(seed), *base, *flags(s)])
-            e2urec.settings(sargs)
-            sargs.device, sargs.dtype = args.device, args.dtype
+            sargs = replace_fields(args, **fields(s))
             name = " ".join(f"{k}={v}" for k, v in s.items())
             t0 = time.perf_counter()
             torch.manual_seed(seed)

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .models.scoring import pad
+
+def pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D id tensors into (B, L) ids and a (B, L) attention mask."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:

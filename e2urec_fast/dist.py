@@ -222,14 +222,14 @@ def gather_batches(sizes: list[int], compute) -> torch.Tensor:
     return torch.cat(out).cpu()
 
 
-def check_launch(args) -> None:
-    """Refuse settings a multi-process run cannot honour (exit 2)."""
+def check_launch(cfg) -> None:
+    """Refuse settings a multi-process run cannot honour (exit 2); `cfg`: the job's Config."""
     if not launched():
         return
-    if getattr(args, "seeds", None) is not None:
+    if cfg.bench.seeds is not None:
         raise UserError("--seeds under torchrun: launch one torchrun per seed (each seed is a whole job)")
-    if getattr(args, "batch_size", 1) < world_size_env():
-        raise UserError(f"--batch-size {args.batch_size} is smaller than the {world_size_env()} processes: each rank needs rows")
+    if cfg.finetune.batch_size < world_size_env():
+        raise UserError(f"--batch-size {cfg.finetune.batch_size} is smaller than the {world_size_env()} processes: each rank needs rows")
 
 
 def world_size_env() -> int:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from .models.scoring import answer_logits, pad, yes_no_rows
+from .batching import pad
+from .models.scoring import answer_logits, yes_no_rows
 
 EPS = 1e-12
 
@@ -77,3 +78,32 @@ def jsd_l2(p_logits: torch.Tensor, q_logits: torch.Tensor) -> dict:
     kl_pq = (p * torch.log((p + EPS) / (q + EPS))).sum(-1)
     kl_qp = (q * torch.log((q + EPS) / (p + EPS))).sum(-1)
     return dict(jsd=float((0.5 * kl_pq + 0.5 * kl_qp).mean()), l2=float(torch.linalg.vector_norm(p - q, dim=-1).mean()))
+
+
+class Evaluator:
+    """A model's test metrics and its D_f answer distribution (against Retrain's: JSD, L2),
+    with the per-sample losses the audit needs, and the seconds each evaluation took.
+
+    `ev(bb, name) -> (metrics, (|D_f|, V) logits)`; `ev.losses[name] = (D_f losses, test losses)`."""
+
+    def __init__(self, job):
+        self.job = job
+        prep = job.prepared
+        self.test_idx, self.forget_idx = prep.index("test"), prep.index("forget_all")
+        self.test_labels, self.forget_labels = prep.labels[self.test_idx].numpy(), prep.labels[self.forget_idx].numpy()
+        self.losses: dict = {}
+        self.seconds: dict = {}
+
+    def __call__(self, bb, name: str):
+        import time
+
+        from .audit import answer_losses
+        from .models.scoring import yes_no
+
+        t0 = time.perf_counter()
+        job = self.job
+        yn = predict_logits(bb, bb.model, job.seqs, self.test_idx, job.eval_batch_size, job.device)
+        full = predict_logits(bb, bb.model, job.seqs, self.forget_idx, job.eval_batch_size, job.device, full=True)
+        self.losses[name] = (answer_losses(yes_no(bb, full), self.forget_labels), answer_losses(yn, self.test_labels))
+        self.seconds[name] = time.perf_counter() - t0
+        return ctr_metrics(self.test_labels, p_yes(yn)), full

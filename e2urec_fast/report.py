@@ -11,6 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import platform
+import subprocess
+from pathlib import Path
 
 COLUMNS = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2")]
 HIGHER_BETTER = {"auc", "acc"}
@@ -155,7 +158,7 @@ def finish_plot(fig, ax, path, title: str) -> None:
     """Title, grid, layout, and an atomic PNG write (every plot of ours ends this way)."""
     import matplotlib.pyplot as plt
 
-    from .errors import atomic_path
+    from .files import atomic_path
 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -198,3 +201,57 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
     if plot:
         parts += ["", f"![D_f JSD against unlearning time]({plot})"]
     return "\n".join(parts) + "\n"
+
+
+def _git_rev() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def env_info(device: str) -> dict:
+    """The machine and versions a report was made on."""
+    import torch
+    import transformers
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(torch.device(device))
+    else:
+        dev = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return dict(device=dev, torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+                git=_git_rev())
+
+
+def write_report(out: Path, report: dict, audit_md: str, title: str, with_retrain: bool) -> bool:
+    """report.json, report.csv, report.png (when there is a Retrain to plot against) and
+    report.md into `out`, each atomically; returns whether the plot was drawn."""
+    from .files import write_json_atomic, write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = report["rows"]
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.csv", csv_table(rows))
+    plotted = with_retrain and plot_jsd_time(rows, out / "report.png", title=title)
+    md = render_markdown(report, plot="report.png" if plotted else None)
+    md += "\n## Membership-inference audit\n\n" + audit_md
+    if not with_retrain:
+        md += ("\nNo Retrain in this run (--no-retrain): JSD and L2, which compare with Retrain, are not measured; the audit "
+               "above is the evidence of forgetting.\n")
+    write_text_atomic(out / "report.md", md)
+    return plotted
+
+
+def settings_of(cfg, methods: list[str], backbone_dir, request: bool) -> dict:
+    """A report's settings: the config's own fields, with the defaults this run resolved."""
+    from .config import max_samples, split_seed
+    from .methods.retrain import finetune_config
+
+    flat = {k: v for k, v in cfg.flat().items() if k != "out"}
+    return flat | dict(backbone=cfg.run.backbone or ("tiny" if not request else Path(backbone_dir).name),
+                       backbone_dir=str(backbone_dir), max_samples=max_samples(cfg), split_seed=split_seed(cfg),
+                       forget_ratio=None if request else cfg.data.forget_ratio, methods=methods, lr=finetune_config(cfg).lr,
+                       warmup=cfg.finetune.warmup if cfg.finetune.lr_schedule == "linear" else 0.0)
+

@@ -171,3 +171,91 @@ def plot(agg: dict, path, title: str = "") -> bool:
         mark_below_floor(ax, f"Original below the CTR floor on seed(s) {', '.join(map(str, agg['below_floor_seeds']))}")
     finish_plot(fig, ax, path, title or f"over {len(agg['seeds'])} seeds")
     return True
+
+
+# ----------------------------------------------------------------- the run over seeds
+def parse_seeds(spec: str) -> list[int]:
+    import re
+
+    from .errors import UserError
+
+    toks = [t.strip() for t in str(spec).split(",")]
+    if not toks or any(not re.fullmatch(r"-?[0-9]+", t) for t in toks):
+        raise UserError(f"--seeds {spec!r}: give integer seeds separated by commas, e.g. 1,2,3")
+    seeds = [int(t) for t in toks]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {spec!r}: a seed is repeated")
+    return seeds
+
+
+def settings_key(cfg) -> str:
+    """What decides a seed's run (not where it is written, nor how it reports progress)."""
+    import hashlib
+    import json
+
+    flat = {k: v for k, v in sorted(cfg.flat().items()) if k not in ("out", "quiet", "threads", "seeds", "seed_axis")}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def seed_configs(cfg) -> list:
+    """One Config per seed: its own seed and OUT/seed-N/, the split seed per --seed-axis."""
+    import dataclasses
+    from pathlib import Path
+
+    from .config import replace_fields
+
+    seeds = parse_seeds(cfg.bench.seeds)
+    out = Path(cfg.run.out)
+    subs = []
+    for s in seeds:
+        sub = replace_fields(cfg, seeds=None, seed=s, out=str(out / f"seed-{s}"))
+        if cfg.bench.seed_axis == "train":
+            sub = dataclasses.replace(sub, data=dataclasses.replace(sub.data, split_seed=cfg.run.seed if cfg.data.split_seed is None
+                                                                    else cfg.data.split_seed))
+        subs.append(sub)
+    return subs
+
+
+def run_seeds(cfg, run_one) -> dict:
+    """The benchmark once per seed (`run_one(sub_cfg) -> report`, each in OUT/seed-N/, a finished
+    seed with the same settings reused, so an interrupted multi-seed run resumes), then one
+    summary written to OUT (report.json/.csv/.md/.png); returns the summary."""
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    from .files import write_json_atomic, write_text_atomic
+
+    subs = seed_configs(cfg)
+    seeds = [s.run.seed for s in subs]
+    out = Path(cfg.run.out)
+    reports, t0 = [], time.perf_counter()
+    for k, sub in enumerate(subs):
+        key, done = settings_key(sub), Path(sub.run.out) / "report.json"
+        if done.is_file():
+            rep = json.loads(done.read_text())
+            if rep.get("settings_key") == key:
+                print(f"seed {seeds[k]} ({k + 1}/{len(seeds)}): reusing {done}", file=sys.stderr, flush=True)
+                reports.append(rep)
+                continue
+        print(f"seed {seeds[k]} ({k + 1}/{len(seeds)}) ...", file=sys.stderr, flush=True)
+        rep = run_one(sub)
+        rep["settings_key"] = key
+        write_json_atomic(done, rep)
+        reports.append(rep)
+    agg = aggregate(reports, seeds)
+    s0 = reports[0]["settings"]
+    summary = dict(kind="multi-seed", settings={k: v for k, v in s0.items() if k not in ("seed", "split_seed")} | dict(
+        seeds=seeds, seed_axis=cfg.bench.seed_axis), summary=agg, per_seed=[str((out / f"seed-{s}").resolve()) for s in seeds],
+        env=reports[-1]["env"], total_s=time.perf_counter() - t0, per_seed_total_s=[r.get("total_s") for r in reports])
+    write_json_atomic(out / "report.json", summary)
+    write_text_atomic(out / "report.csv", csv_text(agg))
+    plotted = plot(agg, out / "report.png", title=f"{s0['dataset']}, backbone {s0['backbone']}, {len(seeds)} seeds")
+    md = (f"# E2URec over seeds: {s0['dataset']}, backbone {s0['backbone']}\n\n" + markdown(agg)
+          + ("\n![D_f JSD against unlearning time, means with 95% intervals](report.png)\n" if plotted else "")
+          + f"\nPer-seed reports: {', '.join(f'seed-{s}/report.md' for s in seeds)}. Wall clock of this run "
+          f"{summary['total_s']:.0f} s; {reports[-1]['env']['device']}, git {reports[-1]['env']['git']}.\n")
+    write_text_atomic(out / "report.md", md)
+    print(markdown(agg))
+    return summary

@@ -1,21 +1,18 @@
 """Teacher-logit cache: answer-position logits computed once, stored in safetensors.
 
 A file holds named (rows, W) tensors plus, per name, the sample indices of its rows
-(`<name>.idx`), and a fingerprint in its metadata (weights, tokenizer, prepared
-data, settings). A matching file is reused; a stale one is rebuilt, or refused with
-a clear error when rebuilding is switched off.
+(`<name>.idx`), fingerprinted as every per-sample row file is (`rowcache.py`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from . import dist
 from .batching import to_device
-from .errors import fail, load_safetensors, save_safetensors_atomic
+from .files import load_safetensors, save_safetensors_atomic
+from .rowcache import positions, read_rows, write_rows
 
 
 class TeacherTable:
@@ -28,8 +25,7 @@ class TeacherTable:
 
     def __init__(self, logits: torch.Tensor, idx: torch.Tensor, n_total: int):
         self.logits = logits
-        self.pos = torch.full((n_total,), -1, dtype=torch.long)
-        self.pos[idx] = torch.arange(len(idx))
+        self.pos = positions(idx, n_total)
 
     def require(self, sample_idx: torch.Tensor) -> TeacherTable:
         if len(sample_idx) and bool((self.pos[sample_idx] < 0).any()):
@@ -44,16 +40,6 @@ class TeacherTable:
         return self
 
 
-def _fingerprint_of(path: Path) -> str | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("fingerprint")
-    except Exception:
-        return None
-
-
 def cached_teachers(path, fingerprint: dict, compute: dict, n_total: int, rebuild: bool = True, device="cpu"):
     """Return ({name: TeacherTable}, status) for `compute = {name: (fn, idx)}`, where
     `fn(idx) -> logits` runs only for the rows of `idx` the file does not hold.
@@ -61,16 +47,8 @@ def cached_teachers(path, fingerprint: dict, compute: dict, n_total: int, rebuil
     status: "reused" (every row was there), "extended" (missing rows added to a matching
     file), "built" (no file, or a stale one rebuilt), or "empty" (no rows needed, none written).
     """
-    path = Path(path)
-    fp = json.dumps(fingerprint, sort_keys=True)
-    dist.barrier()  # torchrun: every rank sees the file as rank 0 left it (only rank 0 writes)
-    have: dict = {}
-    if path.exists():
-        if _fingerprint_of(path) == fp:
-            t = load_safetensors(path)
-            have = {n: (t[n], t[f"{n}.idx"]) for n in compute if n in t and f"{n}.idx" in t}
-        elif not rebuild:
-            raise fail(path, "stale teacher cache (built for another model, data set or settings); delete it or allow rebuilding")
+    t = read_rows(path, fingerprint, rebuild, "teacher cache") or {}
+    have = {n: (t[n], t[f"{n}.idx"]) for n in compute if n in t and f"{n}.idx" in t}
     tensors, added = {}, False
     for n, (fn, idx) in compute.items():
         logits, got = have.get(n, (None, torch.empty(0, dtype=torch.long)))
@@ -87,7 +65,7 @@ def cached_teachers(path, fingerprint: dict, compute: dict, n_total: int, rebuil
         tensors[n], tensors[f"{n}.idx"] = logits, got
     status = ("reused" if have else "empty") if not added else ("extended" if have else "built")
     if added:
-        save_safetensors_atomic(tensors, path, metadata={"fingerprint": fp})
+        write_rows(path, tensors, fingerprint)
     return {n: TeacherTable(tensors[n], tensors[f"{n}.idx"], n_total).to(device) for n in compute}, status
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dist
-from .errors import save_safetensors_atomic
+from .files import save_safetensors_atomic
 
 
 @dataclass
@@ -108,7 +107,7 @@ def _load_state(resume: Resume, params, opt, res: TrainResult):
     """Restore a matching state; returns (epoch, batches done in it, elapsed) or None."""
     from safetensors import safe_open
 
-    from .errors import load_safetensors
+    from .files import load_safetensors
 
     if not Path(resume.path).exists():
         return None
@@ -145,6 +144,84 @@ def named_trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+BEFORE_STEP: list = []  # callables (desc, steps done) run before every step: tests install fault injection here
+
+
+class _Losses:
+    """The losses of the steps since the last read, on the device: read (one host sync) every
+    `sync_every` steps, before a state is saved or a validation runs, and at the end; a
+    divergence is reported with the step where it began."""
+
+    def __init__(self, res: TrainResult, desc: str, bar, t0: float):
+        self.res, self.desc, self.bar, self.t0, self.pending = res, desc, bar, t0, []
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        vals = torch.stack(self.pending).tolist()
+        first = self.res.steps - len(self.pending) + 1
+        self.pending.clear()
+        for k, v in enumerate(vals):
+            if not math.isfinite(v):
+                self.bar.close()
+                raise DivergedError(f"{self.desc}: loss became {v} at step {first + k}")
+        self.res.loss_history.extend(vals)
+        el = time.perf_counter() - self.t0
+        self.bar.set_postfix(loss=f"{vals[-1]:.4f}", sps=f"{self.res.samples / max(el, 1e-9):.0f}", refresh=False)
+
+
+def _update(batch, step, ddp, opt, params: dict, cfg: TrainConfig, steps_done: int):
+    """One optimizer update on `batch`; returns (loss on the device, rows)."""
+    opt.zero_grad(set_to_none=True)
+    if ddp is not None:  # torchrun: this rank's share of the global batch through DDP (dist.py)
+        local, share = dist.shard(batch)
+        loss, n = ddp(local)
+        loss = loss * share  # this rank's part of the global batch's loss
+        n = round(n / share) if share else 0
+        # DDP averages the gradients over the ranks: x world makes them the sum of the
+        # weighted parts, the gradient of the global batch's loss
+        with torch.autocast(loss.device.type, enabled=False):
+            (loss * dist.world()).backward()
+        loss = dist.all_sum(loss.detach())
+    else:
+        loss, n = step(batch)
+        with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast (mixed precision)
+            loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+    if cfg.schedule != "constant":  # a function of the step count: a resumed run continues it
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(cfg, steps_done)
+    opt.step()
+    # autocast keeps a bf16 copy of each trainable weight until its outermost context exits; a
+    # run under one long-lived context (precision.autocast) would go on using the weights of the
+    # first step: drop the copies after every update
+    torch.clear_autocast_cache()
+    return loss, n
+
+
+class _Best:
+    """Validation with early stopping: the best trainable weights kept (and checkpointed)."""
+
+    def __init__(self, valid, params: dict, res: TrainResult, cfg: TrainConfig, ckpt):
+        self.valid, self.params, self.res, self.cfg, self.ckpt = valid, params, res, cfg, ckpt
+        self.state, self.bad = None, 0
+
+    def __call__(self) -> bool:
+        """Validate now; True when patience has run out."""
+        v = float(self.valid())
+        res = self.res
+        res.valid_history.append((res.steps, v))
+        if res.best_valid is None or v < res.best_valid:
+            res.best_valid, self.bad = v, 0
+            self.state = {n: p.detach().clone() for n, p in self.params.items()}
+            if self.ckpt is not None:
+                save_safetensors_atomic(self.state, self.ckpt, metadata={"step": str(res.steps), "valid": repr(v)})
+            return False
+        self.bad += 1
+        return self.bad >= self.cfg.patience
+
+
 def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckpt=None, desc: str = "train",
         progress: bool = True, train_mode=None, resume: Resume | None = None, hook=None) -> TrainResult:
     """Train the parameters of `model` that require grad. See the module docstring.
@@ -158,148 +235,83 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
         raise ValueError("resumable runs take no validation")
     train_mode = train_mode or (lambda m: m.train())
     params = named_trainable(model)
-    multi = dist.world() > 1
-    ddp = dist.data_parallel(model, step) if multi else None
-    # fault injection for tests/test_dist.py: rank E2UREC_TEST_KILL_RANK dies at the step
-    # E2UREC_TEST_KILL_AT = "<part of desc>:<steps done>" (default: the first step of any run)
-    kill_rank = int(os.environ.get("E2UREC_TEST_KILL_RANK", "-1"))
-    kill_desc, _, kill_step = os.environ.get("E2UREC_TEST_KILL_AT", ":0").rpartition(":")
-    progress = progress and dist.is_main()
-    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.fused_optimizer:
-        kw["fused"] = True
+    ddp = dist.data_parallel(model, step) if dist.world() > 1 else None
+    kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay) | (dict(fused=True) if cfg.fused_optimizer else {})
     opt = torch.optim.AdamW(list(params.values()), **kw)
     res = TrainResult()
-    best_state = None
-    bad = 0
     t0 = time.perf_counter()
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
-               mininterval=0.5 if tty else 30.0)
-
-    def validate() -> bool:
-        nonlocal best_state, bad
-        v = float(valid())
-        res.valid_history.append((res.steps, v))
-        if res.best_valid is None or v < res.best_valid:
-            res.best_valid, bad = v, 0
-            best_state = {n: p.detach().clone() for n, p in params.items()}
-            if ckpt is not None:
-                save_safetensors_atomic(best_state, ckpt, metadata={"step": str(res.steps), "valid": repr(v)})
-            return False
-        bad += 1
-        return bad >= cfg.patience
-
-    pending: list[torch.Tensor] = []  # losses of the steps since the last read, on the device
-
-    def flush() -> None:
-        """Read the pending losses (one host sync) and stop on the first non-finite one."""
-        if not pending:
-            return
-        vals = torch.stack(pending).tolist()
-        first = res.steps - len(pending) + 1
-        pending.clear()
-        for k, v in enumerate(vals):
-            if not math.isfinite(v):
-                bar.close()
-                raise DivergedError(f"{desc}: loss became {v} at step {first + k}")
-        res.loss_history.extend(vals)
-        el = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{vals[-1]:.4f}", sps=f"{res.samples / max(el, 1e-9):.0f}", refresh=False)
-
-    stop = False
-    start_epoch, skip, before = 0, 0, 0.0
+    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not (progress and dist.is_main()), leave=False, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    best = _Best(valid, params, res, cfg, ckpt)
+    losses = _Losses(res, desc, bar, t0)
+    start_epoch, skip = 0, 0
     if resume is not None:
         dist.barrier()  # torchrun: every rank resumes from the state rank 0 wrote
         got = _load_state(resume, params, opt, res)
         if got is not None:
             start_epoch, skip, before = got
-            t0 -= before
+            losses.t0 = t0 = t0 - before
             bar.update(res.steps)
             if cfg.max_steps and res.steps >= cfg.max_steps:
                 start_epoch = cfg.epochs  # already complete
-    # A step does not wait for the device: its loss stays there and is read (with the
-    # finiteness check) every `sync_every` steps, before a state is saved or a validation
-    # runs, and at the end; a divergence is reported with the step where it began.
+    stop = False
     for epoch in range(start_epoch, cfg.epochs):
         train_mode(model)
         in_epoch = 0
         for batch in batches(epoch):
+            in_epoch += 1
             if skip:
                 skip -= 1
-                in_epoch += 1
                 continue
-            in_epoch += 1
-            opt.zero_grad(set_to_none=True)
-            if multi:  # torchrun: this rank's share of the global batch through DDP (dist.py)
-                if kill_rank == dist.rank() and kill_desc in desc and res.steps == int(kill_step):
-                    os._exit(3)  # fault injection (above)
-                local, share = dist.shard(batch)
-                loss, n = ddp(local)
-                loss = loss * share  # this rank's part of the global batch's loss
-                n = round(n / share) if share else 0
-                # DDP averages the gradients over the ranks: x world makes them the sum of the
-                # weighted parts, the gradient of the global batch's loss
-                with torch.autocast(loss.device.type, enabled=False):
-                    (loss * dist.world()).backward()
-                loss = dist.all_sum(loss.detach())
-            else:
-                loss, n = step(batch)
-                with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast (mixed precision)
-                    loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-            if cfg.schedule != "constant":  # a function of the step count: a resumed run continues it
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(cfg, res.steps)
-            opt.step()
-            # autocast keeps a bf16 copy of each trainable weight until its outermost context
-            # exits; a run under one long-lived context (precision.autocast) would go on using
-            # the weights of the first step: drop the copies after every update
-            torch.clear_autocast_cache()
+            for f in BEFORE_STEP:
+                f(desc, res.steps)
+            loss, n = _update(batch, step, ddp, opt, params, cfg, res.steps)
             res.steps += 1
             res.samples += n
-            pending.append(loss.detach().float())
+            losses.pending.append(loss.detach().float())
             bar.update(1)
-            if len(pending) >= cfg.sync_every:
-                flush()
+            if len(losses.pending) >= cfg.sync_every:
+                losses.flush()
             if hook is not None:
                 th = time.perf_counter()
-                hook(res.steps, th - t0)
+                hook(res.steps, th - losses.t0)
                 train_mode(model)
                 res.hook_seconds += time.perf_counter() - th
-                t0 += time.perf_counter() - th
+                losses.t0 += time.perf_counter() - th
             if resume is not None and (res.steps % resume.every == 0 or res.steps == cfg.max_steps):
-                flush()
-                _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - t0)
+                losses.flush()
+                _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - losses.t0)
             if valid is not None and cfg.eval_every and res.steps % cfg.eval_every == 0:
-                flush()
-                stop = validate()
+                losses.flush()
+                stop = best()
                 train_mode(model)
             if stop or (cfg.max_steps and res.steps >= cfg.max_steps):
                 stop = True
                 break
-        flush()
+        losses.flush()
         if stop:
             res.stopped_early = cfg.max_steps is None or res.steps < cfg.max_steps
             break
-        if valid is not None and not cfg.eval_every:
-            if validate():
-                res.stopped_early = True
-                break
-    flush()
+        if valid is not None and not cfg.eval_every and best():
+            res.stopped_early = True
+            break
+    return _finish(model, params, res, best, losses, bar, valid, ckpt, desc)
+
+
+def _finish(model, params: dict, res: TrainResult, best: _Best, losses: _Losses, bar, valid, ckpt, desc: str) -> TrainResult:
+    """The last losses read, the best weights restored (or the last ones checkpointed)."""
+    losses.flush()
     bar.close()
     if valid is not None and (not res.valid_history or res.valid_history[-1][0] != res.steps):
-        validate()
-    if best_state is not None:
+        best()
+    if best.state is not None:
         with torch.no_grad():
             for n, p in params.items():
-                p.copy_(best_state[n])
+                p.copy_(best.state[n])
     elif ckpt is not None:
         save_safetensors_atomic({n: p.detach() for n, p in params.items()}, ckpt, metadata={"step": str(res.steps)})
-    res.seconds = time.perf_counter() - t0
+    res.seconds = time.perf_counter() - losses.t0
     if res.steps == 0:
         raise DivergedError(f"{desc}: no training step ran (empty data?)")
     model.eval()
     return res
-

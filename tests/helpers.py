@@ -13,3 +13,10 @@ def tiny_job(tmp: Path, preset: str = "tiny", seed: int = 42, **kw) -> Job:
     prep = prepare("ml-1m", d, tmp / "cache", max_samples=None, forget_ratio=0.25, seed=seed)
     folder = resolve_backbone(preset, prep, tmp / "cache", seed=seed)
     return Job(prep, folder, tmp / "out", seed=seed, batch_size=8, progress=False, **kw)
+
+
+def cfg(name: str = "default", **fields):
+    """A typed job config: the preset `name` with `fields` (config field names) on top."""
+    from e2urec_fast.config import preset
+
+    return preset(name, **fields)

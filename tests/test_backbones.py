@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from e2urec_fast.batching import pad
 from e2urec_fast.errors import UserError
 from e2urec_fast.models.backbone import MINILM, fetch_minilm, load_backbone
 from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora
-from e2urec_fast.models.scoring import answer_logits, full_logits, lm_loss, pad, yes_no, yes_no_rows
+from e2urec_fast.models.scoring import answer_logits, full_logits, lm_loss, yes_no, yes_no_rows
 from helpers import tiny_job
 
 PRESETS = ["tiny", "bart-tiny", "causal-tiny", "masked-tiny"]

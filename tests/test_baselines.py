@@ -1,17 +1,15 @@
 """Baselines and ablations: each loss is the one specified, each method runs a few steps on a
 tiny model, the shards are what the methods promise."""
 
-import argparse
-
 import pytest
 import torch
 
 from e2urec_fast.evaluate import predict_logits
 from e2urec_fast.methods import badt, e2urec, neggrad, negkl, receraser, sisa
-from e2urec_fast.methods.common import Ensemble, add_baseline_arguments, paired_batches, retain_batches
+from e2urec_fast.methods.common import Ensemble, paired_batches, retain_batches
 from e2urec_fast.models.scoring import full_logits
 from e2urec_fast.train import TrainConfig
-from helpers import tiny_job
+from helpers import cfg, tiny_job
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +23,7 @@ def setup(tmp_path_factory):
 
 
 def args(**kw):
-    ap = argparse.ArgumentParser()
-    add_baseline_arguments(ap)
-    a = ap.parse_args([])
-    for k, v in kw.items():
-        setattr(a, k, v)
-    return a
+    return cfg(**kw)
 
 
 @torch.no_grad()
@@ -226,7 +219,6 @@ def test_authors_settings_for_the_baselines(setup, monkeypatch):
     """--authors-settings runs the baselines as train_ga.sh / train_rl.sh: weight 0.2, lr 5e-5, 3000 / 2400 steps,
     AdamW weight decay 0.01 (torch's default, which the scripts keep) and no gradient clipping; without it ours."""
     from e2urec_fast.methods import common
-    from e2urec_fast.unlearn import build_parser
 
     job, orig = setup[0], setup[1]
     seen = {}
@@ -236,11 +228,13 @@ def test_authors_settings_for_the_baselines(setup, monkeypatch):
         raise common.UserError("stop here")  # the settings are what is checked
 
     monkeypatch.setattr(common, "fit", fake_fit)
-    for flags, want in ((["--authors-settings"], dict(lr=5e-5, max_steps=2400, weight_decay=0.01, grad_clip=None, w=0.2)),
-                        ([], dict(lr=1e-4, max_steps=200, weight_decay=0.0, grad_clip=1.0, w=0.5))):
-        args = build_parser().parse_args(flags)
-        e2urec.settings(args)
+    for name, want in (("authors", dict(lr=5e-5, max_steps=2400, weight_decay=0.01, grad_clip=None, w=0.2)),
+                       ("default", dict(lr=1e-4, max_steps=200, weight_decay=0.0, grad_clip=1.0, w=0.5))):
+        c = cfg(name)
         with pytest.raises(common.UserError):
-            badt.unlearn(job, orig, args)
-        cfg = seen["cfg"]
-        assert (cfg.lr, cfg.max_steps, cfg.weight_decay, cfg.grad_clip, args.neg_weight) == tuple(want.values())
+            badt.unlearn(job, orig, c)
+        tc = seen["cfg"]
+        assert (tc.lr, tc.max_steps, tc.weight_decay, tc.grad_clip, c.baselines.neg_weight) == tuple(want.values())
+        with pytest.raises(common.UserError):
+            neggrad.unlearn(job, orig, c)
+        assert seen["cfg"].max_steps == (3000 if name == "authors" else 200)

@@ -13,8 +13,7 @@ from e2urec_fast.methods import e2urec
 from e2urec_fast.models.boundary import BoundaryTable, build_table, check_scope, from_states, parse_scope, target_modules
 from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, lora_modules, save_adapter
 from e2urec_fast.models.scoring import answer_logits, lm_loss, yes_no_rows
-from e2urec_fast.unlearn import build_parser
-from helpers import tiny_job
+from helpers import cfg, tiny_job
 
 FAMILIES = [("tiny", "decoder"), ("bart-tiny", "decoder"), ("causal-tiny", "top:1"), ("masked-tiny", "top:1")]
 
@@ -98,9 +97,8 @@ def test_decoder_adapter_loads_in_peft_where_it_was_trained(tmp_path):
 def test_unlearning_with_a_cached_boundary(tmp_path):
     job = tiny_job(tmp_path, n_users=16, per_user=10)
     orig = job.fresh()
-    base = ["--student-steps", "6", "--forget-epochs", "1", "--quiet", "--lora-scope", "decoder", "--keep-artifacts"]
-    args = build_parser().parse_args([*base, "--aug-mode", "lora", "--aug-lr", "1e-2"])
-    e2urec.settings(args)
+    base = dict(student_steps=6, forget_epochs=1, quiet=True, lora_scope="decoder", keep_artifacts=True)
+    args = cfg(**base, aug_mode="lora", aug_lr=1e-2)
     bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
     bd = info["teacher_cache"]["boundary"]
     assert bd["status"] == "built" and bd["scope"] == "decoder" and bd["rows"] > 0
@@ -109,7 +107,7 @@ def test_unlearning_with_a_cached_boundary(tmp_path):
     assert any(m.lora_B.weight.abs().sum() > 0 for m in mods.values())  # it trained
     assert (job.out / "cache" / "boundary.safetensors").exists()  # kept (--keep-artifacts)
     # the aug's adapter sat above the boundary: its cached D_f logits equal its full forward
-    from e2urec_fast.errors import load_safetensors
+    from e2urec_fast.files import load_safetensors
 
     t = load_safetensors(job.out / "cache" / "teacher_forget.safetensors")
     aug = orig.clone()
@@ -120,17 +118,15 @@ def test_unlearning_with_a_cached_boundary(tmp_path):
     other = orig.clone()
     with torch.no_grad():
         other.model.get_encoder().block[0].layer[0].SelfAttention.q.weight.mul_(1.01)
-    args = build_parser().parse_args([*base, "--no-cache-rebuild"])
-    e2urec.settings(args)
+    args = cfg(**base, no_cache_rebuild=True)
     with pytest.raises(UserError, match="stale boundary cache"):
         e2urec.unlearn(job, other, args, "fast")
     job.out.joinpath("cache", "boundary.safetensors").unlink()
-    args = build_parser().parse_args([*base[:-1], "--boundary-max-gib", "1e-6"])
-    e2urec.settings(args)
+    base.pop("keep_artifacts")
+    args = cfg(**base, boundary_max_gib=1e-6)
     with pytest.raises(UserError, match="boundary-max-gib"):
         e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
-    args = build_parser().parse_args(base[:-1])
-    e2urec.settings(args)
+    args = cfg(**base)
     _, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
     assert info["teacher_cache"]["boundary"]["status"] == "built"
     assert not (job.out / "cache" / "boundary.safetensors").exists()  # D_f's states go with the run

@@ -10,17 +10,22 @@ import pytest
 import torch
 
 from conftest import make_ml1m
-from e2urec_fast.errors import load_safetensors
+from e2urec_fast.files import load_safetensors
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
 
 
+FAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faults.py")
+
+
 def cli(*args, n: int = 1, env=None):
-    pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), "-m"] if n > 1 else \
-        [sys.executable, "-m"]
+    """The CLI under torchrun (n > 1); with E2UREC_TEST_KILL_RANK in `env`, through tests/faults.py."""
+    faulty = "E2UREC_TEST_KILL_RANK" in (env or {})
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)] if n > 1 else [sys.executable]
+    target = [FAULTS] if faulty else ["-m", "e2urec_fast.unlearn"]
     e = dict(os.environ, OMP_NUM_THREADS="1", E2UREC_DIST_TIMEOUT="60") | (env or {})
-    return subprocess.run([*pre, "e2urec_fast.unlearn", *args], capture_output=True, text=True, timeout=600, env=e)
+    return subprocess.run([*run, *target, *args], capture_output=True, text=True, timeout=600, env=e)
 
 
 @pytest.fixture(scope="module")

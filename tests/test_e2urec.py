@@ -11,8 +11,7 @@ from e2urec_fast.evaluate import ctr_metrics, jsd_l2, p_yes, predict_logits
 from e2urec_fast.methods import e2urec
 from e2urec_fast.models.lora import LoraConfig, adapter_disabled, inject_lora, lora_modules
 from e2urec_fast.teachers import TeacherTable
-from e2urec_fast.unlearn import build_parser
-from helpers import tiny_job
+from helpers import cfg, tiny_job
 
 
 def entropy(logits):
@@ -102,9 +101,7 @@ def test_paths_converge_to_the_same_model(tmp_path):
     out = {}
     for impl in ("reference", "fast"):
         # --base-dropout: the same training noise as the reference, so only the implementations differ
-        args = build_parser().parse_args(["--student-steps", "30", "--student-lr", "1e-4", "--kl-scope", "full", "--base-dropout",
-                                          "--quiet"])
-        e2urec.settings(args)
+        args = cfg(student_steps=30, student_lr=1e-4, kl_scope="full", base_dropout=True, quiet=True)
         job.out = tmp_path / impl
         bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, impl)
         m = ctr_metrics(job.prepared.labels[test].numpy(), p_yes(predict_logits(bb, bb.model, job.seqs, test)))
@@ -144,8 +141,7 @@ def test_teacher_cache_reuse_stale_and_refusal(tmp_path):
 
 def test_lora_augmented_model(setup):
     job, orig, _, _ = setup
-    args = build_parser().parse_args(["--aug-mode", "lora", "--aug-lr", "1e-2", "--quiet"])
-    e2urec.settings(args)
+    args = cfg(aug_mode="lora", aug_lr=1e-2, quiet=True)
     aug, _ = e2urec.make_augmented(job, orig, args)
     assert not lora_modules(aug.model)  # merged and unloaded: a plain model (saved and resumed like a full fine-tune)
     assert set(aug.model.state_dict()) == set(orig.model.state_dict())
@@ -155,17 +151,21 @@ def test_lora_augmented_model(setup):
     assert not torch.allclose(a, b, atol=1e-4)  # the merged adapter changed the model
 
 
-def test_authors_settings_preset():
-    args = build_parser().parse_args(["--authors-settings"])
-    s = e2urec.settings(args)
-    assert (s["student_lr"], s["alpha"], s["retain_weight"], s["student_steps"], s["aug_lr"], s["base_dropout"]) == (
+def test_authors_preset_and_where_it_differs():
+    """The authors preset differs from the default exactly at config.PRESET_DIFF (their
+    hyper-parameters, objective and optimizer), field by field, and nowhere else."""
+    from e2urec_fast.config import AUTHORS, PRESET_DIFF, preset
+
+    d, a = preset("default").flat(), preset("authors").flat()
+    differ = {k for k in d if d[k] != a[k]} - {"preset"}
+    assert differ == set(PRESET_DIFF["authors"]) and all(a[k] == v for k, v in AUTHORS.items())
+    assert (a["student_lr"], a["alpha"], a["retain_weight"], a["student_steps"], a["aug_lr"], a["base_dropout"]) == (
         1e-3, 2.0, 0.6, 1000, 5e-5, True)
-    assert (s["kl_scope"], s["no_bucketing"], s["neg_weight"], s["baseline_lr"]) == ("full", True, 0.2, 5e-5)  # their objective
-    assert s["no_train_bucketing"]  # random batches for every full fine-tune too, as their scripts
-    assert e2urec.optimizer_settings(args) == dict(weight_decay=0.01, grad_clip=None)  # torch AdamW's default decay, no clipping
-    assert s["authors_settings"] and e2urec.settings(args) == s  # applying twice changes nothing
-    d = e2urec.settings(build_parser().parse_args([]))
-    assert (d["student_lr"], d["student_steps"], d["base_dropout"], d["authors_settings"]) == (1e-4, 300, False, False)
+    assert (a["kl_scope"], a["no_bucketing"], a["neg_weight"], a["baseline_lr"]) == ("full", True, 0.2, 5e-5)  # their objective
+    assert a["no_train_bucketing"]  # random batches for every full fine-tune too, as their scripts
+    # torch AdamW's default decay, no clipping, for every unlearning run
+    assert (a["unlearn_weight_decay"], a["aug_grad_clip"], a["baseline_weight_decay"], a["baseline_grad_clip"]) == (0.01, None, 0.01, None)
+    assert (d["student_lr"], d["student_steps"], d["base_dropout"], d["preset"]) == (1e-4, 300, False, "default")
     assert not d["no_train_bucketing"]
 
 
@@ -174,8 +174,7 @@ def test_e2urec_over_8bit_base(setup, tmp_path):
 
     job, orig, _, _ = setup
     job.out = tmp_path / "q8"
-    args = build_parser().parse_args(["--load-in-8bit", "--student-steps", "4", "--forget-epochs", "0", "--quiet"])
-    e2urec.settings(args)
+    args = cfg(load_in_8bit=True, student_steps=4, forget_epochs=0, quiet=True)
     bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
     b = info["base_model_bytes"]
     assert b["8bit"] < 0.8 * b["fp32"]  # int8 q/k/v/o and wi; wo and the embeddings stay fp32

@@ -5,14 +5,11 @@ import torch
 
 from e2urec_fast.methods import e2urec
 from e2urec_fast.syncs import count_host_syncs
-from e2urec_fast.unlearn import build_parser
-from helpers import tiny_job
+from helpers import cfg, tiny_job
 
 
-def _syncs_per_step(job, *flags):
-    args = build_parser().parse_args(["--student-steps", "12", "--forget-epochs", "1", "--checkpoint-every", "1000",
-                                      "--quiet", *flags])
-    e2urec.settings(args)
+def _syncs_per_step(job, **fields):
+    args = cfg(student_steps=12, forget_epochs=1, checkpoint_every=1000, quiet=True, **fields)
     seen = []
     with count_host_syncs() as c:
         e2urec.unlearn(job, job.fresh(), args, "fast", probe=lambda k, s, st: seen.append((k, c.ours, len(c.where))))
@@ -23,8 +20,8 @@ def _syncs_per_step(job, *flags):
 
 def test_student_step_has_no_host_sync(tmp_path):
     job = tiny_job(tmp_path)
-    for flags in ((), ("--batch-fusion", "on"), ("--kl-scope", "full")):
-        counts, where = _syncs_per_step(job, *flags)
+    for flags in ({}, dict(batch_fusion="on"), dict(kl_scope="full")):
+        counts, where = _syncs_per_step(job, **flags)
         assert len(counts) == 11
         # one read of the losses every 20 steps (TrainConfig.sync_every) and at the end; none within
         assert counts == [0] * 11, (flags, [w for w in where if w])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from e2urec_fast.batching import pad
 from e2urec_fast.models.lora import (
     LoraConfig,
     LoRALinear,
@@ -13,7 +14,7 @@ from e2urec_fast.models.lora import (
     lora_modules,
     save_adapter,
 )
-from e2urec_fast.models.scoring import answer_logits, pad
+from e2urec_fast.models.scoring import answer_logits
 
 
 def test_lora_linear_init_disable_merge():

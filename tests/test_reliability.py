@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from conftest import make_ml1m
 from e2urec_fast.data.loaders import load_goodreads, load_ml1m, load_ml100k_raw
-from e2urec_fast.errors import UserError, load_safetensors
+from e2urec_fast.errors import UserError
+from e2urec_fast.files import load_safetensors
 from e2urec_fast.train import Resume, TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parent.parent

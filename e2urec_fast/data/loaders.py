@@ -10,13 +10,12 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import fail
+from ..files import fetch_wheel
 
 ML1M_AGES = {1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "above 56"}
 ML1M_JOBS = [
@@ -213,24 +212,6 @@ def load_ml100k_atomic(files: dict[str, tuple[str, bytes]]) -> Interactions:
     for n, (u, i, r, t) in _atomic_rows(_decode(data, name, "utf-8"), name, ["user_id", "item_id", "rating", "timestamp"]):
         inter.ratings.append((_int(u, name, n, "user id"), _int(i, name, n, "item id"), _stars(r, name, n), _int(t, name, n, "timestamp")))
     return _check_items(inter, name)
-
-
-def fetch_wheel(cache_dir: str | os.PathLike, name: str, version: str, what: str, hint: str = "") -> Path:
-    """Download one wheel (no dependencies) into <cache>/wheels once; return its path."""
-    cache = Path(os.path.expanduser(str(cache_dir))) / "wheels"
-    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
-    found = sorted(cache.glob(pattern))
-    if found:
-        return found[0]
-    cache.mkdir(parents=True, exist_ok=True)
-    print(f"fetching {what}: pip download {name}=={version} into {cache}", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{name}=={version}", "-d", str(cache)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(cache.glob(pattern))
-    if res.returncode != 0 or not found:
-        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
-        raise fail(cache, f"could not download the {name} wheel that carries {what} ({last}){hint}")
-    return found[0]
 
 
 def fetch_recbole_wheel(cache_dir: str | os.PathLike) -> Path:

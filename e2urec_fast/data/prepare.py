@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import fail, load_safetensors, save_safetensors_atomic, staged_dir, write_json_atomic
+from ..errors import fail
+from ..files import load_safetensors, save_safetensors_atomic, staged_dir, write_json_atomic
 from .loaders import fetch_recbole_wheel, load_dataset
 from .samples import build_samples, render_prompt, split_samples
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,41 +155,60 @@ def retain_batches(job: Job, total: int, bucket: bool, index_only: bool = False)
         ep += 1
 
 
-def add_baseline_arguments(ap):
-    g = ap.add_argument_group("baselines (NegGrad, NegKL, Bad-T: full fine-tunes of Original; SISA, RecEraser: shards)")
-    g.add_argument("--baseline-steps", type=int, default=200,
-                   help="steps of NegGrad / NegKL / Bad-T (each step one D_r and one D_f batch, as in the authors' code; "
-                   "200 keeps the default job within 15 minutes on 2 CPU cores)")
-    g.add_argument("--baseline-lr", type=float, default=1e-4,
-                   help="their AdamW learning rate (the authors: 5e-5, a tenth of their training lr; ours is a tenth of --lr)")
-    g.add_argument("--neg-weight", type=float, default=0.5,
-                   help="w of the D_f term in NegGrad (CE_r - w CE_f), NegKL (KL_r - w KL_f) and Bad-T (CE_r + w CE_f~); "
-                   "the authors' scripts pass 0.2 (--authors-settings)")
-    g.add_argument("--shards", type=int, default=4, help="SISA / RecEraser shards")
-    g.add_argument("--shard-scheme", default="authors", choices=["authors", "balanced"],
-                   help="authors: SISA shards drawn by np.random.seed(42) choice over the kept samples, RecEraser groups as "
-                   "equal slices of the seed-42-shuffled retained users (the authors' split_ml-1m.ipynb); balanced: equal "
-                   "random SISA shards (--seed) and RecEraser groups balanced by sample count")
-    g.add_argument("--receraser-agg", default="mean", choices=["mean", "attention"],
-                   help="RecEraser aggregation: the mean of the shards' logits (the authors' code) or the RecEraser paper's "
-                   "learned attention over the shards")
+# ----------------------------------------------------------------- the unlearning schedules
+@dataclass
+class Schedule:
+    forget_steps: int
+    total: int
 
 
-def unlearn_full(job: Job, orig: Backbone, args, loss_fn, desc: str, resume=None) -> tuple[Backbone, dict]:
-    """A full fine-tune of a copy of Original on the paired D_r / D_f schedule.
+def schedule(n_forget: int, batch: int, forget_epochs: int, total: int, joint: bool = True) -> Schedule:
+    """`forget_epochs` epochs of forget-only steps over D_f, then joint steps, `total` in all.
+    A setting whose forget-only epochs take every step would silently run E2URec without
+    L_REM (at --paper-scale: ~812 forget-only steps per epoch against 300): refused, naming
+    the numbers, when the run has a joint phase (`joint`)."""
+    forget_steps = forget_epochs * math.ceil(n_forget / batch)
+    if joint and forget_steps >= total:
+        raise UserError(f"--student-steps {total}: the {forget_epochs} forget-only epoch(s) over |D_f| = {n_forget} "
+                        f"(batch {batch}) take {forget_steps} steps, leaving no joint step, so L_REM would never train; "
+                        f"give --student-steps above {forget_steps} or fewer --forget-epochs")
+    return Schedule(min(total, forget_steps), total)
+
+
+def student_batches(job: Job, sched: Schedule, bucket: bool, parts=("rem", "fgt"), index_only: bool = False):
+    """('f', None, D_f batch) for the forget-only epochs, then ('j', D_r batch, D_f batch);
+    the ablations: D_r batches only (without L_FGT), D_f batches only (without L_REM)."""
+    if "fgt" not in parts:
+        return retain_batches(job, sched.total, bucket, index_only)
+    return paired_batches(job, sched.forget_steps, sched.total, bucket, retain="rem" in parts, index_only=index_only)
+
+
+def visited(job: Job, sched: Schedule, bucket: bool, parts) -> tuple[torch.Tensor, torch.Tensor]:
+    """The D_r and D_f samples the student's schedule will visit (the teacher cache needs no more)."""
+    r, f = set(), set()
+    for _, rb, fb in student_batches(job, sched, bucket, parts, index_only=True):
+        r.update(rb.tolist() if rb is not None else ())
+        f.update(fb.tolist() if fb is not None else ())
+    return torch.tensor(sorted(r), dtype=torch.long), torch.tensor(sorted(f), dtype=torch.long)
+
+
+def unlearn_full(job: Job, orig: Backbone, cfg, loss_fn, desc: str, resume=None) -> tuple[Backbone, dict]:
+    """A full fine-tune of a copy of Original on the paired D_r / D_f schedule (NegGrad,
+    NegKL, Bad-T; `cfg`: the job's Config, its `baselines` group).
 
     `loss_fn(bb, rb, fb) -> {term: tensor, "loss": tensor}`; returns (model, info)."""
     from ..train import DivergedError
-    from .e2urec import AUTHORS_BASELINE_STEPS, optimizer_settings
 
-    steps = AUTHORS_BASELINE_STEPS[desc] if getattr(args, "_authors", False) else args.baseline_steps
+    b = cfg.baselines
+    steps = b.badt_steps if desc == "Bad-T" and b.badt_steps is not None else b.baseline_steps
     if steps < 1:
         raise UserError("--baseline-steps must be at least 1")
     bb = orig.clone()
     for p in bb.model.parameters():
         p.requires_grad_(True)
     torch.manual_seed(job.seed + 5)
-    cfg = TrainConfig(lr=args.baseline_lr, batch_size=job.batch_size, epochs=1, max_steps=steps, **optimizer_settings(args))
+    tc = TrainConfig(lr=b.baseline_lr, batch_size=job.batch_size, epochs=1, max_steps=steps, weight_decay=b.baseline_weight_decay,
+                     grad_clip=b.baseline_grad_clip)
 
     def step(batch):
         _, rb, fb = batch
@@ -196,7 +216,7 @@ def unlearn_full(job: Job, orig: Backbone, args, loss_fn, desc: str, resume=None
 
     info = dict(trainable_params=n_params(bb.model))
     try:
-        res = fit(bb.model, lambda e: paired_batches(job, 0, steps, job.bucket), step, cfg, desc=desc,
+        res = fit(bb.model, lambda e: paired_batches(job, 0, steps, job.bucket), step, tc, desc=desc,
                   progress=job.progress, resume=resume)
         info |= dict(time_s=res.seconds, steps=res.steps, final_loss=res.loss_history[-1])
     except DivergedError as e:  # a baseline that diverges is a result, not a crash of the whole job
@@ -205,7 +225,6 @@ def unlearn_full(job: Job, orig: Backbone, args, loss_fn, desc: str, resume=None
         p.requires_grad_(False)
     bb.model.eval()
     return bb, info
-
 
 
 class Ensemble(torch.nn.Module):
@@ -227,19 +246,3 @@ class Ensemble(torch.nn.Module):
         states = torch.stack([h for _, h in outs])  # (K, B, d)
         lg = logits.mean(0) if self.attention is None else (self.attention(states).unsqueeze(-1) * logits).sum(0)
         return (lg, states.mean(0)) if hidden else lg
-
-
-def train_shards(job: Job, shards: list[torch.Tensor], cfg: TrainConfig, cache_dir, name: str):
-    """One full fine-tune of the pretrained backbone per shard (cached like Retrain); returns
-    (models, seconds summed over the shards, info)."""
-    from .retrain import train_on
-
-    models, total, info = [], 0.0, []
-    for k, idx in enumerate(shards):
-        if len(idx) == 0:
-            raise UserError(f"{name}: shard {k} is empty after removing D_f; use fewer --shards")
-        bb, s, inf = train_on(job, f"{name.lower()}{k}", cfg, cache_dir, f"{name}-shard{k}", idx=idx)
-        models.append(bb)
-        total += s
-        info.append(dict(samples=len(idx), seconds=s) | inf)
-    return models, total, info

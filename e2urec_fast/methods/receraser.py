@@ -20,8 +20,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..models.scoring import answer_logits, pad, yes_no
-from .common import Ensemble, train_shards
+from ..batching import pad
+from ..models.scoring import answer_logits, yes_no
+from .common import Ensemble
+from .retrain import train_shards
 from .sisa import AUTHORS_SEED
 
 

@@ -13,11 +13,27 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from .. import dist
-from ..errors import load_safetensors, save_safetensors_atomic
+from ..config import Config
+from ..errors import UserError
+from ..files import load_safetensors, save_safetensors_atomic
 from ..precision import cache_tag
 from ..train import TrainConfig
 from .common import Job, finetune
+
+
+def finetune_config(cfg: Config) -> TrainConfig:
+    """The training settings of the full fine-tunes (Original, Retrain, shards): --lr, or its
+    default for the backbone (1e-3 for the presets built with random weights, 5e-5 for
+    pretrained ones: the from-scratch rate wrecks a pretrained encoder)."""
+    from ..models.backbone import PRESETS
+
+    f = cfg.finetune
+    lr = f.lr if f.lr is not None else (1e-3 if (cfg.run.backbone or "tiny") in PRESETS else 5e-5)
+    return TrainConfig(lr=lr, batch_size=f.batch_size, epochs=f.epochs, patience=f.patience, schedule=f.lr_schedule,
+                       warmup=f.warmup if f.lr_schedule == "linear" else 0.0)
 
 
 def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
@@ -54,3 +70,17 @@ def train_on(job: Job, part: str, cfg: TrainConfig, cache_dir: Path | None, desc
     if path is not None:
         save_safetensors_atomic(bb.model.state_dict(), path, metadata={"seconds": repr(res.seconds), "steps": str(res.steps)})
     return bb, res.seconds, info
+
+
+def train_shards(job: Job, shards: list[torch.Tensor], cfg: TrainConfig, cache_dir, name: str):
+    """One full fine-tune of the pretrained backbone per shard (cached like Retrain); returns
+    (models, seconds summed over the shards, info)."""
+    models, total, info = [], 0.0, []
+    for k, idx in enumerate(shards):
+        if len(idx) == 0:
+            raise UserError(f"{name}: shard {k} is empty after removing D_f; use fewer --shards")
+        bb, s, inf = train_on(job, f"{name.lower()}{k}", cfg, cache_dir, f"{name}-shard{k}", idx=idx)
+        models.append(bb)
+        total += s
+        info.append(dict(samples=len(idx), seconds=s) | inf)
+    return models, total, info

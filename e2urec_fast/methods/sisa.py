@@ -16,7 +16,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from .common import Ensemble, train_shards
+from .common import Ensemble
+from .retrain import train_shards
 
 AUTHORS_SEED = 42  # np.random.seed(42) / random.seed(42) in the authors' split_ml-1m.ipynb (SISA, RecEraser)
 

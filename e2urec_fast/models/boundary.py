@@ -31,6 +31,7 @@ import torch
 
 from ..batching import to_device
 from ..errors import UserError
+from ..rowcache import positions, read_rows, write_rows
 from .backbone import Backbone
 
 ENC_DEC = ("t5", "bart")
@@ -174,8 +175,7 @@ class BoundaryTable:
     def __init__(self, states: torch.Tensor, idx: torch.Tensor, length: torch.Tensor, n_total: int):
         self.states, self.idx, self.length = states, idx, length
         self.start = torch.cumsum(length, 0) - length
-        self.pos = torch.full((n_total,), -1, dtype=torch.long)
-        self.pos[idx] = torch.arange(len(idx))
+        self.pos = positions(idx, n_total)
 
     @classmethod
     def build(cls, per_sample: list[torch.Tensor], idx: torch.Tensor, n_total: int, dtype=None) -> BoundaryTable:
@@ -221,7 +221,7 @@ def build_table(bb: Backbone, model, seqs: list[torch.Tensor], idx: torch.Tensor
 
     from tqdm.auto import tqdm
 
-    from .scoring import pad
+    from ..batching import pad
 
     model.eval()
     elt = torch.finfo(dtype).bits // 8 if dtype is not None else 4
@@ -248,33 +248,12 @@ def cached_boundary(path, fingerprint: dict, build, idx: torch.Tensor, n_total: 
                     device: str = "cpu") -> tuple[BoundaryTable, str]:
     """The boundary table of `idx` from `path` when its fingerprint matches and it holds
     every row ("reused"), else `build(idx)` written atomically there ("built"); a stale file
-    without `rebuild` is refused, naming it."""
-    import json
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    from .. import dist
-    from ..errors import fail, load_safetensors, save_safetensors_atomic
-
-    path = Path(path)
-    fp = json.dumps(fingerprint, sort_keys=True)
-    dist.barrier()  # torchrun: every rank sees the file as rank 0 left it (only rank 0 writes)
-    if path.exists():
-        try:
-            with safe_open(str(path), "pt") as f:
-                ok = (f.metadata() or {}).get("fingerprint") == fp
-        except Exception:
-            ok = False
-        if ok:
-            t = load_safetensors(path)
-            table = BoundaryTable(t["states"], t["idx"], t["length"], n_total)
-            if table.has(idx):
-                return table.to(device), "reused"
-        elif not rebuild:
-            raise fail(path, "stale boundary cache (built for another model, data set, scope or settings); "
-                             "delete it or allow rebuilding")
+    without `rebuild` is refused, naming it (`rowcache.py`)."""
+    t = read_rows(path, fingerprint, rebuild, "boundary cache")
+    if t is not None:
+        table = BoundaryTable(t["states"], t["idx"], t["length"], n_total)
+        if table.has(idx):
+            return table.to(device), "reused"
     table = build(idx)
-    save_safetensors_atomic({k: v.contiguous().cpu() for k, v in table.tensors().items()}, path,
-                            metadata={"fingerprint": fp})
+    write_rows(path, table.tensors(), fingerprint)
     return table.to(device), "built"

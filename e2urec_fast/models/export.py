@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import fail, save_safetensors_atomic, staged_dir
+from ..errors import fail
+from ..files import save_safetensors_atomic, staged_dir
 from .backbone import Backbone, MaskedScorer
 from .lora import lora_modules
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import fail, load_safetensors, save_safetensors_atomic, write_json_atomic
+from ..errors import fail
+from ..files import load_safetensors, save_safetensors_atomic, write_json_atomic
 
 TASK_TYPE = {"t5": "SEQ_2_SEQ_LM", "bart": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM", "masked": "FEATURE_EXTRACTION"}
 DEFAULT_TARGETS = {"t5": ["q", "v"], "bart": ["q_proj", "v_proj"], "causal": ["q_proj", "v_proj"], "masked": ["query", "value"]}

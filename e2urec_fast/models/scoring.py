@@ -17,21 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..batching import pad
 from ..precision import fp32_linear, row_index
 from .backbone import Backbone
 
 ENC_DEC = ("t5", "bart")
-
-
-def pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad 1-D id tensors into (B, L) ids and a (B, L) attention mask."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 def target_batch(bb: Backbone, labels: torch.Tensor) -> torch.Tensor:

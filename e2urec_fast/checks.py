@@ -1,0 +1,175 @@
+"""Every setting and path checked before any work (a bad one never costs a training run):
+`check(cfg)` returns what the run needs, or raises UserError (exit 2)."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config, check_fields
+from .errors import UserError, fail
+
+
+@dataclass
+class Plan:
+    methods: list[str]  # resolved names, in the registry's order of the request
+    users: list[int] | None  # a deletion request's users
+
+
+def check(cfg: Config) -> Plan:
+    """Fields (types, ranges, choices), their conflicts, the device, the methods and every path."""
+    check_fields(cfg)
+    _check_scope(cfg)
+    if cfg.data.paper_scale and cfg.data.max_samples is not None:
+        raise UserError("--paper-scale and --max-samples conflict: --paper-scale means --max-samples 100000")
+    _check_device(str(cfg.run.device))
+    methods = resolve_methods(cfg)
+    _check_paths(cfg, methods)
+    users = parse_user_list(cfg.request.forget_users) if cfg.request.forget_users is not None else None
+    if (cfg.request.original is not None or cfg.request.previous is not None) and users is None:
+        raise UserError("--original/--previous serve a deletion request: name the users with --forget-users")
+    return Plan(methods, users)
+
+
+def _check_scope(cfg: Config) -> None:
+    from .methods.e2urec import scope_conflicts
+    from .models.backbone import PRESETS
+    from .models.boundary import ENC_DEC, parse_scope
+
+    scope = parse_scope(cfg.student.lora_scope)  # its fit to the backbone's family: here for presets, at load time otherwise
+    name = cfg.run.backbone or "tiny"
+    fam = PRESETS[name].family if name in PRESETS else None
+    if fam and ((scope.kind == "decoder") != (fam in ENC_DEC)) and scope.cached:
+        raise UserError(f"--lora-scope {scope}: the {name} preset is a {fam} model; "
+                        + ("use decoder" if fam in ENC_DEC else "use top:K (decoder is for t5 and bart)"))
+    scope_conflicts(scope, cfg)
+
+
+def _check_device(dev: str) -> None:
+    if dev == "auto":
+        return
+    try:
+        d = torch.device(dev)
+    except RuntimeError:
+        raise UserError(f"--device {dev!r}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if d.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {dev!r}: only cpu, cuda, cuda:N or auto")
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {dev}: no CUDA device available")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise UserError(f"--device {dev}: only {torch.cuda.device_count()} CUDA device(s)")
+
+
+def resolve_methods(cfg: Config) -> list[str]:
+    """--methods (or the job kind's default) as registry names, with Retrain dropped under --no-retrain."""
+    from .methods.registry import ALL_METHODS, DEFAULT_METHODS, REQUEST_METHODS
+
+    given = cfg.run.methods
+    if given is None:
+        methods = list(REQUEST_METHODS if cfg.is_request else DEFAULT_METHODS)
+    else:
+        methods = [m.strip().lower() for m in str(given).split(",") if m.strip()]
+        if methods == ["all"]:
+            methods = list(ALL_METHODS)
+        bad = [m for m in methods if m not in ALL_METHODS]
+        if bad or not methods:
+            raise UserError(f"--methods: unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_METHODS)} or all")
+    if cfg.request.no_retrain:
+        if given is not None and "retrain" in methods:
+            raise UserError("--no-retrain conflicts with --methods naming retrain")
+        methods = [m for m in methods if m != "retrain"]
+    if cfg.student.impl == "both" and "e2urec" not in methods:
+        raise UserError("--impl both compares E2URec's two paths: add e2urec to --methods")
+    if cfg.request.merge and "e2urec" not in methods:
+        raise UserError("--merge merges E2URec's adapter: add e2urec to --methods")
+    return methods
+
+
+def needs_retrain(cfg: Config, methods: list[str]) -> bool:
+    """Whether the job trains Retrain: named, or the reference of any other method's JSD/L2."""
+    return "retrain" in methods or (not cfg.request.no_retrain and methods != ["original"])
+
+
+def _check_paths(cfg: Config, methods: list[str]) -> None:
+    from .models.backbone import FETCHED, PRESETS, check_model_folder
+
+    r = cfg.request
+    writable_dir(Path(os.path.expanduser(cfg.data.cache_dir)), "--cache-dir")
+    writable_dir(Path(cfg.run.out), "--out")
+    if r.previous is not None and r.original is not None:
+        raise UserError("--previous and --original conflict: --previous OUT1 continues from OUT1's model")
+    if r.previous is not None:
+        prev = Path(r.previous)
+        if not (prev / "report.json").is_file():
+            raise fail(prev, "--previous: no report.json (not the output folder of an earlier request)")
+        if prev.resolve() == Path(cfg.run.out).resolve():
+            raise UserError(f"--previous {prev}: give the next request its own --out")
+    if r.original is not None:
+        check_model_folder(Path(r.original), "--original", "--original: model folder not found")
+    needs_pretrained = any(m in methods for m in ("retrain", "sisa", "receraser")) or (
+        not r.no_retrain and any(m != "original" for m in methods))
+    if (r.original is not None or r.previous is not None) and needs_pretrained and cfg.run.backbone is None:
+        raise UserError("Retrain (and the JSD/L2 against it) needs the pretrained model your Original was fine-tuned from: "
+                        "give --backbone, or --no-retrain to skip Retrain")
+    name = cfg.run.backbone or "tiny"
+    if name not in PRESETS and name not in FETCHED:
+        check_model_folder(Path(name), "--backbone", f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) "
+                           "nor a folder")
+
+
+def writable_dir(path: Path, flag: str) -> None:
+    """`path` is a folder or can become one, and we can write there (probed with a real file)."""
+    if path.exists() and not path.is_dir():
+        raise fail(path, f"{flag} exists and is not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise fail(path, f"{flag} cannot be created: {probe} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise fail(path, f"{flag} is not writable ({e.strerror or e})") from None
+
+
+def parse_user_list(spec: str) -> list[int]:
+    """'1,2,3' or '@FILE' (one id per line; blank lines and '#' comments skipped)."""
+    spec = str(spec).strip()
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise fail(path, "--forget-users file not found")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise fail(path, f"unreadable --forget-users file ({e})") from None
+        items = [(ln.split("#", 1)[0].strip(), (path, n + 1)) for n, ln in enumerate(lines)]
+        items = [(t, w) for t, w in items if t]
+    elif not spec:
+        raise UserError("--forget-users: no user ids (the forget set is empty)")
+    else:
+        items = [(t.strip(), None) for t in spec.split(",")]
+        if any(not t for t, _ in items):
+            raise UserError(f"--forget-users {spec!r}: an empty id (give ids separated by commas, or @FILE)")
+    ids = []
+    for t, where in items:
+        if not re.fullmatch(r"[0-9]+", t):
+            raise fail(where[0], f"user id {t!r} is not an integer id", where[1]) if where else UserError(
+                f"--forget-users: user id {t!r} is not an integer id")
+        ids.append(int(t))
+    if not ids:
+        raise UserError(f"--forget-users {spec}: no user ids (the forget set is empty)")
+    dup = sorted(u for u, n in Counter(ids).items() if n > 1)  # linear: a million ids in well under a second
+    if dup:
+        raise UserError(f"--forget-users: duplicate user id(s) {', '.join(map(str, dup))}")
+    return ids

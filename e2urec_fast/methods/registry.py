@@ -1,0 +1,115 @@
+"""The methods a job can run, by name: label, kind and how to run it.
+
+    METHODS["neggrad"].label == "NegGrad"; METHODS["neggrad"].run(ctx) -> [Outcome, ...]
+
+`kind`: "reference" (Original and Retrain: trained or loaded by the job itself, run None),
+"unlearn" (ranked in the report), "ablation" (E2URec without one loss: a separate table in
+the paper, not ranked). A run returns one Outcome per report row (E2URec with impl both
+gives two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..config import Config
+from ..models.backbone import Backbone
+from ..train import Resume, TrainConfig
+from . import badt, e2urec, neggrad, negkl, receraser, sisa
+from .common import Job
+
+
+@dataclass
+class Context:
+    """What every method's run gets from the job."""
+
+    job: Job
+    orig: Backbone
+    cfg: Config
+    finetune: TrainConfig  # the full fine-tunes' settings (the shards train as Retrain does)
+    model_cache: object  # folder of the trained-model cache, or None
+    rem: Backbone | None = None  # the remembering teacher when it is not the Original (sequential requests)
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class Outcome:
+    label: str
+    model: Backbone
+    info: dict
+    kind: str = "unlearn"
+    row: dict = field(default_factory=dict)  # more columns of its report row
+    detail: str = ""  # its key under the report's details
+    adapter: bool = False  # the adapter handed out (E2URec's)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    kind: str
+    run: Callable[[Context], list[Outcome]] | None = None
+
+
+def _e2urec(ctx: Context) -> list[Outcome]:
+    impl = ctx.cfg.student.impl
+    out = []
+    for i in (["reference", "fast"] if impl == "both" else [impl]):
+        ctx.log(f"E2URec ({i} path) ...")
+        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem)
+        out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
+                           detail=f"e2urec_{i}", adapter=i == "fast" or impl == "reference"))
+    return out
+
+
+def _ablation(name: str, parts: tuple):
+    def run(ctx: Context) -> list[Outcome]:
+        ctx.log(f"{METHODS[name].label} (fast path) ...")
+        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, "fast", parts=parts, name=name.replace("-", "_"), rem=ctx.rem)
+        return [Outcome(METHODS[name].label, bb, info, kind="ablation", row=dict(stages=info["stages"]), detail=name)]
+
+    return run
+
+
+def _baseline(name: str, module):
+    def run(ctx: Context) -> list[Outcome]:
+        ctx.log(f"{METHODS[name].label} ...")
+        key = e2urec.run_key(ctx.job, ctx.orig, ctx.cfg, name, ("baseline",))
+        resume = Resume(ctx.job.out / "work" / f"{name}-{key}.safetensors", key, ctx.cfg.speed.checkpoint_every)
+        bb, info = module.unlearn(ctx.job, ctx.orig, ctx.cfg, resume=resume)
+        return [Outcome(METHODS[name].label, bb, info, detail=name)]
+
+    return run
+
+
+def _sisa(ctx: Context) -> list[Outcome]:
+    b = ctx.cfg.baselines
+    ctx.log(f"SISA: {b.shards} shards ...")
+    bb, info = sisa.unlearn(ctx.job, ctx.finetune, ctx.model_cache, b.shards, b.shard_scheme)
+    return [Outcome("SISA", bb, info, detail="sisa")]
+
+
+def _receraser(ctx: Context) -> list[Outcome]:
+    b = ctx.cfg.baselines
+    ctx.log(f"RecEraser: {b.shards} shards ...")
+    bb, info = receraser.unlearn(ctx.job, ctx.finetune, ctx.model_cache, b.shards, b.receraser_agg, b.shard_scheme)
+    return [Outcome("RecEraser" + (" (attention)" if b.receraser_agg == "attention" else ""), bb, info, detail="receraser")]
+
+
+METHODS = {m.name: m for m in [
+    Method("original", "Original", "reference"),
+    Method("retrain", "Retrain", "reference"),
+    Method("e2urec", "E2URec", "unlearn", _e2urec),
+    Method("neggrad", "NegGrad", "unlearn", _baseline("neggrad", neggrad)),
+    Method("negkl", "NegKL", "unlearn", _baseline("negkl", negkl)),
+    Method("badt", "Bad-T", "unlearn", _baseline("badt", badt)),
+    Method("sisa", "SISA", "unlearn", _sisa),
+    Method("receraser", "RecEraser", "unlearn", _receraser),
+    Method("e2urec-no-fgt", "E2URec w/o L_FGT", "ablation", _ablation("e2urec-no-fgt", ("rem",))),
+    Method("e2urec-no-rem", "E2URec w/o L_REM", "ablation", _ablation("e2urec-no-rem", ("fgt",))),
+]}
+ALL_METHODS = list(METHODS)
+DEFAULT_METHODS = ["original", "retrain", "e2urec", "neggrad", "negkl", "badt"]  # the benchmark's
+REQUEST_METHODS = ["original", "retrain", "e2urec"]  # a deletion request's
+LABELS = {n: m.label for n, m in METHODS.items()}
