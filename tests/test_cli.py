@@ -100,10 +100,53 @@ def test_model_folder_without_weights(tmp_path, data):
 
 
 def test_help_documents_flags():
-    r = run_cli("--help")
+    """--help: the user-facing options (at most ~25); --help-all: every config field."""
+    from e2urec_fast.config import all_fields
+    from e2urec_fast.unlearn import build_parser
+
+    short = build_parser().format_help()
     for flag in ("--dataset", "--data-dir", "--backbone", "--max-samples", "--forget-ratio", "--seed", "--device", "--out",
-                 "--impl", "--keep-artifacts"):
-        assert flag in r.stdout
+                 "--forget-users", "--original", "--no-retrain", "--merge", "--alpha", "--lora-r", "--student-steps", "--set"):
+        assert flag in short
+    shown = [a for a in build_parser()._actions if a.help != "==SUPPRESS=="]
+    assert len(shown) <= 26 and "--kernel-backend" not in short and "--no-teacher-cache" not in short
+    full = run_cli("--help-all")
+    assert full.returncode == 0 and all("--" + n.replace("_", "-") in full.stdout for n in all_fields())
+
+
+def _other_value(f):
+    """A valid value of a config field other than its default."""
+    m = f.metadata
+    if m["choices"]:
+        return next(c for c in m["choices"] if c != f.default)
+    if m["type"] is bool:
+        return True
+    if m["type"] is int:
+        return (f.default or 1) + 1
+    if m["type"] is float:
+        lo, hi = m["lo"], m["hi"]
+        return (lo + hi) / 2 if hi is not None and f.default != (lo + hi) / 2 else (f.default or 0.5) * 1.5 + 1e-3
+    return {"lora_scope": "decoder", "seeds": "1,2", "methods": "original,e2urec"}.get(f.name, "x")
+
+
+def test_every_config_field_reachable_from_the_cli_and_python():
+    """Each field, set to a value other than its default, reaches the Config through its own
+    flag, through --set NAME=VALUE / GROUP.NAME=VALUE, and through replace_fields (Python)."""
+    from e2urec_fast.config import all_fields, preset, replace_fields
+    from e2urec_fast.unlearn import config_from_argv
+
+    for name, (group, f) in all_fields().items():
+        v = _other_value(f)
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        flag = ["--" + name.replace("_", "-")] + ([] if f.metadata["type"] is bool else [text])
+        for argv in (flag, ["--set", f"{name}={text}"], ["--set", f"{group}.{name}={text}"]):
+            cfg, explicit = config_from_argv(argv)
+            assert getattr(getattr(cfg, group), name) == v and name in explicit, (name, argv)
+        assert getattr(getattr(replace_fields(preset(), **{name: v}), group), name) == v
+    with pytest.raises(Exception, match="config field"):
+        config_from_argv(["--set", "no_such_field=1"])
+    with pytest.raises(Exception, match="conflicts with --student-steps"):
+        config_from_argv(["--preset", "authors", "--student-steps", "5"])
 
 
 def test_goodreads_end_to_end(tmp_path):
