@@ -81,7 +81,8 @@ def config_from_argv(argv) -> tuple:
         raise UserError(f"--authors-settings and --preset {ns['preset']} conflict")
     clash = sorted(k for k, v in PRESETS[name].items() if k in values and values[k] != v)
     if clash:
-        raise UserError(f"--preset {name} conflicts with {', '.join('--' + k.replace('_', '-') for k in clash)} "
+        given = "--authors-settings" if ns["authors_settings"] and not ns["preset"] else f"--preset {name}"
+        raise UserError(f"{given} conflicts with {', '.join('--' + k.replace('_', '-') for k in clash)} "
                         "(the preset sets them; drop one or the other)")
     if "seed" in values and values.get("seeds") is not None:
         raise UserError("--seed and --seeds conflict: --seeds lists every seed to run")
