@@ -39,9 +39,8 @@ def main(argv=None) -> int:
     import torch
 
     from e2urec_fast import forget
-    from e2urec_fast.config import preset
-    from e2urec_fast.request import apply_request
     from e2urec_fast.audit import answer_losses, audit
+    from e2urec_fast.config import preset
     from e2urec_fast.data import prepare
     from e2urec_fast.data.prepare import SPLIT_TRAIN
     from e2urec_fast.data.synthetic import make_ml1m
@@ -51,6 +50,7 @@ def main(argv=None) -> int:
     from e2urec_fast.models import load_backbone, resolve_backbone
     from e2urec_fast.models.scoring import yes_no
     from e2urec_fast.report import env_info
+    from e2urec_fast.request import apply_request
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -37,18 +37,19 @@ __all__ = ["ForgetResult", "forget", "run", "run_guarded"]
 
 
 def forget(out: str | os.PathLike | None = None, config: Config | None = None, **fields) -> ForgetResult:
-    """Run one job (see the module docstring); `fields` replace those of `config` (default: the
-    default preset). Raises UserError on bad input."""
+    """Run one job; `fields` replace those of `config` (default: the default preset). Raises UserError on bad input."""
     if isinstance(fields.get("forget_users"), (list, tuple, set)):
         fields["forget_users"] = ",".join(str(u) for u in fields["forget_users"])
     if fields.pop("authors_settings", False):
         fields["preset"] = "authors"
     if fields.pop("no_batch_fusion", False):
         fields["batch_fusion"] = "off"
+    if "seed" in fields and fields.get("seeds") is not None:
+        raise UserError("--seed and --seeds conflict: --seeds lists every seed to run")
     name = fields.pop("preset", None)
-    cfg = config if config is not None else preset(name or "default")
     if config is not None and name is not None:
         raise UserError("forget(): give config= or preset=, not both")
+    cfg = config if config is not None else preset(name or "default")
     cfg = replace_fields(cfg, **fields, **({"out": str(out)} if out is not None else {}))
     return run_guarded(cfg)
 
@@ -106,7 +107,6 @@ def run(cfg: Config) -> ForgetResult:
 @dataclass
 class State:
     """What the stages hand on to each other."""
-
     cfg: Config
     plan: Plan
     out: Path

@@ -213,9 +213,9 @@ def test_preset_tokenizer_never_sees_forgotten_or_test_prompts(tmp_path, monkeyp
     starts from that backbone and must not have met D_f's text), keyed by the split."""
     import e2urec_fast.models.backbone as bbmod
     from conftest import make_ml1m
-    from e2urec_fast.request import apply_request
     from e2urec_fast.data import prepare
     from e2urec_fast.models import resolve_backbone
+    from e2urec_fast.request import apply_request
 
     seen = []
     real = bbmod.train_tokenizer
