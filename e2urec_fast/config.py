@@ -293,7 +293,9 @@ AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000
                unlearn_weight_decay=0.01, aug_grad_clip=None, baseline_weight_decay=0.01, baseline_grad_clip=None,
                baseline_steps=3000, badt_steps=2400)
 PRESETS = dict(default={}, authors=AUTHORS)
-PRESET_DIFF = {"authors": AUTHORS}  # where each preset differs from the default, field by field
+# where each preset differs from the default, field by field (the authors' alpha, retain weight
+# and forget-only epoch are our defaults: the preset sets them, so a flag changing them conflicts)
+PRESET_DIFF = {"authors": {k: v for k, v in AUTHORS.items() if k not in ("alpha", "retain_weight", "forget_epochs")}}
 
 
 def preset(name: str = "default", **overrides) -> Config:
