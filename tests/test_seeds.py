@@ -102,7 +102,7 @@ def test_sweep_grid_and_choice_rule(tmp_path):
     mod = bench_module("sweep_e2urec")
     g = mod.parse_grid("student_steps=300,1000; alpha=2")
     assert g == [dict(student_steps="300", alpha="2"), dict(student_steps="1000", alpha="2")]
-    assert mod.flags(g[1]) == ["--student-steps", "1000", "--alpha", "2"]
+    assert mod.fields(g[1]) == dict(student_steps=1000, alpha=2.0)  # typed by the config
     s = lambda m, ci=None: dict(n=3, mean=m, std=None, ci95=ci, values=[m])  # noqa: E731
     row = lambda jsd, dv: dict(valid_auc=s(0.7), valid_logloss=s(0.6), jsd=s(jsd), l2=s(0.1), test_auc=s(0.7),  # noqa: E731
                                d_valid_auc_vs_original=s(dv, 0.001), jsd_gap_closed=s(0.2))
