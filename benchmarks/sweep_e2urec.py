@@ -101,7 +101,7 @@ def main():
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         args = replace_fields(args, device=device, dtype=precision.resolve(args.run.dtype, device))
         prep = prepare(args.data.dataset, args.data.data_dir, cache, max_samples(args), args.data.forget_ratio, seed)
-        bdir = resolve_backbone(args.run.backbone or "tiny", prep, cache, seed=seed)
+        bdir = resolve_backbone(args.backbone_name, prep, cache, seed=seed)
         out = Path(a.work) / f"seed-{seed}"
         job = Job(prep, bdir, out, device=device, seed=seed, batch_size=args.finetune.batch_size, progress=False,
                   dtype=args.run.dtype, bucket=not args.finetune.no_train_bucketing)

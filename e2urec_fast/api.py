@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import dist
 from .checks import Plan, check, needs_retrain
-from .config import Config, max_samples, preset, replace_fields, split_seed
+from .config import Config, from_fields, max_samples, replace_fields, split_seed
 from .errors import UserError
 from .files import clean_created, finish_work, snapshot
 from .result import ForgetResult
@@ -37,21 +37,9 @@ __all__ = ["ForgetResult", "forget", "run", "run_guarded"]
 
 
 def forget(out: str | os.PathLike | None = None, config: Config | None = None, **fields) -> ForgetResult:
-    """Run one job; `fields` replace those of `config` (default: the default preset). Raises UserError on bad input."""
-    if isinstance(fields.get("forget_users"), (list, tuple, set)):
-        fields["forget_users"] = ",".join(str(u) for u in fields["forget_users"])
-    if fields.pop("authors_settings", False):
-        fields["preset"] = "authors"
-    if fields.pop("no_batch_fusion", False):
-        fields["batch_fusion"] = "off"
-    if "seed" in fields and fields.get("seeds") is not None:
-        raise UserError("--seed and --seeds conflict: --seeds lists every seed to run")
-    name = fields.pop("preset", None)
-    if config is not None and name is not None:
-        raise UserError("forget(): give config= or preset=, not both")
-    cfg = config if config is not None else preset(name or "default")
-    cfg = replace_fields(cfg, **fields, **({"out": str(out)} if out is not None else {}))
-    return run_guarded(cfg)
+    """Run one job; `fields` replace those of `config` (default: the default preset, or the one
+    named by `preset=`; see config.from_fields). Raises UserError on bad input."""
+    return run_guarded(from_fields(config, **fields, **({"out": str(out)} if out is not None else {})))
 
 
 def run_guarded(cfg: Config) -> ForgetResult:
@@ -112,6 +100,7 @@ class State:
     out: Path
     cache: Path
     t_start: float
+    ft: object  # train.TrainConfig of the full fine-tunes (Original, Retrain, shards)
     prep: object = None  # data.Prepared
     lineage: dict = field(default_factory=dict)  # the request history of the model being unlearned
     history: list = field(default_factory=list)
@@ -139,7 +128,10 @@ def _stages(cfg: Config, plan: Plan) -> ForgetResult:
 
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    st = State(cfg, plan, Path(cfg.run.out), Path(os.path.expanduser(cfg.data.cache_dir)), time.perf_counter())
+    from .methods.retrain import finetune_config
+
+    st = State(cfg, plan, Path(cfg.run.out), Path(os.path.expanduser(cfg.data.cache_dir)), time.perf_counter(),
+               finetune_config(cfg))
     prepare_stage(st)
     resolve_models(st)
     references(st)
@@ -193,7 +185,7 @@ def resolve_models(st: State) -> None:
         st.bdir = Path(st.orig.folder)
     else:
         with dist.main_first():  # the preset's tokenizer and weights built once, by rank 0
-            st.bdir = resolve_backbone(cfg.run.backbone or "tiny", st.prep, st.cache, seed=cfg.run.seed)
+            st.bdir = resolve_backbone(cfg.backbone_name, st.prep, st.cache, seed=cfg.run.seed)
     st.job = Job(st.prep, st.bdir, st.out, device=cfg.run.device, seed=cfg.run.seed, batch_size=cfg.finetune.batch_size,
                  progress=not cfg.run.quiet and dist.is_main(), dtype=cfg.run.dtype, bucket=not cfg.finetune.no_train_bucketing)
     if st.orig is not None and st.job.backbone().tokenizer_key() != st.orig.tokenizer_key():
@@ -216,7 +208,7 @@ def references(st: State) -> None:
     first Original of a request history as the remembering teacher; its D_r teacher rows."""
     from .floor import floor_row
     from .methods.common import n_params
-    from .methods.retrain import finetune_config, train_on
+    from .methods.retrain import train_on
     from .models import load_backbone
     from .models.export import save_hf_folder
     from .report import below_floor
@@ -227,7 +219,7 @@ def references(st: State) -> None:
     orig_s, model_cache = None, None if cfg.finetune.no_model_cache else st.cache
     if st.orig is None:
         log("Original: fine-tuning on train (or reusing it from the model cache) ...")
-        st.orig, orig_s, st.extra["original"] = train_on(st.job, "train", finetune_config(cfg), model_cache, "Original")
+        st.orig, orig_s, st.extra["original"] = train_on(st.job, "train", st.ft, model_cache, "Original")
         # hand it out as a complete HuggingFace folder: the adapter's base_model_name_or_path
         st.model_dir = st.out / "original"
         st.handed["original"] = save_hf_folder(st.orig, st.model_dir, dict(
@@ -253,7 +245,7 @@ def references(st: State) -> None:
     orig_m, orig_full = st.ev(st.orig, "Original")
     if needs_retrain(cfg, methods):
         log("Retrain: fine-tuning on D_r (or reusing it from the model cache) ...")
-        retr, retr_s, st.extra["retrain"] = train_on(st.job, "retain", finetune_config(cfg), model_cache, "Retrain")
+        retr, retr_s, st.extra["retrain"] = train_on(st.job, "retain", st.ft, model_cache, "Retrain")
         retr_m, st.retrain_full = st.ev(retr, "Retrain")
     warn = below_floor(st.rows + [dict(method="Original", auc=orig_m["auc"])])
     if warn:
@@ -276,10 +268,8 @@ def _gap(st: State, full) -> dict:
 def run_methods(st: State) -> None:
     """Every unlearning method named, through the registry; each evaluated into a report row."""
     from .methods.registry import METHODS, Context
-    from .methods.retrain import finetune_config
-
     cfg = st.cfg
-    ctx = Context(st.job, st.orig, cfg, finetune_config(cfg), None if cfg.finetune.no_model_cache else st.cache, rem=st.root,
+    ctx = Context(st.job, st.orig, cfg, st.ft, None if cfg.finetune.no_model_cache else st.cache, rem=st.root,
                   log=log)
     for name in st.plan.methods:
         if METHODS[name].run is None:
@@ -329,7 +319,7 @@ def report_stage(st: State, aud: dict) -> ForgetResult:
         log(f"merged model: {out / 'merged'}")
     absolute = {k: Path(v).resolve() for k, v in st.handed.items()}
     report = dict(
-        rows=st.rows, settings=settings_of(cfg, st.plan.methods, st.bdir, st.plan.users is not None),
+        rows=st.rows, settings=settings_of(cfg, st.plan.methods, st.bdir, st.ft.lr),
         backbone_params=n_params(st.job.backbone().model, False),
         counts=prep.manifest["counts"],
         # which users were forgotten (this request and every earlier one), hashed, never in clear

@@ -43,7 +43,7 @@ def _check_scope(cfg: Config) -> None:
     from .models.boundary import ENC_DEC, parse_scope
 
     scope = parse_scope(cfg.student.lora_scope)  # its fit to the backbone's family: here for presets, at load time otherwise
-    name = cfg.run.backbone or "tiny"
+    name = cfg.backbone_name
     fam = PRESETS[name].family if name in PRESETS else None
     if fam and ((scope.kind == "decoder") != (fam in ENC_DEC)) and scope.cached:
         raise UserError(f"--lora-scope {scope}: the {name} preset is a {fam} model; "
@@ -113,12 +113,11 @@ def _check_paths(cfg: Config, methods: list[str]) -> None:
             raise UserError(f"--previous {prev}: give the next request its own --out")
     if r.original is not None:
         check_model_folder(Path(r.original), "--original", "--original: model folder not found")
-    needs_pretrained = any(m in methods for m in ("retrain", "sisa", "receraser")) or (
-        not r.no_retrain and any(m != "original" for m in methods))
+    needs_pretrained = needs_retrain(cfg, methods) or any(m in methods for m in ("sisa", "receraser"))
     if (r.original is not None or r.previous is not None) and needs_pretrained and cfg.run.backbone is None:
         raise UserError("Retrain (and the JSD/L2 against it) needs the pretrained model your Original was fine-tuned from: "
                         "give --backbone, or --no-retrain to skip Retrain")
-    name = cfg.run.backbone or "tiny"
+    name = cfg.backbone_name
     if name not in PRESETS and name not in FETCHED:
         check_model_folder(Path(name), "--backbone", f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) "
                            "nor a folder")

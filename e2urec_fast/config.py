@@ -20,6 +20,7 @@ where `authors` differs from `default` (a test holds the two to it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -221,12 +222,18 @@ class Config:
         return out | dict(preset=self.preset)
 
     @property
+    def backbone_name(self) -> str:
+        """--backbone, or the benchmark's default preset (a request without it: the Original's own folder)."""
+        return self.run.backbone or "tiny"
+
+    @property
     def is_request(self) -> bool:
         r = self.request
         return r.forget_users is not None or r.original is not None or r.previous is not None
 
 
 # ----------------------------------------------------------------- fields by name
+@functools.cache
 def all_fields() -> dict[str, tuple[str, dataclasses.Field]]:
     """{field name: (group, Field)} over every group."""
     out = {}
@@ -238,7 +245,7 @@ def all_fields() -> dict[str, tuple[str, dataclasses.Field]]:
 
 
 def replace_fields(cfg: Config, **values) -> Config:
-    """`cfg` with the named fields replaced (`NAME=value` or `GROUP__NAME`-free: names are unique)."""
+    """`cfg` with the named fields replaced (fields are named without their group: names are unique)."""
     known = all_fields()
     bad = sorted(k for k in values if k not in known and k != "preset")
     if bad:
@@ -267,7 +274,7 @@ def parse_value(name: str, text: str):
             raise ValueError
         return kind(t)
     except ValueError:
-        raise UserError(f"--set {name}={text}: not a {kind.__name__}") from None
+        raise UserError(f"--{name.replace('_', '-')} {text!r}: not {'an' if kind is int else 'a'} {kind.__name__}") from None
 
 
 def parse_assignments(items) -> dict:
@@ -296,6 +303,25 @@ PRESETS = dict(default={}, authors=AUTHORS)
 # where each preset differs from the default, field by field (the authors' alpha, retain weight
 # and forget-only epoch are our defaults: the preset sets them, so a flag changing them conflicts)
 PRESET_DIFF = {"authors": {k: v for k, v in AUTHORS.items() if k not in ("alpha", "retain_weight", "forget_epochs")}}
+
+
+def from_fields(base: Config | None = None, **fields) -> Config:
+    """The job's Config from a base (default: the preset named by `preset=`, else the default)
+    and fields by name, as `forget(**fields)` and the command line give them: `forget_users`
+    may be a list, `authors_settings=True` means `preset="authors"`, `no_batch_fusion=True`
+    means `batch_fusion="off"`; `seed` beside `seeds` is refused."""
+    if isinstance(fields.get("forget_users"), (list, tuple, set)):
+        fields["forget_users"] = ",".join(str(u) for u in fields["forget_users"])
+    if fields.pop("authors_settings", False):
+        fields.setdefault("preset", "authors")
+    if fields.pop("no_batch_fusion", False):
+        fields["batch_fusion"] = "off"
+    if "seed" in fields and fields.get("seeds") is not None:
+        raise UserError("--seed and --seeds conflict: --seeds lists every seed to run")
+    name = fields.pop("preset", None)
+    if base is not None and name is not None:
+        raise UserError("give a config or a preset, not both")
+    return replace_fields(base if base is not None else preset(name or "default"), **fields)
 
 
 def preset(name: str = "default", **overrides) -> Config:

@@ -21,17 +21,12 @@ from . import dist
 from .errors import fail
 
 
-def _writer() -> bool:
-    """Whether this process writes files (every process but torchrun's ranks above 0)."""
-    return dist.is_main()
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only on success. Under
     torchrun only rank 0 writes: another rank's write goes to a scratch file, then away."""
     path = Path(path)
-    if not _writer():
+    if not dist.is_main():  # torchrun: only rank 0 writes
         scratch = tempfile.mkdtemp(prefix="e2urec_rank_")
         try:
             yield Path(scratch) / path.name
@@ -94,7 +89,7 @@ def staged_dir(final: str | os.PathLike):
     """Build a folder under a temporary name and move it into place only on success (under
     torchrun on rank 0 only; another rank's folder is built in scratch and removed)."""
     final = Path(final)
-    if not _writer():
+    if not dist.is_main():  # torchrun: only rank 0 writes
         scratch = tempfile.mkdtemp(prefix="e2urec_rank_")
         try:
             yield Path(scratch)

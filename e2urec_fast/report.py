@@ -244,14 +244,15 @@ def write_report(out: Path, report: dict, audit_md: str, title: str, with_retrai
     return plotted
 
 
-def settings_of(cfg, methods: list[str], backbone_dir, request: bool) -> dict:
-    """A report's settings: the config's own fields, with the defaults this run resolved."""
+def settings_of(cfg, methods: list[str], backbone_dir, lr: float) -> dict:
+    """A report's settings: the config's own fields, with the defaults this run resolved (the
+    methods, the backbone, the full fine-tunes' learning rate `lr`, ...)."""
     from .config import max_samples, split_seed
-    from .methods.retrain import finetune_config
 
     flat = {k: v for k, v in cfg.flat().items() if k != "out"}
+    request = cfg.is_request
     return flat | dict(backbone=cfg.run.backbone or ("tiny" if not request else Path(backbone_dir).name),
                        backbone_dir=str(backbone_dir), max_samples=max_samples(cfg), split_seed=split_seed(cfg),
-                       forget_ratio=None if request else cfg.data.forget_ratio, methods=methods, lr=finetune_config(cfg).lr,
+                       forget_ratio=None if request else cfg.data.forget_ratio, methods=methods, lr=lr,
                        warmup=cfg.finetune.warmup if cfg.finetune.lr_schedule == "linear" else 0.0)
 

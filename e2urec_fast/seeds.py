@@ -10,9 +10,20 @@ E2URec's share of the Original-to-Retrain JSD gap it closes on D_f, per seed
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
+import re
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+
+from .config import replace_fields
+from .errors import UserError
+from .files import write_json_atomic, write_text_atomic
 
 METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak"]
 SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1,
@@ -175,10 +186,6 @@ def plot(agg: dict, path, title: str = "") -> bool:
 
 # ----------------------------------------------------------------- the run over seeds
 def parse_seeds(spec: str) -> list[int]:
-    import re
-
-    from .errors import UserError
-
     toks = [t.strip() for t in str(spec).split(",")]
     if not toks or any(not re.fullmatch(r"-?[0-9]+", t) for t in toks):
         raise UserError(f"--seeds {spec!r}: give integer seeds separated by commas, e.g. 1,2,3")
@@ -190,20 +197,12 @@ def parse_seeds(spec: str) -> list[int]:
 
 def settings_key(cfg) -> str:
     """What decides a seed's run (not where it is written, nor how it reports progress)."""
-    import hashlib
-    import json
-
     flat = {k: v for k, v in sorted(cfg.flat().items()) if k not in ("out", "quiet", "threads", "seeds", "seed_axis")}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def seed_configs(cfg) -> list:
     """One Config per seed: its own seed and OUT/seed-N/, the split seed per --seed-axis."""
-    import dataclasses
-    from pathlib import Path
-
-    from .config import replace_fields
-
     seeds = parse_seeds(cfg.bench.seeds)
     out = Path(cfg.run.out)
     subs = []
@@ -220,13 +219,6 @@ def run_seeds(cfg, run_one) -> dict:
     """The benchmark once per seed (`run_one(sub_cfg) -> report`, each in OUT/seed-N/, a finished
     seed with the same settings reused, so an interrupted multi-seed run resumes), then one
     summary written to OUT (report.json/.csv/.md/.png); returns the summary."""
-    import json
-    import sys
-    import time
-    from pathlib import Path
-
-    from .files import write_json_atomic, write_text_atomic
-
     subs = seed_configs(cfg)
     seeds = [s.run.seed for s in subs]
     out = Path(cfg.run.out)

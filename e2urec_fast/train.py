@@ -239,18 +239,17 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay) | (dict(fused=True) if cfg.fused_optimizer else {})
     opt = torch.optim.AdamW(list(params.values()), **kw)
     res = TrainResult()
-    t0 = time.perf_counter()
     bar = tqdm(total=cfg.max_steps, desc=desc, disable=not (progress and dist.is_main()), leave=False, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
     best = _Best(valid, params, res, cfg, ckpt)
-    losses = _Losses(res, desc, bar, t0)
+    losses = _Losses(res, desc, bar, time.perf_counter())  # its t0: the start, moved by resumes and hooks
     start_epoch, skip = 0, 0
     if resume is not None:
         dist.barrier()  # torchrun: every rank resumes from the state rank 0 wrote
         got = _load_state(resume, params, opt, res)
         if got is not None:
             start_epoch, skip, before = got
-            losses.t0 = t0 = t0 - before
+            losses.t0 -= before
             bar.update(res.steps)
             if cfg.max_steps and res.steps >= cfg.max_steps:
                 start_epoch = cfg.epochs  # already complete

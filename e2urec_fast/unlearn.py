@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import GROUPS, PRESETS, all_fields, parse_assignments, parse_value, preset, replace_fields
+from .config import GROUPS, PRESETS, all_fields, from_fields, parse_assignments, parse_value, preset
 from .errors import EXIT_USER_ERROR, UserError
 
 DESCRIPTION = ("Make an LLM recommender forget the forgetting users' training data with E2URec (LoRA student, remembering and "
@@ -73,9 +73,7 @@ def config_from_argv(argv) -> tuple:
     ns = vars(build_parser().parse_args(argv))
     known = all_fields()
     values = {k: v for k, v in ns.items() if k in known}
-    values |= parse_assignments(ns["set"])
-    if ns["no_batch_fusion"]:
-        values["batch_fusion"] = "off"
+    values |= parse_assignments(ns["set"]) | ({"no_batch_fusion": True} if ns["no_batch_fusion"] else {})
     name = ns["preset"] or ("authors" if ns["authors_settings"] else "default")
     if ns["preset"] and ns["authors_settings"] and ns["preset"] != "authors":
         raise UserError(f"--authors-settings and --preset {ns['preset']} conflict")
@@ -84,9 +82,7 @@ def config_from_argv(argv) -> tuple:
         given = "--authors-settings" if ns["authors_settings"] and not ns["preset"] else f"--preset {name}"
         raise UserError(f"{given} conflicts with {', '.join('--' + k.replace('_', '-') for k in clash)} "
                         "(the preset sets them; drop one or the other)")
-    if "seed" in values and values.get("seeds") is not None:
-        raise UserError("--seed and --seeds conflict: --seeds lists every seed to run")
-    return replace_fields(preset(name), **values), set(values)
+    return from_fields(preset(name), **values), set(values)
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ def finetune_config(cfg: Config) -> TrainConfig:
     from ..models.backbone import PRESETS
 
     f = cfg.finetune
-    lr = f.lr if f.lr is not None else (1e-3 if (cfg.run.backbone or "tiny") in PRESETS else 5e-5)
+    lr = f.lr if f.lr is not None else (1e-3 if cfg.backbone_name in PRESETS else 5e-5)
     return TrainConfig(lr=lr, batch_size=f.batch_size, epochs=f.epochs, patience=f.patience, schedule=f.lr_schedule,
                        warmup=f.warmup if f.lr_schedule == "linear" else 0.0)
 
