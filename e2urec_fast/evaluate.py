@@ -101,9 +101,9 @@ class Evaluator:
         from .models.scoring import yes_no
 
         t0 = time.perf_counter()
-        job = self.job
-        yn = predict_logits(bb, bb.model, job.seqs, self.test_idx, job.eval_batch_size, job.device)
-        full = predict_logits(bb, bb.model, job.seqs, self.forget_idx, job.eval_batch_size, job.device, full=True)
+        job, seqs = self.job, self.job.seqs
+        yn = predict_logits(bb, bb.model, seqs, self.test_idx, job.eval_batch_size, job.device)
+        full = predict_logits(bb, bb.model, seqs, self.forget_idx, job.eval_batch_size, job.device, full=True)
         self.losses[name] = (answer_losses(yes_no(bb, full), self.forget_labels), answer_losses(yn, self.test_labels))
         self.seconds[name] = time.perf_counter() - t0
         return ctr_metrics(self.test_labels, p_yes(yn)), full

@@ -18,4 +18,5 @@ def loss(bb, rb, fb, w: float) -> dict:
 
 
 def unlearn(job, orig, cfg, resume=None):
-    return unlearn_full(job, orig, cfg, lambda bb, rb, fb: loss(bb, rb, fb, cfg.baselines.neg_weight), "Bad-T", resume)
+    return unlearn_full(job, orig, cfg, lambda bb, rb, fb: loss(bb, rb, fb, cfg.baselines.neg_weight), "Bad-T", resume,
+                        steps=cfg.baselines.badt_steps)

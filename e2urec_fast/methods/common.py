@@ -192,15 +192,16 @@ def visited(job: Job, sched: Schedule, bucket: bool, parts) -> tuple[torch.Tenso
     return torch.tensor(sorted(r), dtype=torch.long), torch.tensor(sorted(f), dtype=torch.long)
 
 
-def unlearn_full(job: Job, orig: Backbone, cfg, loss_fn, desc: str, resume=None) -> tuple[Backbone, dict]:
+def unlearn_full(job: Job, orig: Backbone, cfg, loss_fn, desc: str, resume=None, steps: int | None = None) -> tuple[Backbone, dict]:
     """A full fine-tune of a copy of Original on the paired D_r / D_f schedule (NegGrad,
-    NegKL, Bad-T; `cfg`: the job's Config, its `baselines` group).
+    NegKL, Bad-T; `cfg`: the job's Config, its `baselines` group), `steps` steps (default
+    baseline_steps).
 
     `loss_fn(bb, rb, fb) -> {term: tensor, "loss": tensor}`; returns (model, info)."""
     from ..train import DivergedError
 
     b = cfg.baselines
-    steps = b.badt_steps if desc == "Bad-T" and b.badt_steps is not None else b.baseline_steps
+    steps = b.baseline_steps if steps is None else steps
     if steps < 1:
         raise UserError("--baseline-steps must be at least 1")
     bb = orig.clone()

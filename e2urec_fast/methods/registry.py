@@ -112,4 +112,3 @@ METHODS = {m.name: m for m in [
 ALL_METHODS = list(METHODS)
 DEFAULT_METHODS = ["original", "retrain", "e2urec", "neggrad", "negkl", "badt"]  # the benchmark's
 REQUEST_METHODS = ["original", "retrain", "e2urec"]  # a deletion request's
-LABELS = {n: m.label for n, m in METHODS.items()}
