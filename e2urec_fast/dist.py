@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 from datetime import timedelta
 
 import torch
@@ -67,9 +69,19 @@ def init(device: str) -> str:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
         _STATE["init"] = True
+        signal.signal(signal.SIGTERM, _stopped)
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
+
+
+def _stopped(signum, frame) -> None:
+    """torchrun stops the other ranks (SIGTERM) as soon as one fails: rank 0 says so in one
+    line, as when its own collective gives up, and every rank leaves its resumable state as it is."""
+    if rank() == 0:
+        print(f"error: rank 0 of {world()}: stopped by torchrun because another rank failed; resume by launching the same "
+              "command again", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def shutdown() -> None:

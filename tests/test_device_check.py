@@ -32,7 +32,7 @@ def test_device_check_dry_run(tmp_path):
 
 def test_device_check_records_a_failing_part_and_goes_on(tmp_path):
     """A part that fails is recorded with its reason, and the parts after it still run."""
-    env = dict(os.environ, OUT=str(tmp_path / "out"), E2UREC_BUDGET="40", E2UREC_DATA_ARGS="--data-dir /nonexistent/recbole.whl")
+    env = dict(os.environ, OUT=str(tmp_path / "out"), E2UREC_BUDGET="60", E2UREC_DATA_ARGS="--data-dir /nonexistent/recbole.whl")
     env.pop("TRITON_INTERPRET", None)
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--dry-run"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
