@@ -27,6 +27,7 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.24",
         "scikit-learn>=1.3",
+        "scipy>=1.10",  # the audit's forget quality (two-sample KS test)
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from e2urec_fast.models import load_backbone, resolve_backbone
     from e2urec_fast.models.scoring import yes_no
     from e2urec_fast.report import env_info
-    from e2urec_fast.request import apply_request
+    from e2urec_fast.request import apply_holdout, apply_request
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     base = forget(work / "base", methods="original", **common)
     base_s = time.perf_counter() - t0
     prep = prepare(common["dataset"], common.get("data_dir"), Path(common["cache_dir"]).expanduser(), common.get("max_samples", 10_000),
-                   0.2, 42)
+                   0.2, 42, holdout_ratio=preset().data.holdout_ratio)  # the prepared set the requests use
     train_users = sorted(set(prep.users[prep.split == SPLIT_TRAIN].tolist()))
     order = list(train_users)
     random.Random(42).shuffle(order)  # the request order: a fixed random draw of the train users
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
 
     # the sequential chain's final model against that Retrain, on the cumulative D_f
     apply_request(prep, common["dataset"], chosen, set())
+    apply_holdout(prep, common["dataset"], [])  # a request has no holdout unless it names one (--holdout-users)
     job = Job(prep, resolve_backbone("tiny", prep, Path(common["cache_dir"]).expanduser(), 42), work / "scratch", seed=42,
               batch_size=common.get("batch_size", 16), progress=False)
     # the shipped settings, as the single request trained it

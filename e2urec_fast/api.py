@@ -143,13 +143,14 @@ def _stages(cfg: Config, plan: Plan) -> ForgetResult:
 def prepare_stage(st: State) -> None:
     """The prepared data (cached), the request's D_f and the lineage of earlier requests."""
     from .data import prepare
-    from .request import apply_request, lineage_of
+    from .request import apply_holdout, apply_request, lineage_of
 
     cfg, users = st.cfg, st.plan.users
     st.lineage, st.model_dir, st.prev_rep = lineage_of(cfg)
     with dist.main_first():  # torchrun: rank 0 prepares (and caches) the data, the others then read it
         st.prep = prepare(cfg.data.dataset, cfg.data.data_dir, st.cache, max_samples(cfg),
-                          cfg.data.forget_ratio if users is None else 0.2, split_seed(cfg))
+                          cfg.data.forget_ratio if users is None else 0.2, split_seed(cfg),
+                          holdout_ratio=cfg.data.holdout_ratio, scenario=cfg.data.scenario)
     h = st.lineage.get("data_hash")
     if h and h != st.prep.manifest["content_hash"]:
         raise UserError(f"{st.model_dir or cfg.request.previous}: its earlier requests were served on other data (prepared set "
@@ -157,10 +158,12 @@ def prepare_stage(st: State) -> None:
     st.history = list(st.lineage.get("requests", []))
     if users is not None:
         apply_request(st.prep, cfg.data.dataset, users, {x for r in st.history for x in r.get("users_sha256", [])})
+        apply_holdout(st.prep, cfg.data.dataset, st.plan.holdout or [])  # the split's holdout: its tokenizer corpus only
     c = st.prep.manifest["counts"]
     log(f"data {cfg.data.dataset}: {c['samples_after_filter']} samples after the history filter, using the last {c['samples']}: "
         f"train {c['train']} / valid {c['valid']} / test {c['test']}; forgetting users {c['forget_users']} of "
         f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}"
+        + (f", held out (D_h) {c['holdout_users']} users / {c['holdout']} samples" if c.get("holdout") else "")
         + (f" ({c['earlier_forgotten_users']} users forgotten by earlier requests left out of both)" if c.get("earlier_forgotten_users") else ""))
 
 
@@ -298,15 +301,15 @@ def audit_stage(st: State) -> dict:
     for r in st.rows:
         if r["method"] in aud:
             a = aud[r["method"]]
-            r.update(mia_loss_auc=a["loss_auc"], mia_ref_auc=a["ref_auc"], privleak=a["privleak"])
+            r.update(mia_loss_auc=a["loss_auc"], mia_ref_auc=a["ref_auc"], privleak=a["privleak"], forget_quality=a["forget_quality"])
     st.extra["audit_s"] = time.perf_counter() - t0  # (the losses come with the evaluation: eval_s holds their cost)
     st.extra["eval_s"] = st.ev.seconds
-    return dict(reference=ref, models=aud)
+    return dict(reference=ref, models=aud, nonmembers=st.ev.nonmembers)
 
 
 def report_stage(st: State, aud: dict) -> ForgetResult:
     """The merged model (--merge), report.json/.md/.csv/.png, and the result."""
-    from .audit import audit_markdown
+    from .audit import NONMEMBERS, audit_markdown
     from .methods.common import n_params
     from .models.export import merged_backbone, save_hf_folder
     from .report import env_info, markdown_table, settings_of, write_report
@@ -324,12 +327,13 @@ def report_stage(st: State, aud: dict) -> ForgetResult:
         counts=prep.manifest["counts"],
         # which users were forgotten (this request and every earlier one), hashed, never in clear
         forgotten_users_sha256=sorted(user_hash(cfg.data.dataset, u) for u in prep.users[prep.index("forget_all")].unique().tolist()),
-        audit=dict(reference=aud["reference"], members="D_f (every request so far)", nonmembers="test samples", models=aud["models"]),
+        audit=dict(reference=aud["reference"], members="D_f (every request so far)", nonmembers=NONMEMBERS[aud["nonmembers"]],
+                   nonmember_kind=aud["nonmembers"], models=aud["models"]), scenario=prep.manifest.get("scenario"),
         # what was handed out, and every deletion request served so far (users hashed)
         request=dict(original=str(st.orig.folder), adapter=str(absolute["adapter"]) if "adapter" in absolute else None,
                      merged=str(absolute["merged"]) if "merged" in absolute else None, lineage=lin, requests=lin["requests"]),
         details=st.extra, env=env_info(cfg.run.device), total_s=time.perf_counter() - st.t_start)
-    plotted = write_report(out, report, audit_markdown(aud["models"], aud["reference"]),
+    plotted = write_report(out, report, audit_markdown(aud["models"], aud["reference"], aud["nonmembers"]),
                            f"{cfg.data.dataset}, backbone {report['settings']['backbone']}", st.retrain_full is not None)
     finish_work(out / "work")  # resumable states and the augmented model: derived from D_f, done with
     if dist.is_main():  # torchrun: one table

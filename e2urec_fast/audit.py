@@ -2,9 +2,13 @@
 
 For a model M, every sample gets the loss of its true answer, l_M(x) = CE([No, Yes] logits
 at the answer position, label). Members are the forgotten samples D_f (cumulative over the
-requests so far); non-members are the test samples (no model here trains on them). An
-attack is a score that should be higher for members; its AUC over members vs non-members
-is what we report (0.5: it cannot tell D_f from unseen data).
+requests so far); non-members are D_h, the train-period samples of users held out of every
+model's training (`--holdout-ratio`; a request's `--holdout-users`): the same pool and period
+as D_f, as TOFU's and MUSE's holdout splits. Without a holdout they are the test samples,
+which are *later* interactions: an attack then also detects the time shift, not only
+membership (Duan et al. 2024; Meeus et al. 2024), and the report says so. An attack is a
+score that should be higher for members; its AUC over members vs non-members is what we
+report (0.5: it cannot tell D_f from unseen data).
 
 - LOSS (Yeom et al. 2018; open-unlearning's `mia_loss`): score = -l_M(x).
 - reference-calibrated (open-unlearning's `mia_reference`, after Carlini et al.'s
@@ -13,14 +17,22 @@ is what we report (0.5: it cannot tell D_f from unseen data).
   Without Retrain (`--no-retrain`) we report no calibrated score: every other model at hand
   (Original, the augmented model) was trained on D_f, so calibrating with it would measure
   how far unlearning moved a sample, not membership.
+  Why this one: Retrain is the ideal reference model (same recipe, trained on neither D_f nor
+  D_h), so the calibrated score is a one-out-model LiRA at no extra training cost; the
+  open-unlearning min-k attack needs token sequences, where our answer is a single token.
+- forget quality (TOFU, Maini et al. 2024): the p-value of a two-sample Kolmogorov-Smirnov
+  test between the per-sample answer losses of M and of Retrain on D_f (the loss is a monotone
+  function of the true answer's probability, so the test is the same for either). High: M's
+  D_f answers are distributed as Retrain's. An Original whose forget quality is already above
+  0.05 cannot be told from Retrain on D_f: such a set-up cannot show any forgetting.
 - privleak (MUSE, Shi et al. 2024; open-unlearning's `privleak`): 100 * (AUC_M - AUC_R) / AUC_R
   for the LOSS attack, with R = Retrain: 0 is Retrain's privacy; positive means M still leaks
   more membership than Retrain (under-forgetting), negative means M over-forgets (D_f looks
   less familiar to it than to Retrain, itself a tell-tale sign of unlearning).
 
-Retrain's own LOSS AUC is the gold standard, not 0.5: D_f (earlier interactions of the
-train users) and the test samples (later ones) differ in distribution, so even a model that
-never saw D_f may tell them apart somewhat.
+Retrain's own LOSS AUC is the gold standard, not 0.5: D_f and D_h are different users (and
+D_f and the test samples different periods), so even a model that never saw D_f may tell
+them apart somewhat.
 """
 
 from __future__ import annotations
@@ -28,6 +40,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+
+NONMEMBERS = {"holdout": "D_h, the train-period samples of held-out users (same pool and period as D_f)",
+              "test": "the test samples (a later period: time-shifted, so the attack also detects the shift; give a holdout "
+                      "with --holdout-ratio, or --holdout-users in a request)"}
+FQ_FLOOR = 0.05  # TOFU's threshold: an Original above it is indistinguishable from Retrain on D_f
 
 
 def answer_losses(yes_no_logits: torch.Tensor, labels) -> np.ndarray:
@@ -45,15 +62,28 @@ def mia_auc(member_scores, nonmember_scores) -> float:
     return float(roc_auc_score(y, np.r_[m, n]))
 
 
+def forget_quality(model_stat, retrain_stat) -> float:
+    """TOFU's forget quality: the two-sample KS test's p-value between a per-sample statistic
+    of the model and of Retrain on D_f (exact for small samples, asymptotic otherwise)."""
+    from scipy.stats import ks_2samp
+
+    a, b = np.asarray(model_stat, dtype=np.float64), np.asarray(retrain_stat, dtype=np.float64)
+    if not len(a) or not len(b):
+        return float("nan")
+    return float(ks_2samp(a, b).pvalue)
+
+
 def audit(losses: dict, reference: str | None = None) -> dict:
     """`losses = {model name: (loss on D_f, loss on non-members)}`; `reference` names the
     model that never saw D_f (Retrain) or None. Returns {model name: {loss_auc, ref_auc,
-    privleak, forget_loss, unseen_loss}}."""
+    privleak, forget_quality, forget_loss, unseen_loss}}."""
     out = {}
     ref = losses.get(reference) if reference else None
     for name, (lf, ln) in losses.items():
-        row = dict(loss_auc=mia_auc(-lf, -ln), ref_auc=None, privleak=None,
+        row = dict(loss_auc=mia_auc(-lf, -ln), ref_auc=None, privleak=None, forget_quality=None,
                    forget_loss=float(np.mean(lf)), unseen_loss=float(np.mean(ln)), n_forget=len(lf), n_unseen=len(ln))
+        if ref is not None:
+            row["forget_quality"] = forget_quality(lf, ref[0])
         if ref is not None and name != reference:
             row["ref_auc"] = mia_auc(ref[0] - lf, ref[1] - ln)
         out[name] = row
@@ -64,16 +94,27 @@ def audit(losses: dict, reference: str | None = None) -> dict:
     return out
 
 
-def audit_markdown(result: dict, reference: str | None) -> str:
-    lines = ["| Model | LOSS attack AUC | reference-calibrated AUC | privleak | mean loss D_f | mean loss unseen |",
-             "|---|---|---|---|---|---|"]
+def weak_setup(result: dict) -> str | None:
+    """The warning a report leads with when the Original's forget quality is above 0.05."""
+    fq = (result.get("Original") or {}).get("forget_quality")
+    if fq is None or not fq > FQ_FLOOR:
+        return None
+    return (f"WARNING: the Original's forget quality is {fq:.3f} (> {FQ_FLOOR}): its D_f answers are already distributed "
+            "as Retrain's, so this set-up cannot tell an unlearned model from an untouched one (try --scenario memorize)")
+
+
+def audit_markdown(result: dict, reference: str | None, nonmembers: str = "test") -> str:
+    lines = ["| Model | LOSS attack AUC | reference-calibrated AUC | privleak | forget quality (KS p) | mean loss D_f | "
+             "mean loss non-members |",
+             "|---|---|---|---|---|---|---|"]
 
     def f(v, d=4):
         return "-" if v is None else f"{v:.{d}f}"
 
     for name, r in result.items():
-        lines.append(f"| {name} | {f(r['loss_auc'])} | {f(r['ref_auc'])} | {f(r['privleak'], 2)} | {f(r['forget_loss'])} | "
-                     f"{f(r['unseen_loss'])} |")
-    note = ("reference = Retrain (never saw D_f)" if reference else
-            "no Retrain (--no-retrain): no reference-calibrated score or privleak; compare the LOSS AUC before and after")
-    return "\n".join(lines) + f"\n\nMembers: the forgotten samples D_f; non-members: the test samples. {note}.\n"
+        lines.append(f"| {name} | {f(r['loss_auc'])} | {f(r['ref_auc'])} | {f(r['privleak'], 2)} | "
+                     f"{f(r.get('forget_quality'), 3)} | {f(r['forget_loss'])} | {f(r['unseen_loss'])} |")
+    note = ("reference = Retrain (never saw D_f or the non-members)" if reference else
+            "no Retrain (--no-retrain): no reference-calibrated score, privleak or forget quality; compare the LOSS AUC "
+            "before and after")
+    return "\n".join(lines) + f"\n\nMembers: the forgotten samples D_f; non-members: {NONMEMBERS[nonmembers]}. {note}.\n"

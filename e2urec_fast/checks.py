@@ -20,6 +20,7 @@ from .errors import UserError, fail
 class Plan:
     methods: list[str]  # resolved names, in the registry's order of the request
     users: list[int] | None  # a deletion request's users
+    holdout: list[int] | None = None  # a deletion request's --holdout-users (the audit's non-members)
 
 
 def check(cfg: Config) -> Plan:
@@ -34,7 +35,18 @@ def check(cfg: Config) -> Plan:
     users = parse_user_list(cfg.request.forget_users) if cfg.request.forget_users is not None else None
     if (cfg.request.original is not None or cfg.request.previous is not None) and users is None:
         raise UserError("--original/--previous serve a deletion request: name the users with --forget-users")
-    return Plan(methods, users)
+    held = None
+    if cfg.request.holdout_users is not None:
+        if users is None:
+            raise UserError("--holdout-users belongs to a deletion request (--forget-users); the benchmark draws its holdout "
+                            "with --holdout-ratio")
+        held = parse_user_list(cfg.request.holdout_users, "--holdout-users")
+        both = sorted(set(held) & set(users))
+        if both:
+            raise UserError(f"--holdout-users and --forget-users share user id(s) {', '.join(map(str, both))}")
+    if cfg.data.scenario != "random" and cfg.is_request:
+        raise UserError(f"--scenario {cfg.data.scenario} is a benchmark; a deletion request forgets the users it names")
+    return Plan(methods, users, held)
 
 
 def _check_scope(cfg: Config) -> None:
@@ -141,34 +153,34 @@ def writable_dir(path: Path, flag: str) -> None:
         raise fail(path, f"{flag} is not writable ({e.strerror or e})") from None
 
 
-def parse_user_list(spec: str) -> list[int]:
+def parse_user_list(spec: str, flag: str = "--forget-users") -> list[int]:
     """'1,2,3' or '@FILE' (one id per line; blank lines and '#' comments skipped)."""
     spec = str(spec).strip()
     if spec.startswith("@"):
         path = Path(spec[1:])
         if not path.is_file():
-            raise fail(path, "--forget-users file not found")
+            raise fail(path, f"{flag} file not found")
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise fail(path, f"unreadable --forget-users file ({e})") from None
+            raise fail(path, f"unreadable {flag} file ({e})") from None
         items = [(ln.split("#", 1)[0].strip(), (path, n + 1)) for n, ln in enumerate(lines)]
         items = [(t, w) for t, w in items if t]
     elif not spec:
-        raise UserError("--forget-users: no user ids (the forget set is empty)")
+        raise UserError(f"{flag}: no user ids (the {'forget' if 'forget' in flag else 'holdout'} set is empty)")
     else:
         items = [(t.strip(), None) for t in spec.split(",")]
         if any(not t for t, _ in items):
-            raise UserError(f"--forget-users {spec!r}: an empty id (give ids separated by commas, or @FILE)")
+            raise UserError(f"{flag} {spec!r}: an empty id (give ids separated by commas, or @FILE)")
     ids = []
     for t, where in items:
         if not re.fullmatch(r"[0-9]+", t):
             raise fail(where[0], f"user id {t!r} is not an integer id", where[1]) if where else UserError(
-                f"--forget-users: user id {t!r} is not an integer id")
+                f"{flag}: user id {t!r} is not an integer id")
         ids.append(int(t))
     if not ids:
-        raise UserError(f"--forget-users {spec}: no user ids (the forget set is empty)")
+        raise UserError(f"{flag} {spec}: no user ids (the {'forget' if 'forget' in flag else 'holdout'} set is empty)")
     dup = sorted(u for u, n in Counter(ids).items() if n > 1)  # linear: a million ids in well under a second
     if dup:
-        raise UserError(f"--forget-users: duplicate user id(s) {', '.join(map(str, dup))}")
+        raise UserError(f"{flag}: duplicate user id(s) {', '.join(map(str, dup))}")
     return ids

@@ -56,6 +56,15 @@ class DataConfig:
     paper_scale: bool = opt(False, "shorthand for --max-samples 100000")
     forget_ratio: float = opt(0.2, "the benchmark: share of train users who ask to be forgotten, drawn at random (ignored with "
                               "--forget-users)", shown=True, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    scenario: str = opt("random", "what is forgotten: random (the paper's: a random --forget-ratio of the train users), "
+                        "memorize (privacy: the same split on the last 3000 samples, Original and Retrain fine-tuned 15 epochs, "
+                        "so the Original memorizes its D_f) or shilling (utility: 20 fake users promoting 5 target items injected "
+                        "into the train period are D_f; same recipe as memorize). A scenario's recipe fills only the fields not "
+                        "given (config.SCENARIO_RECIPES)", shown=True, choices=("random", "memorize", "shilling"))
+    holdout_ratio: float = opt(0.1, "the benchmark: share of train users held out of every model's training (drawn like the "
+                               "forget users, after them); their train-period samples D_h are the audit's same-pool "
+                               "non-members. 0: the audit falls back to the (later, time-shifted) test samples",
+                               shown=True, lo=0.0, hi=1.0, hi_open=True)
     split_seed: int | None = opt(None, "seed of the random forget split alone (default: --seed)", type=int)
     cache_dir: str = opt(os.environ.get("E2UREC_CACHE", "~/.cache/e2urec_fast"),
                          "prepared data, backbones and trained Original/Retrain models (env E2UREC_CACHE)", metavar="DIR")
@@ -70,6 +79,10 @@ class RequestConfig:
                                "trained", shown=True, type=str, metavar="DIR")
     previous: str | None = opt(None, "a later request: continue from the output folder of the previous one (its merged model, "
                                "its request history, its D_r teacher cache)", shown=True, type=str, metavar="OUT")
+    holdout_users: str | None = opt(None, "a deletion request: users your model never trained on (a comma list or @FILE), "
+                                    "the audit's same-pool non-members D_h (kept out of Retrain too); without it the audit "
+                                    "compares D_f with the later test samples (time-shifted)", shown=True, type=str,
+                                    metavar="IDS|@FILE")
     no_retrain: bool = opt(False, "skip Retrain (a deployment cannot afford it): no JSD/L2; the membership-inference audit is "
                            "the evidence", shown=True)
     merge: bool = opt(False, "also write merged/: a standalone model folder with the adapter merged in", shown=True)
@@ -305,6 +318,17 @@ PRESETS = dict(default={}, authors=AUTHORS)
 PRESET_DIFF = {"authors": {k: v for k, v in AUTHORS.items() if k not in ("alpha", "retain_weight", "forget_epochs")}}
 
 
+# the recipe of each scenario: the fields it sets unless they are given (data/scenarios.py)
+MEMORIZE = dict(max_samples=3000, epochs=15, patience=15)
+SCENARIO_RECIPES = dict(random={}, memorize=MEMORIZE, shilling=MEMORIZE)
+
+
+def with_scenario(cfg: Config, given) -> Config:
+    """`cfg` with its scenario's recipe on every field not in `given` (the names set explicitly)."""
+    recipe = {k: v for k, v in SCENARIO_RECIPES[cfg.data.scenario].items() if k not in given}
+    return replace_fields(cfg, **recipe) if recipe else cfg
+
+
 def from_fields(base: Config | None = None, **fields) -> Config:
     """The job's Config from a base (default: the preset named by `preset=`, else the default)
     and fields by name, as `forget(**fields)` and the command line give them: `forget_users`
@@ -321,7 +345,10 @@ def from_fields(base: Config | None = None, **fields) -> Config:
     name = fields.pop("preset", None)
     if base is not None and name is not None:
         raise UserError("give a config or a preset, not both")
-    return replace_fields(base if base is not None else preset(name or "default"), **fields)
+    cfg = replace_fields(base if base is not None else preset(name or "default"), **fields)
+    if cfg.data.scenario not in SCENARIO_RECIPES:
+        raise UserError(f"--scenario {cfg.data.scenario!r}: choose from {', '.join(SCENARIO_RECIPES)}")
+    return with_scenario(cfg, fields) if "scenario" in fields else cfg
 
 
 def preset(name: str = "default", **overrides) -> Config:

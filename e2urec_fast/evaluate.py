@@ -84,13 +84,25 @@ class Evaluator:
     """A model's test metrics and its D_f answer distribution (against Retrain's: JSD, L2),
     with the per-sample losses the audit needs, and the seconds each evaluation took.
 
-    `ev(bb, name) -> (metrics, (|D_f|, V) logits)`; `ev.losses[name] = (D_f losses, test losses)`."""
+    `ev(bb, name) -> (metrics, (|D_f|, V) logits)`; `ev.losses[name] = (D_f losses,
+    non-member losses)`. The non-members are D_h (train-period samples of held-out users) when
+    the data has a holdout, else the test samples (`ev.nonmembers` says which). In the
+    shilling scenario the metrics carry the attack's effect: the targets' mean p(yes) on real
+    test samples (`target_p_yes`) and on D_f (`target_p_yes_forget`)."""
 
     def __init__(self, job):
         self.job = job
         prep = job.prepared
         self.test_idx, self.forget_idx = prep.index("test"), prep.index("forget_all")
         self.test_labels, self.forget_labels = prep.labels[self.test_idx].numpy(), prep.labels[self.forget_idx].numpy()
+        self.holdout_idx = prep.index("holdout")
+        self.nonmembers = "holdout" if len(self.holdout_idx) else "test"
+        self.holdout_labels = prep.labels[self.holdout_idx].numpy()
+        targets = (prep.manifest.get("scenario") or {}).get("targets")
+        self.targets = None
+        if targets:
+            t = torch.tensor(targets)
+            self.targets = (torch.isin(prep.items[self.test_idx], t).numpy(), torch.isin(prep.items[self.forget_idx], t).numpy())
         self.losses: dict = {}
         self.seconds: dict = {}
 
@@ -104,6 +116,17 @@ class Evaluator:
         job, seqs = self.job, self.job.seqs
         yn = predict_logits(bb, bb.model, seqs, self.test_idx, job.eval_batch_size, job.device)
         full = predict_logits(bb, bb.model, seqs, self.forget_idx, job.eval_batch_size, job.device, full=True)
-        self.losses[name] = (answer_losses(yes_no(bb, full), self.forget_labels), answer_losses(yn, self.test_labels))
+        f_yn = yes_no(bb, full)
+        if self.nonmembers == "holdout":
+            h_yn = predict_logits(bb, bb.model, seqs, self.holdout_idx, job.eval_batch_size, job.device)
+            unseen = answer_losses(h_yn, self.holdout_labels)
+        else:
+            unseen = answer_losses(yn, self.test_labels)
+        self.losses[name] = (answer_losses(f_yn, self.forget_labels), unseen)
+        m = ctr_metrics(self.test_labels, p_yes(yn))
+        if self.targets is not None:
+            te, fo = self.targets
+            m["target_p_yes"] = float(p_yes(yn)[te].mean()) if te.any() else None
+            m["target_p_yes_forget"] = float(p_yes(f_yn)[fo].mean()) if fo.any() else None
         self.seconds[name] = time.perf_counter() - t0
-        return ctr_metrics(self.test_labels, p_yes(yn)), full
+        return m, full

@@ -17,6 +17,12 @@ from pathlib import Path
 
 COLUMNS = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2")]
 HIGHER_BETTER = {"auc", "acc"}
+# the shilling scenario's attack effect (closest to Retrain is best, so no bold)
+TARGET = ("target_p_yes", "Target p(yes)")
+
+
+def _columns(rows: list[dict]) -> list:
+    return COLUMNS + ([TARGET] if any(_num(r.get(TARGET[0])) is not None for r in rows) else [])
 
 
 def _num(v):
@@ -49,8 +55,9 @@ def best_values(rows: list[dict]) -> dict:
 
 def markdown_table(rows: list[dict], mark_best: bool = True) -> str:
     best = best_values(rows) if mark_best else {}
-    head = "| Method | " + " | ".join(c for _, c in COLUMNS) + " | Time(s) | #Params |"
-    sep = "|" + "---|" * (len(COLUMNS) + 3)
+    cols = _columns(rows)
+    head = "| Method | " + " | ".join(c for _, c in cols) + " | Time(s) | #Params |"
+    sep = "|" + "---|" * (len(cols) + 3)
     lines = [head, sep]
 
     def bold(cell, key, shown):
@@ -59,7 +66,7 @@ def markdown_table(rows: list[dict], mark_best: bool = True) -> str:
 
     for r in rows:
         cells = []
-        for k, _ in COLUMNS:
+        for k, _ in cols:
             shown = None if _num(r.get(k)) is None else round(r[k] * 100, 2)
             cells.append(bold(_fmt(r.get(k)), k, shown))
         t = _num(r.get("time_s"))
@@ -73,9 +80,10 @@ def csv_table(rows: list[dict]) -> str:
     """Raw fractions (not x100), one row per method."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "kind", *[k for k, _ in COLUMNS], "time_s", "trainable_params"])
+    cols = _columns(rows) + [("mia_loss_auc", ""), ("mia_ref_auc", ""), ("privleak", ""), ("forget_quality", "")]
+    w.writerow(["method", "kind", *[k for k, _ in cols], "time_s", "trainable_params"])
     for r in rows:
-        w.writerow([r["method"], r.get("kind", "unlearn"), *["" if _num(r.get(k)) is None else repr(r[k]) for k, _ in COLUMNS],
+        w.writerow([r["method"], r.get("kind", "unlearn"), *["" if _num(r.get(k)) is None else repr(r[k]) for k, _ in cols],
                     "" if _num(r.get("time_s")) is None else f"{r['time_s']:.3f}", r.get("trainable_params") or ""])
     return buf.getvalue()
 
@@ -116,8 +124,12 @@ def plot_jsd_time(rows: list[dict], path, title: str = "") -> bool:
         color = "tab:red" if name.startswith("E2URec") else "tab:blue"
         ax.scatter([t], [j], color=color, zorder=3)
         ax.annotate(name, (t, j), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    orig = next((r for r in rows if r["method"] == "Original" and _num(r.get("jsd")) is not None), None)
+    if orig is not None:  # the reference lines: where no unlearning leaves D_f (Original), and Retrain (0)
+        ax.axhline(orig["jsd"] * 100, color="tab:gray", linestyle="--", linewidth=1, label="Original (untouched)")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("unlearning time (s)")
-    ax.set_ylabel("JSD on D_f vs Retrain (x100, lower is better)")
+    ax.set_ylabel("JSD on D_f vs Retrain (x100, lower is better; Retrain = 0)")
     if len(pts) > 1 and max(p[0] for p in pts) / max(min(p[0] for p in pts), 1e-9) > 20:
         ax.set_xscale("log")
     if len(pts) > 1 and max(p[1] for p in pts) / max(min(p[1] for p in pts), 1e-3) > 20:
@@ -173,11 +185,22 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
     c = report["counts"]
     s = report["settings"]
     e = report["env"]
-    warn = below_floor(report["rows"])
+    from .audit import weak_setup
+
+    aud = report.get("audit") or {}
+    warns = [w for w in (below_floor(report["rows"]), weak_setup(aud.get("models") or {})) if w]
+    if aud.get("nonmember_kind") == "test":
+        warns.append("NOTE: the audit's non-members are the test samples, a later period than D_f: its attacks also detect "
+                     "the time shift (no holdout in this run)")
+    scen = report.get("scenario")
     parts = [
-        f"# E2URec unlearning report: {s['dataset']}, backbone {s['backbone']}",
+        f"# E2URec unlearning report: {s['dataset']}, backbone {s['backbone']}"
+        + (f", scenario {s['scenario']}" if s.get("scenario", "random") != "random" else ""),
         "",
-        *([f"**{warn}.**", ""] if warn else []),
+        *[x for w in warns for x in (f"**{w}.**", "")],
+        *([f"Shilling scenario: {scen['n_fake']} fake users ({scen['fake_samples']} samples, D_f) promote items "
+           f"{', '.join(map(str, scen['targets']))}; Target p(yes): the targets' mean p(yes) on real test samples (the "
+           "attack's effect).", ""] if scen else []),
         "AUC, ACC, LogLoss on test; JSD (the authors' symmetric KL) and L2 on D_f against Retrain; all x100.",
         "Time(s): unlearning wall-clock (Retrain, SISA, RecEraser: their training time). #Params: trainable parameters.",
         "Bold: the best value of a column among the unlearning methods (Original, Retrain and the CTR floor take no part).",
@@ -186,7 +209,9 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
         "",
         f"Samples after the history filter: {c['samples_after_filter']}; used: {c['samples']} "
         f"(train {c['train']}, valid {c['valid']}, test {c['test']}); forgetting users {c['forget_users']} of "
-        f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}.",
+        f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}"
+        + (f"; held out (D_h, the audit's non-members) {c['holdout_users']} users, {c['holdout']} samples." if c.get("holdout")
+           else "."),
         "",
         f"Backbone {s['backbone']} ({report.get('backbone_params', 0):,} parameters). Device {e['device']}, torch {e['torch']}, "
         f"transformers {e.get('transformers', '?')}, Python {e.get('python', '?')}, seed {s['seed']}, git {e['git']}, "

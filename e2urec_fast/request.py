@@ -56,6 +56,28 @@ def apply_request(prep, dataset: str, users: list[int], forgotten: set[str]) -> 
     return dict(previous_users=len(prev))
 
 
+def apply_holdout(prep, dataset: str, users: list[int]) -> None:
+    """A request's --holdout-users: their train-period samples are D_h (no model here trains
+    on them; the user says theirs never did), the audit's non-members. The benchmark split's
+    holdout stays out of the preset tokenizers' corpus only (Prepared.split_holdout); no
+    users: no holdout (the audit then uses the test samples)."""
+    import torch
+
+    from .data.prepare import SPLIT_TRAIN
+
+    tr = prep.split == SPLIT_TRAIN
+    in_train = set(prep.users[tr].unique().tolist())
+    missing = [u for u in users if u not in in_train]
+    if missing:
+        raise UserError(f"--holdout-users: user id(s) {', '.join(map(str, missing))} have no train-period samples in the "
+                        f"prepared {dataset} data ({prep.folder})")
+    prep.holdout = tr & torch.isin(prep.users, torch.tensor(users, dtype=torch.long))
+    c = prep.manifest["counts"]
+    c.update(holdout_users=len(users), holdout=int(prep.holdout.sum()), retain=len(prep.index("retain")))
+    if not c["retain"]:
+        raise UserError("--holdout-users: with the forgotten users they cover every train sample (D_r would be empty)")
+
+
 def lineage_of(cfg: Config) -> tuple[dict, Path | None, dict | None]:
     """(history manifest, the model folder to unlearn, the previous output's report)."""
     from .models.export import read_manifest

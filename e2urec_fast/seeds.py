@@ -25,9 +25,12 @@ from .config import replace_fields
 from .errors import UserError
 from .files import write_json_atomic, write_text_atomic
 
-METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak"]
+METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak", "forget_quality",
+           "target_p_yes", "target_p_yes_forget"]
 SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1,
-         "privleak": 1}
+         "privleak": 1, "forget_quality": 1, "target_p_yes": 1, "target_p_yes_forget": 1}
+# the Original-to-Retrain gaps a method is asked to close: (O - M) / (O - R), seed by seed
+GAPS = ("jsd", "mia_loss_auc", "target_p_yes")
 REF = "E2URec"
 
 
@@ -73,15 +76,44 @@ def aggregate(reports: list[dict], seeds: list[int]) -> dict:
                 d = [b[m][k] - b[REF][k] for b in by if m in b and REF in b
                      and b[m].get(k) is not None and b[REF].get(k) is not None]
                 paired[m][k] = summarize(d)
-    gap = []
-    for b in by:
-        o, e = b.get("Original", {}).get("jsd"), b.get(REF, {}).get("jsd")
-        if o and e is not None:
-            gap.append((o - e) / o)
     from .report import below_floor
 
     low = [s for s, rep in zip(seeds, reports) if below_floor(rep["rows"])]
-    return dict(seeds=seeds, rows=rows, paired_vs_e2urec=paired, jsd_gap_closed=summarize(gap), below_floor_seeds=low)
+    closed = gaps_closed(by, order)
+    return dict(seeds=seeds, rows=rows, paired_vs_e2urec=paired, jsd_gap_closed=closed.get(REF, {}).get("jsd"),
+                gap_closed=closed, original_vs_retrain=original_vs_retrain(by), below_floor_seeds=low)
+
+
+def _gap_share(o, m, r):
+    if o is None or m is None or r is None or o == r:
+        return None
+    return (o - m) / (o - r)
+
+
+def gaps_closed(by: list[dict], order: list[str]) -> dict:
+    """{method: {metric: summary of the share of the Original-to-Retrain gap it closes}}: 1 is
+    Retrain's value, 0 the Original's, below 0 further away than the Original."""
+    out = {}
+    for m in order:
+        if m in ("Original", "Retrain") or m.startswith("CTR floor"):
+            continue
+        out[m] = {}
+        for k in GAPS:
+            vals = [_gap_share(b.get("Original", {}).get(k), b[m].get(k), 0.0 if k == "jsd" else b.get("Retrain", {}).get(k))
+                    for b in by if m in b]
+            out[m][k] = summarize(vals)
+    return out
+
+
+def original_vs_retrain(by: list[dict]) -> dict:
+    """Is there something to forget: Original - Retrain, seed by seed, per audit metric (the
+    JSD row of Original is already that gap), and the Original's forget quality."""
+    out = {}
+    for k in ("mia_loss_auc", "target_p_yes", "target_p_yes_forget", "auc"):
+        d = [b["Original"][k] - b["Retrain"][k] for b in by if "Original" in b and "Retrain" in b
+             and b["Original"].get(k) is not None and b["Retrain"].get(k) is not None]
+        out[k] = summarize(d)
+    return out
 
 
 def csv_text(agg: dict) -> str:
@@ -112,40 +144,58 @@ def _cell(s: dict | None, scale: float, digits: int = 2) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['ci95'] * scale:.{digits}f}"
 
 
+def _interval(s: dict | None, sc: float, dg: int) -> str:
+    """'mean [lo, hi]' with `*` where the 95% interval excludes 0."""
+    if s is None:
+        return "-"
+    if s["ci95"] is None:
+        return f"{s['mean'] * sc:+.{dg}f}"
+    lo, hi = (s["mean"] - s["ci95"]) * sc, (s["mean"] + s["ci95"]) * sc
+    return f"{s['mean'] * sc:+.{dg}f} [{lo:+.{dg}f}, {hi:+.{dg}f}]" + ("*" if lo > 0 or hi < 0 else "")
+
+
 def markdown(agg: dict) -> str:
     cols = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2"), ("time_s", "Time(s)")]
+    audit = [("mia_loss_auc", "LOSS-attack AUC", 4), ("mia_ref_auc", "ref-calibrated AUC", 4),
+             ("forget_quality", "forget quality", 3)]
+    if any(r.get("target_p_yes") for r in agg["rows"]):
+        audit.append(("target_p_yes", "Target p(yes)", 3))
     n = len(agg["seeds"])
     low = agg.get("below_floor_seeds") or []
     lines = ([f"**WARNING: on seed(s) {', '.join(map(str, low))} Original's test AUC does not beat the CTR floor: on those "
               "seeds the recommender learned no more than a logistic regression on ids, and their unlearning figures are "
               "noise (see each seed's report).**", ""] if low else [])
     lines += [f"Mean ± 95% confidence half-width over {n} seeds ({', '.join(map(str, agg['seeds']))}); metrics x100 as in "
-             "the paper, time in seconds.", "",
-             "| Method | " + " | ".join(c for _, c in cols) + " | LOSS-attack AUC | #Params |", "|" + "---|" * (len(cols) + 3)]
+              "the paper, time in seconds; the audit's columns as fractions.", "",
+              "| Method | " + " | ".join(c for _, c in cols) + " | " + " | ".join(c for _, c, _ in audit) + " | #Params |",
+              "|" + "---|" * (len(cols) + len(audit) + 2)]
     for r in agg["rows"]:
-        cells = [_cell(r[k], SCALE[k], 1 if k == "time_s" else 2) for k, _ in cols]
+        cells = [_cell(r[k], SCALE[k], 1 if k == "time_s" else 2) for k, _ in cols] + [_cell(r.get(k), 1, d) for k, _, d in audit]
         p = r.get("trainable_params")
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {_cell(r['mia_loss_auc'], 1, 4)} | "
-                     f"{'-' if not p else (f'{p:.2e}' if p >= 1e5 else p)} |")
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {'-' if not p else (f'{p:.2e}' if p >= 1e5 else p)} |")
+    ovr = agg.get("original_vs_retrain") or {}
+    if any(ovr.values()):
+        names = dict(mia_loss_auc=("LOSS-attack AUC", 4), target_p_yes=("Target p(yes), real test users", 3),
+                     target_p_yes_forget=("Target p(yes) on D_f", 3), auc=("test AUC (x100)", 2))
+        lines += ["", "Something to forget? Original - Retrain, seed by seed (mean [95% interval]; `*`: excludes 0):", ""]
+        lines += [f"- {names[k][0]}: {_interval(v, 100 if k == 'auc' else 1, names[k][1])}" for k, v in ovr.items() if v]
     if agg["paired_vs_e2urec"]:
+        keys = [("auc", "ΔAUC"), ("logloss", "ΔLogLoss"), ("jsd", "ΔJSD"), ("l2", "ΔL2"), ("mia_loss_auc", "ΔLOSS-AUC"),
+                ("forget_quality", "ΔFQ"), ("time_s", "ΔTime(s)")]
         lines += ["", "Paired differences to E2URec (method - E2URec, seed by seed; mean [95% interval]); `*`: the interval "
                   "excludes 0, so the difference is resolved at this number of seeds.", "",
-                  "| Method | ΔAUC | ΔLogLoss | ΔJSD | ΔL2 | ΔTime(s) |", "|---|---|---|---|---|---|"]
+                  "| Method | " + " | ".join(c for _, c in keys) + " |", "|" + "---|" * (len(keys) + 1)]
         for m, d in agg["paired_vs_e2urec"].items():
-            cells = []
-            for k in ("auc", "logloss", "jsd", "l2", "time_s"):
-                s = d.get(k)
-                if s is None:
-                    cells.append("-")
-                    continue
-                sc, dg = SCALE[k], 1 if k == "time_s" else 2
-                if s["ci95"] is None:
-                    cells.append(f"{s['mean'] * sc:+.{dg}f}")
-                    continue
-                lo, hi = (s["mean"] - s["ci95"]) * sc, (s["mean"] + s["ci95"]) * sc
-                star = "*" if lo > 0 or hi < 0 else ""
-                cells.append(f"{s['mean'] * sc:+.{dg}f} [{lo:+.{dg}f}, {hi:+.{dg}f}]{star}")
+            cells = [_interval(d.get(k), SCALE[k], 1 if k == "time_s" else 4 if k in ("mia_loss_auc", "forget_quality") else 2)
+                     for k, _ in keys]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    closed = agg.get("gap_closed") or {}
+    if closed:
+        lines += ["", "Share of the Original-to-Retrain gap closed, % (1 - (M - Retrain)/(Original - Retrain); 100 = "
+                  "Retrain, 0 = untouched, below 0 = further away than the Original):", "",
+                  "| Method | JSD | LOSS-attack AUC | Target p(yes) |", "|---|---|---|---|"]
+        for m, d in closed.items():
+            lines.append(f"| {m} | " + " | ".join(_cell(d.get(k), 100, 1) for k in GAPS) + " |")
     g = agg["jsd_gap_closed"]
     if g:
         lines += ["", f"E2URec closes {_cell(g, 100, 1)} % of the Original-to-Retrain JSD gap on D_f "
@@ -172,6 +222,13 @@ def plot(agg: dict, path, title: str = "") -> bool:
                     color="tab:red" if r["method"].startswith("E2URec") else "tab:blue")
         ax.annotate(r["method"], (t["mean"], j["mean"] * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
     js = [r["jsd"]["mean"] * 100 for r in pts]
+    orig = next((r for r in agg["rows"] if r["method"] == "Original" and r.get("jsd")), None)
+    if orig is not None:  # reference lines: the untouched Original's mean (band: its 95% interval); Retrain is 0
+        o, c = orig["jsd"]["mean"] * 100, (orig["jsd"]["ci95"] or 0) * 100
+        ax.axhline(o, color="tab:gray", linestyle="--", linewidth=1, label="Original (untouched)")
+        if c:
+            ax.axhspan(o - c, o + c, color="tab:gray", alpha=0.15)
+        ax.legend(loc="lower right", fontsize=8)
     if len(js) > 1 and max(js) / max(min(js), 1e-3) > 20:
         ax.set_yscale("log")
     ax.set_xlabel("unlearning time (s), mean ± 95% CI")

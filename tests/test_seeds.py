@@ -31,7 +31,8 @@ def test_paired_differences_and_gap_closed():
     assert d["mean"] - d["ci95"] > 0  # resolved: NegGrad is farther from Retrain on every seed
     assert agg["jsd_gap_closed"]["values"] == pytest.approx([0.5, 0.5, 0.8])
     md = markdown(agg)
-    assert "| NegGrad |" in md and "*" in md.split("| NegGrad |")[-1].splitlines()[0] and "closes" in md
+    assert "| NegGrad |" in md and "*" in md.split("Paired differences")[1].split("| NegGrad |")[1].splitlines()[0] \
+        and "closes" in md
 
 
 def test_two_seeds_end_to_end(tmp_path):

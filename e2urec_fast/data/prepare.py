@@ -3,7 +3,8 @@
 Folder `<cache>/prepared/<dataset>-<key>/`:
   manifest.json      parameters, counts, source and content hashes
   prompts.jsonl      one {"prompt", "label", "user", "item"} per sample (train, valid, test order)
-  meta.safetensors   labels, users, items, split (0 train, 1 valid, 2 test), forget mask
+  meta.safetensors   labels, users, items, split (0 train, 1 valid, 2 test), forget mask,
+                     holdout mask (the audit's same-pool non-members D_h: trained on by no model)
   tokens-<tok>.safetensors   token ids per tokenizer (flat ids + offsets), written on first use
 """
 
@@ -21,7 +22,8 @@ import torch
 from ..errors import fail
 from ..files import load_safetensors, save_safetensors_atomic, staged_dir, write_json_atomic
 from .loaders import fetch_recbole_wheel, load_dataset
-from .samples import build_samples, render_prompt, split_samples
+from .samples import Split, build_samples, render_prompt, split_samples
+from .scenarios import SCENARIOS
 
 PREP_VERSION = 2  # 2: ML-1M occupation 0 reads 'other or not specified' (the authors' ml-1m.ipynb)
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
@@ -45,16 +47,29 @@ class Prepared:
     # kept when a deletion request replaces `forget`: the preset backbones' tokenizer is
     # trained without it (pretrain_prompts)
     split_forget: torch.Tensor | None = None
+    # (N,) bool: train-period samples of the held-out users D_h (`--holdout-ratio`, or
+    # `--holdout-users` in a request): in no model's training, the audit's non-members
+    holdout: torch.Tensor | None = None
+    # (N,) bool: the benchmark split's holdout as prepared, kept when a deletion request
+    # replaces `holdout` (the preset tokenizers' corpus leaves it out, as split_forget)
+    split_holdout: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.split_forget is None:
             self.split_forget = self.forget.clone()
+        if self.holdout is None:
+            self.holdout = torch.zeros_like(self.forget)
+        if self.split_holdout is None:
+            self.split_holdout = self.holdout.clone()
 
     def index(self, part: str) -> torch.Tensor:
-        """Sample indices of 'train', 'valid', 'test', 'forget' (this request's D_f),
-        'retain' (D_r: train minus every forgotten user) or 'forget_all' (the cumulative
-        D_f of every request so far)."""
-        tr = self.split == SPLIT_TRAIN
+        """Sample indices of 'train' (what the Original trains on: the train period minus
+        D_h), 'valid', 'test', 'forget' (this request's D_f), 'retain' (D_r: train minus every
+        forgotten user), 'forget_all' (the cumulative D_f of every request so far) or
+        'holdout' (D_h)."""
+        if part == "holdout":
+            return ((self.split == SPLIT_TRAIN) & self.holdout).nonzero().flatten()
+        tr = (self.split == SPLIT_TRAIN) & ~self.holdout
         gone = self.forget if self.excluded is None else (self.forget | self.excluded)
         sel = {
             "train": tr,
@@ -70,6 +85,8 @@ class Prepared:
         """Hash of which train samples are forgotten (this request and earlier ones): every
         cache of a model trained on D_r or of a run on D_f is keyed by it."""
         h = hashlib.sha256(self.forget.numpy().tobytes())
+        if self.holdout.any():
+            h.update(b"holdout" + self.holdout.numpy().tobytes())
         if self.excluded is not None:
             h.update(self.excluded.numpy().tobytes())
         return h.hexdigest()[:16]
@@ -78,12 +95,15 @@ class Prepared:
         """The prompts a preset backbone's tokenizer is trained on: the split's D_r and valid
         (never D_f, nor test: Retrain must not see the forgotten text, even through the
         vocabulary)."""
-        keep = ((self.split == SPLIT_TRAIN) & ~self.split_forget) | (self.split == SPLIT_VALID)
+        keep = ((self.split == SPLIT_TRAIN) & ~self.split_forget & ~self.split_holdout) | (self.split == SPLIT_VALID)
         return [self.prompts[i] for i in keep.nonzero().flatten().tolist()]
 
     def pretrain_key(self) -> str:
-        """Hash of the split's forget mask (which prompts pretrain_prompts leaves out)."""
-        return hashlib.sha256(self.split_forget.numpy().tobytes()).hexdigest()[:8]
+        """Hash of the split's forget and holdout masks (which prompts pretrain_prompts leaves out)."""
+        h = hashlib.sha256(self.split_forget.numpy().tobytes())
+        if self.split_holdout.any():
+            h.update(b"holdout" + self.split_holdout.numpy().tobytes())
+        return h.hexdigest()[:8]
 
     def tokens(self, tokenizer, tok_key: str, max_length: int = 512, suffix: str = "") -> list[torch.Tensor]:
         """Token ids of every prompt (+ `suffix`) under `tokenizer`, cached in the folder by
@@ -128,18 +148,28 @@ def _source_files(dataset: str, data_dir, cache_dir) -> list[Path]:
 
 
 def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_samples: int | None = 100_000,
-            forget_ratio: float = 0.2, seed: int = 42, min_history: int = 5, k: int = 10) -> Prepared:
-    """Build (or reuse) the prepared data set. See the module docstring for the layout."""
+            forget_ratio: float = 0.2, seed: int = 42, min_history: int = 5, k: int = 10, holdout_ratio: float = 0.0,
+            scenario: str = "random") -> Prepared:
+    """Build (or reuse) the prepared data set. See the module docstring for the layout.
+    `scenario` 'shilling' injects fake users into the train period (data/scenarios.py); their
+    samples are D_f, and `forget_ratio` is not used."""
     if dataset not in ("ml-100k", "ml-1m", "goodreads"):
         raise fail(None, f"unknown dataset {dataset!r} (choose ml-100k, ml-1m or goodreads)")
     if not 0.0 < forget_ratio < 1.0:
         raise fail(None, f"--forget-ratio must be in (0, 1), got {forget_ratio}")
+    if not 0.0 <= holdout_ratio < 1.0:
+        raise fail(None, f"--holdout-ratio must be in [0, 1), got {holdout_ratio}")
+    if scenario not in SCENARIOS:
+        raise fail(None, f"unknown scenario {scenario!r} (choose {', '.join(SCENARIOS)})")
+    shilling = scenario == "shilling"
     if max_samples is not None and max_samples < 10:
         raise fail(None, f"--max-samples must be at least 10, got {max_samples}")
     cache_dir = Path(os.path.expanduser(str(cache_dir)))
     sources = _source_files(dataset, data_dir, cache_dir)
     params = dict(dataset=dataset, max_samples=max_samples, forget_ratio=forget_ratio, seed=seed,
                   min_history=min_history, k=k, template="simple", version=PREP_VERSION)
+    if holdout_ratio or shilling:  # (absent otherwise: the caches of earlier versions stay valid)
+        params |= dict(holdout_ratio=holdout_ratio, scenario="shilling" if shilling else "random")
     src_hash = _sha(*[p.name.encode() + p.read_bytes() for p in sources])
     key = _sha(json.dumps(params, sort_keys=True).encode(), src_hash.encode())[:16]
     folder = cache_dir / "prepared" / f"{dataset}-{key}"
@@ -151,12 +181,16 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
 
     inter = load_dataset(dataset, data_dir, cache_dir)
     samples = build_samples(inter, min_history=min_history, k=k)
-    sp = split_samples(samples, max_samples, forget_ratio, seed)
+    sp = split_samples(samples, max_samples, forget_ratio, seed, holdout_ratio)
+    scen = None
+    if shilling:
+        sp, scen = _with_shilling(sp, inter, samples, max_samples, seed, holdout_ratio, min_history, k)
     all_s = sp.train + sp.valid + sp.test
     prompts = [render_prompt(s, inter) for s in all_s]
     n_tr, n_va = len(sp.train), len(sp.valid)
     split = torch.tensor([SPLIT_TRAIN] * n_tr + [SPLIT_VALID] * n_va + [SPLIT_TEST] * len(sp.test), dtype=torch.int8)
     forget = torch.tensor(sp.forget_mask + [False] * (len(all_s) - n_tr))
+    holdout = torch.tensor((sp.holdout_mask or [False] * n_tr) + [False] * (len(all_s) - n_tr))
     labels = torch.tensor([s.label for s in all_s])
     lines = "".join(json.dumps({"prompt": p, "label": s.label, "user": s.user, "item": s.item}) + "\n" for p, s in zip(prompts, all_s))
     n_f = int(forget.sum())
@@ -168,14 +202,17 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
         counts=dict(
             ratings=len(inter.ratings), users=len(inter.users) or len({r[0] for r in inter.ratings}), items=len(inter.titles),
             samples_after_filter=sp.n_after_filter, samples=len(all_s), train=n_tr, valid=n_va, test=len(sp.test),
-            train_users=len({s.user for s in sp.train}), forget_users=len(sp.forget_users), forget=n_f, retain=n_tr - n_f,
+            train_users=len({s.user for s in sp.train}), forget_users=len(sp.forget_users), forget=n_f,
+            retain=n_tr - n_f - int(holdout.sum()), holdout_users=len(sp.holdout_users), holdout=int(holdout.sum()),
             positive_rate=round(float(labels.float().mean()), 4),
         ),
     )
+    if scen is not None:
+        manifest["scenario"] = scen
     with staged_dir(folder) as tmp:
         (tmp / "prompts.jsonl").write_text(lines, encoding="utf-8")
         save_safetensors_atomic(dict(labels=labels, users=torch.tensor([s.user for s in all_s]),
-                                     items=torch.tensor([s.item for s in all_s]), split=split, forget=forget),
+                                     items=torch.tensor([s.item for s in all_s]), split=split, forget=forget, holdout=holdout),
                                 tmp / "meta.safetensors")
         write_json_atomic(tmp / "manifest.json", manifest)
     return _load(folder)
@@ -188,5 +225,20 @@ def _load(folder: Path) -> Prepared:
         raise ValueError("prompts.jsonl does not match the manifest's content hash")
     prompts = [json.loads(line)["prompt"] for line in text.splitlines()]
     m = load_safetensors(folder / "meta.safetensors")
-    return Prepared(folder, manifest, prompts, m["labels"], m["users"], m["items"], m["split"], m["forget"])
+    return Prepared(folder, manifest, prompts, m["labels"], m["users"], m["items"], m["split"], m["forget"],
+                    holdout=m.get("holdout"))
+
+
+def _with_shilling(sp: Split, inter, samples, max_samples, seed: int, holdout_ratio: float, min_history: int, k: int):
+    """The split with the fake users' samples added to train (in time order) as D_f, and the
+    held-out real users drawn from the shuffled real train users (data/scenarios.py)."""
+    from .scenarios import inject_shilling
+
+    fake, info = inject_shilling(inter, sp.train, sp.test, seed, min_history=min_history, k=k)
+    real = split_samples(samples, max_samples, holdout_ratio, seed) if holdout_ratio else None
+    held = set(real.forget_users) if real else set()
+    fake_users = set(info["fake_users"])
+    train = sorted(sp.train + fake, key=lambda s: (s.ts, s.user, s.item))
+    return Split(train, sp.valid, sp.test, info["fake_users"], [s.user in fake_users for s in train], sp.n_after_filter,
+                 sorted(held), [s.user in held for s in train]), info
 

@@ -9,7 +9,7 @@ Python's `random.seed(seed); random.shuffle(...)`, the first `forget_ratio` of t
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import fail
 from .loaders import Interactions
@@ -34,6 +34,10 @@ class Split:
     forget_users: list[int]  # in shuffled order
     forget_mask: list[bool]  # per train sample: True if it belongs to D_f
     n_after_filter: int
+    # the audit's same-pool non-members D_h: train users drawn like the forget users (the next
+    # `holdout_ratio` of the shuffled list), held out of every model's training
+    holdout_users: list[int] = field(default_factory=list)
+    holdout_mask: list[bool] = field(default_factory=list)  # per train sample
 
 
 def build_samples(inter: Interactions, min_history: int = 5, k: int = 10) -> list[Sample]:
@@ -50,7 +54,11 @@ def build_samples(inter: Interactions, min_history: int = 5, k: int = 10) -> lis
     return out
 
 
-def split_samples(samples: list[Sample], max_samples: int | None, forget_ratio: float, seed: int = 42) -> Split:
+def split_samples(samples: list[Sample], max_samples: int | None, forget_ratio: float, seed: int = 42,
+                  holdout_ratio: float = 0.0) -> Split:
+    """The authors' split; with `holdout_ratio`, the next share of the shuffled train users
+    (after the forget users, so the forget set is the same with or without a holdout) is the
+    audit's same-pool non-members D_h."""
     n_all = len(samples)
     if max_samples is not None:
         samples = samples[-max_samples:]
@@ -66,11 +74,16 @@ def split_samples(samples: list[Sample], max_samples: int | None, forget_ratio: 
     forget = users[: int(forget_ratio * len(users))]
     if not forget:
         raise fail(None, f"--forget-ratio {forget_ratio} selects no user out of {len(users)} train users (empty forget set)")
-    fs = set(forget)
+    n_f = len(forget)
+    held = users[n_f : n_f + int(holdout_ratio * len(users))]
+    if holdout_ratio > 0 and not held:
+        raise fail(None, f"--holdout-ratio {holdout_ratio} selects no user out of {len(users)} train users (empty holdout)")
+    fs, hs = set(forget), set(held)
     mask = [s.user in fs for s in train]
-    if all(mask):
-        raise fail(None, f"--forget-ratio {forget_ratio} puts every train sample in the forget set (D_r is empty)")
-    return Split(train, valid, test, forget, mask, n_all)
+    hmask = [s.user in hs for s in train]
+    if all(a or b for a, b in zip(mask, hmask)):
+        raise fail(None, f"--forget-ratio {forget_ratio} and --holdout-ratio {holdout_ratio} leave no train sample for D_r")
+    return Split(train, valid, test, forget, mask, n_all, held, hmask)
 
 
 def _stars_text(title: str, stars: int) -> str:

@@ -1,0 +1,81 @@
+"""Scenarios with something to forget (`--scenario`; ../EVALUATION.md, issue #25).
+
+- `random` (the paper's): a random 20% of the train users ask to be forgotten.
+- `memorize` (privacy): the same split; the recipe (config.SCENARIO_RECIPES) trains Original
+  and Retrain to memorization on a small pool, so the Original holds its D_f.
+- `shilling` (utility): fake users injected into the real train period promote a few target
+  items (the average attack of the recommender-security literature: each fake user rates the
+  targets 5 stars and popular fillers at the filler's mean rating); D_f = the fake users. The
+  Original inflates the targets for real users; Retrain, trained without the fake users,
+  does not. The attack's effect is the targets' mean p(yes) on real test samples.
+
+`inject_shilling` is deterministic in its seed; the fake users get ids above every real one,
+a real user's profile (copied), and train-period timestamps only: they never reach valid or
+test.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
+
+from .loaders import Interactions
+from .samples import Sample, build_samples
+
+SCENARIOS = ("random", "memorize", "shilling")
+
+
+@dataclass(frozen=True)
+class Shilling:
+    n_fake: int = 20  # fake users
+    n_targets: int = 5  # promoted items
+    n_fillers: int = 20  # filler items per fake user, drawn from the 50 most popular of the train period
+
+
+def choose_targets(train: list[Sample], test: list[Sample], n: int) -> list[int]:
+    """The items an attacker would promote: ones real users dislike in the train period
+    (lowest share of 'yes', at least 3 train samples), among items the test period asks about
+    (at least 3 test samples, so the attack's effect is measurable). Ties by item id; no test
+    label is read."""
+    n_tr, pos = Counter(s.item for s in train), Counter(s.item for s in train if s.label)
+    n_te = Counter(s.item for s in test)
+    for need in (3, 2, 1):
+        cand = [i for i in n_te if n_te[i] >= need and n_tr[i] >= 3]
+        if len(cand) >= n:
+            break
+    cand.sort(key=lambda i: (pos[i] / n_tr[i], i))
+    return cand[:n]
+
+
+def inject_shilling(inter: Interactions, train: list[Sample], test: list[Sample], seed: int, shill: Shilling = Shilling(),
+                    min_history: int = 5, k: int = 10) -> tuple[list[Sample], dict]:
+    """Fake users' samples (to add to train) and the scenario's description; `inter` gains
+    the fake users' profiles (the prompts need them)."""
+    rng = random.Random(seed)
+    targets = choose_targets(train, test, shill.n_targets)
+    if len(targets) < shill.n_targets:
+        raise ValueError(f"only {len(targets)} items qualify as shilling targets (need {shill.n_targets}): too few samples")
+    pop = Counter(s.item for s in train)
+    stars = defaultdict(list)
+    for s in train:
+        stars[s.item].append(s.stars)
+    fillers_pool = [i for i, _ in sorted(pop.items(), key=lambda kv: (-kv[1], kv[0])) if i not in targets][:50]
+    t_lo, t_hi = min(s.ts for s in train), max(s.ts for s in train)
+    real = sorted(inter.users) or sorted({s.user for s in train})
+    first = max([*real, *(s.user for s in train)]) + 1
+    fake_users, ratings = [], []
+    for j in range(shill.n_fake):
+        u = first + j
+        fake_users.append(u)
+        if inter.users:
+            inter.users[u] = replace(inter.users[rng.choice(real)])
+        fill = rng.sample(fillers_pool, min(shill.n_fillers, len(fillers_pool)))
+        items = [(i, min(5, max(1, round(sum(stars[i]) / len(stars[i]))))) for i in fill] + [(i, 5) for i in targets]
+        rng.shuffle(items)
+        ts = sorted(rng.randint(t_lo, t_hi) for _ in items)
+        ratings += [(u, i, st, t) for (i, st), t in zip(items, ts)]
+    fake = build_samples(Interactions(inter.name, inter.kind, inter.users, inter.titles, ratings), min_history=min_history, k=k)
+    info = dict(name="shilling", kind="average attack", targets=targets, fake_users=fake_users, fillers_pool=len(fillers_pool),
+                n_fake=shill.n_fake, n_targets=shill.n_targets, n_fillers=shill.n_fillers, fake_samples=len(fake))
+    return fake, info
