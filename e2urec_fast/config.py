@@ -319,7 +319,7 @@ PRESET_DIFF = {"authors": {k: v for k, v in AUTHORS.items() if k not in ("alpha"
 
 
 # the recipe of each scenario: the fields it sets unless they are given (data/scenarios.py)
-MEMORIZE = dict(max_samples=3000, epochs=15, patience=15)
+MEMORIZE = dict(max_samples=3000, epochs=15, patience=15, holdout_ratio=0.2)  # 0.2: as many D_h users as D_f
 SCENARIO_RECIPES = dict(random={}, memorize=MEMORIZE, shilling=MEMORIZE)
 
 

@@ -116,7 +116,7 @@ def test_gap_closed_over_seeds():
 
 def test_scenario_recipe_fills_only_what_is_not_given():
     c = from_fields(scenario="memorize")
-    assert (c.data.max_samples, c.finetune.epochs, c.finetune.patience) == (3000, 15, 15)
+    assert (c.data.max_samples, c.finetune.epochs, c.finetune.patience, c.data.holdout_ratio) == (3000, 15, 15, 0.2)
     c = from_fields(scenario="memorize", epochs=4)
     assert (c.data.max_samples, c.finetune.epochs) == (3000, 4)
     assert from_fields().finetune.epochs == 3
