@@ -129,10 +129,31 @@ def _check_paths(cfg: Config, methods: list[str]) -> None:
     if (r.original is not None or r.previous is not None) and needs_pretrained and cfg.run.backbone is None:
         raise UserError("Retrain (and the JSD/L2 against it) needs the pretrained model your Original was fine-tuned from: "
                         "give --backbone, or --no-retrain to skip Retrain")
+    _check_overlap(cfg)
     name = cfg.backbone_name
     if name not in PRESETS and name not in FETCHED:
         check_model_folder(Path(name), "--backbone", f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) "
                            "nor a folder")
+
+
+def _check_overlap(cfg: Config) -> None:
+    """--out must neither contain nor lie inside a folder the user owns and we read: the
+    --original model, the --previous output, the --cache-dir, the --backbone folder, the
+    --data-dir (a run replaces OUT's merged/, original/ and adapter/, and a failed run
+    removes what it created there)."""
+    out = Path(cfg.run.out).resolve()
+    r = cfg.request
+    owned = [("--original", r.original), ("--previous", r.previous), ("--cache-dir", os.path.expanduser(cfg.data.cache_dir)),
+             ("--data-dir", cfg.data.data_dir)]
+    if cfg.run.backbone is not None and Path(cfg.run.backbone).exists():
+        owned.append(("--backbone", cfg.run.backbone))
+    for flag, p in owned:
+        if p is None:
+            continue
+        q = Path(p).resolve()
+        if q == out or q.is_relative_to(out) or (out.is_relative_to(q) and flag != "--previous"):
+            raise UserError(f"--out {cfg.run.out} and {flag} {p} overlap: the run would write into (or over) a folder it reads; "
+                            "give --out a folder of its own")
 
 
 def writable_dir(path: Path, flag: str) -> None:

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,31 @@ def test_preset_tokenizer_never_sees_forgotten_or_test_prompts(tmp_path, monkeyp
     user = int(prep.users[prep.index("retain")[0]])
     apply_request(prep, "ml-1m", [user], set())
     assert resolve_backbone("tiny", prep, tmp_path / "cache", seed=1) == folder and len(seen) == 2
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    """#27 item 1: a prefixed, a partial and a wrong-architecture folder would load as a
+    partly random model (transformers initialises what is missing); each is refused, naming keys."""
+    from safetensors.torch import load_file, save_file
+
+    j = tiny_job(tmp_path / "a")
+    load_backbone(j.backbone_dir)  # the good folder loads
+    w = load_file(str(Path(j.backbone_dir) / "model.safetensors"))
+
+    def variant(name, weights=None, config=None):
+        d = tmp_path / name
+        shutil.copytree(j.backbone_dir, d)
+        if weights is not None:
+            save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
+        if config is not None:
+            (d / "config.json").write_text(json.dumps(config))
+        return d
+
+    with pytest.raises(UserError, match=r"model.safetensors: the weights do not fit config.json: .*missing.*unexpected"):
+        load_backbone(variant("prefixed", {f"model.{k}": v for k, v in w.items()}))
+    with pytest.raises(UserError, match=r"missing \(decoder"):
+        load_backbone(variant("partial", {k: v for k, v in w.items() if not k.startswith("decoder.")}))
+    gpt2 = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=1, n_head=2, n_embd=64,
+                vocab_size=int(json.loads((Path(j.backbone_dir) / "config.json").read_text())["vocab_size"]))
+    with pytest.raises(UserError, match="do not fit config.json"):
+        load_backbone(variant("gpt2", config=gpt2))

@@ -4,6 +4,7 @@ bit-identically, stale caches and bad model folders are clear errors, no pickles
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,3 +301,21 @@ def test_diverged_student_keeps_last_good_state(data, tmp_path, monkeypatch, cap
     assert states and not (out / "report.json").exists()
     t = load_safetensors(states[0])
     assert all(torch.isfinite(v).all() for k, v in t.items() if k.startswith("p."))  # the last good state is finite
+
+
+def test_out_overlapping_an_input_is_refused_and_the_input_survives(tmp_path):
+    """#27 item 2: --original OUT/merged --out OUT --merge used to delete the input model."""
+    from e2urec_fast import forget
+    from e2urec_fast.models.backbone import build_preset
+
+    out = tmp_path / "OUT"
+    model = build_preset("tiny", ["The user is a male. Yes. No. a b c"] * 4, out / "merged", seed=0)
+    (model / "mine.txt").write_text("the user's own file")
+    before = sorted(p.name for p in model.iterdir())
+    for kw in (dict(original=str(model)), dict(original=str(model), cache_dir=str(tmp_path / "c")),
+               dict(original=str(tmp_path / "x"), cache_dir=str(out / "cache"))):
+        if "x" in kw["original"]:
+            shutil.copytree(model, tmp_path / "x", dirs_exist_ok=True)
+        with pytest.raises(UserError, match="overlap"):
+            forget(out=out, forget_users=[1], merge=True, no_retrain=True, quiet=True, **kw)
+    assert sorted(p.name for p in model.iterdir()) == before and (model / "mine.txt").read_text() == "the user's own file"

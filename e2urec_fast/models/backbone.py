@@ -266,6 +266,17 @@ def check_model_folder(folder: Path, flag: str | None = None,
         raise fail(folder, f"{pre}no model.safetensors weights (only safetensors are loaded, never pickles)")
 
 
+def _check_loading(folder: Path, info: dict) -> None:
+    """Refuse weights that do not fit the config (transformers would initialise the missing
+    tensors at random and load on: a random model served without a word)."""
+    bad = [(what, sorted(info.get(key) or [])) for what, key in (("missing", "missing_keys"), ("unexpected", "unexpected_keys"),
+                                                                   ("of the wrong shape", "mismatched_keys"))]
+    bad = [(w, [k[0] if isinstance(k, tuple) else k for k in ks]) for w, ks in bad if ks]
+    if bad:
+        what = "; ".join(f"{len(ks)} tensor(s) {w} ({', '.join(map(str, ks[:3]))}{', ...' if len(ks) > 3 else ''})" for w, ks in bad)
+        raise fail(folder / "model.safetensors", f"the weights do not fit config.json: {what}")
+
+
 def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
     """Load a local HF folder: T5/BART, a causal LM or a masked LM (safetensors weights only; never pickles)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -282,9 +293,10 @@ def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dty
     except Exception as e:
         raise fail(folder, f"no usable tokenizer ({type(e).__name__}: {e})") from None
     try:
-        model = _auto(family).from_pretrained(folder, use_safetensors=True, dtype=dtype)
+        model, info = _auto(family).from_pretrained(folder, use_safetensors=True, dtype=dtype, output_loading_info=True)
     except Exception as e:
         raise fail(folder / "model.safetensors", f"could not load weights ({type(e).__name__}: {str(e)[:200]})") from None
+    _check_loading(folder, info)
     if family in ("t5", "bart"):
         targets = {}
         for label, text in ((1, "Yes."), (0, "No.")):
