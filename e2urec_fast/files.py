@@ -38,9 +38,11 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 (and safetensors' writer re-creates the file 0600): the usual mode,
+        # so a model server under another account can read what we hand out
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -98,8 +100,14 @@ def staged_dir(final: str | os.PathLike):
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: a model server under another account could not read the folder
     try:
         yield tmp
+        for p in tmp.rglob("*"):  # what save_pretrained wrote (safetensors' writer makes its files 0600)
+            if not p.is_symlink():
+                os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

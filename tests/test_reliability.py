@@ -319,3 +319,21 @@ def test_out_overlapping_an_input_is_refused_and_the_input_survives(tmp_path):
         with pytest.raises(UserError, match="overlap"):
             forget(out=out, forget_users=[1], merge=True, no_retrain=True, quiet=True, **kw)
     assert sorted(p.name for p in model.iterdir()) == before and (model / "mine.txt").read_text() == "the user's own file"
+
+
+def test_staged_folders_and_files_take_the_umask_mode(tmp_path):
+    """#27 item 5: merged/, original/ and the prepared/backbone folders were 0700 (mkdtemp)."""
+    from e2urec_fast.files import save_safetensors_atomic, staged_dir
+
+    old = os.umask(0o022)
+    try:
+        with staged_dir(tmp_path / "merged") as d:
+            save_safetensors_atomic({"w": torch.zeros(2)}, d / "model.safetensors")
+            from safetensors.torch import save_file
+
+            save_file({"w": torch.zeros(2)}, str(d / "raw.safetensors"))  # as save_pretrained writes it
+    finally:
+        os.umask(old)
+    assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755
+    for f in ("model.safetensors", "raw.safetensors"):
+        assert (tmp_path / "merged" / f).stat().st_mode & 0o777 == 0o644, f
