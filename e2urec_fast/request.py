@@ -78,6 +78,17 @@ def apply_holdout(prep, dataset: str, users: list[int]) -> None:
         raise UserError("--holdout-users: with the forgotten users they cover every train sample (D_r would be empty)")
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from `path`; truncated, non-UTF-8 or non-object content is one line."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise fail(path, f"{what}: unreadable JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(obj, dict):
+        raise fail(path, f"{what}: not a JSON object")
+    return obj
+
+
 def lineage_of(cfg: Config) -> tuple[dict, Path | None, dict | None]:
     """(history manifest, the model folder to unlearn, the previous output's report)."""
     from .models.export import read_manifest
@@ -85,9 +96,9 @@ def lineage_of(cfg: Config) -> tuple[dict, Path | None, dict | None]:
     r = cfg.request
     if r.previous is not None:
         prev = Path(r.previous)
-        rep = json.loads((prev / "report.json").read_text())
+        rep = read_json_object(prev / "report.json", "--previous")
         req = rep.get("request") or {}
-        if not req.get("lineage"):
+        if not isinstance(req, dict) or not isinstance(req.get("lineage"), dict) or not req["lineage"]:
             raise fail(prev / "report.json", "--previous: this output has no request history (run with --forget-users)")
         return req["lineage"], Path(req["merged"]) if req.get("merged") else None, rep
     if r.original is not None:

@@ -283,8 +283,12 @@ def run_seeds(cfg, run_one) -> dict:
     for k, sub in enumerate(subs):
         key, done = settings_key(sub), Path(sub.run.out) / "report.json"
         if done.is_file():
-            rep = json.loads(done.read_text())
-            if rep.get("settings_key") == key:
+            try:
+                rep = json.loads(done.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                rep = {}  # a truncated seed report (the run was cut while writing it... or edited): the seed runs again
+                print(f"{done}: unreadable; seed {seeds[k]} runs again", file=sys.stderr)
+            if isinstance(rep, dict) and rep.get("settings_key") == key:
                 print(f"seed {seeds[k]} ({k + 1}/{len(seeds)}): reusing {done}", file=sys.stderr, flush=True)
                 reports.append(rep)
                 continue

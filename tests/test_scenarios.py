@@ -133,3 +133,44 @@ def test_holdout_users_errors(tmp_path):
         check(from_fields(holdout_users="1,1", forget_users="2,3", out=str(tmp_path / "o")))
     with pytest.raises(UserError, match="--scenario shilling is a benchmark"):
         check(from_fields(scenario="shilling", forget_users="2,3", out=str(tmp_path / "o")))
+
+
+def test_malformed_previous_report_and_history_are_one_line(tmp_path):
+    """#27 item 3: a truncated or non-object --previous report.json, and e2urec.json entries of
+    the wrong type, were tracebacks."""
+    from e2urec_fast.models.export import read_manifest
+    from e2urec_fast.request import lineage_of
+
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    for text, msg in (('{"request": {"lin', "unreadable JSON"), ("[1, 2]", "not a JSON object"),
+                      ('{"request": "x"}', "no request history")):
+        (prev / "report.json").write_text(text)
+        with pytest.raises(UserError, match=msg):
+            lineage_of(from_fields(previous=str(prev), forget_users="1", out=str(tmp_path / "o")))
+    (prev / "e2urec.json").write_text(json.dumps({"requests": ["not an object"]}))
+    with pytest.raises(UserError, match="e2urec.json: unreadable request history"):
+        read_manifest(prev)
+    (prev / "e2urec.json").write_text(json.dumps({"requests": [{"users_sha256": "abc"}]}))
+    with pytest.raises(UserError, match="users_sha256"):
+        read_manifest(prev)
+
+
+def test_a_truncated_seed_report_runs_that_seed_again(tmp_path, capsys):
+    from e2urec_fast.seeds import run_seeds, seed_configs
+
+    cfg = from_fields(seeds="1,2", out=str(tmp_path / "o"), quiet=True)
+    ran = []
+
+    def run_one(sub):
+        ran.append(sub.run.seed)
+        return dict(rows=[dict(method="Original", kind="reference", auc=0.7, jsd=0.02)], settings=dict(dataset="ml-100k",
+                    backbone="tiny", seed=sub.run.seed), env=dict(device="cpu", git="x"), total_s=1.0)
+
+    run_seeds(cfg, run_one)
+    assert ran == [1, 2]
+    (tmp_path / "o" / "seed-2" / "report.json").write_text('{"rows": [')  # cut while written
+    ran.clear()
+    run_seeds(cfg, run_one)
+    assert ran == [2] and "unreadable; seed 2 runs again" in capsys.readouterr().err
+    assert len(seed_configs(cfg)) == 2

@@ -47,8 +47,14 @@ def read_manifest(folder) -> dict:
         m = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(m, dict) or not isinstance(m.get("requests", []), list):
             raise ValueError("not an object with a list 'requests'")
+        for r in m.get("requests", []):
+            if not isinstance(r, dict) or not isinstance(r.get("users_sha256", []), list):
+                raise ValueError("a 'requests' entry is not an object with a list 'users_sha256'")
+        for k in ("root_original", "retain_cache", "data_hash"):
+            if m.get(k) is not None and not isinstance(m[k], str):
+                raise ValueError(f"'{k}' is not a string")
         return m
-    except (json.JSONDecodeError, ValueError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise fail(p, f"unreadable request history ({e})") from None
 
 
