@@ -30,7 +30,7 @@ from . import dist
 from .checks import Plan, check, needs_retrain
 from .config import Config, from_fields, max_samples, replace_fields, split_seed
 from .errors import UserError
-from .files import clean_created, finish_work, snapshot
+from .files import clean_created, finish_work, out_lock, snapshot
 from .result import ForgetResult
 
 __all__ = ["ForgetResult", "forget", "run", "run_guarded"]
@@ -51,14 +51,15 @@ def run_guarded(cfg: Config) -> ForgetResult:
     transformers.utils.logging.disable_progress_bar()
     out = Path(cfg.run.out)
     snap = snapshot(out)
-    try:
-        dist.check_launch(cfg)
-        if cfg.bench.seeds is None:
-            return run(cfg)
-        return _run_seeds(cfg)
-    except UserError:
-        clean_created(out, snap)  # a divergence or an interrupt keeps <out>/work/ on purpose: the run resumes from it
-        raise
+    with out_lock(out):  # a second run on a busy OUT is refused here, before it could clean anything
+        try:
+            dist.check_launch(cfg)
+            if cfg.bench.seeds is None:
+                return run(cfg)
+            return _run_seeds(cfg)
+        except UserError:
+            clean_created(out, snap)  # a divergence or an interrupt keeps <out>/work/ on purpose: the run resumes from it
+            raise
 
 
 def _run_seeds(cfg: Config) -> ForgetResult:

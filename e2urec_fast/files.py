@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import dist
-from .errors import fail
+from .errors import UserError, fail
 
 
 @contextlib.contextmanager
@@ -136,6 +136,57 @@ def fetch_wheel(cache_dir: str | os.PathLike, name: str, version: str, what: str
 
 # ----------------------------------------------------------------- never destroy: the output folder's bookkeeping
 _OUR_STATE = re.compile(r".*-[0-9a-f]{16}\.safetensors$|^\..*\.tmp$")  # resumable states and temporaries we write in work/
+
+
+LOCK = ".e2urec.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another account's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def out_lock(out: Path):
+    """One run at a time per output folder: `OUT/.e2urec.lock` holds the writer's pid, taken
+    with O_EXCL; a lock whose process is gone is taken over. Under torchrun rank 0 holds it for
+    all ranks. A folder we cannot create is left to the checks (they name the problem)."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        yield
+        return
+    lock, me = out / LOCK, str(os.getpid())
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise UserError(f"{out}: another run (pid {pid}) is writing this output folder; wait for it to finish, or "
+                                f"give another --out (a stale {LOCK} of a dead run is taken over)") from None
+            lock.unlink(missing_ok=True)  # stale: its run is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == me:
+                lock.unlink()
 
 
 def snapshot(out: Path):

@@ -337,3 +337,27 @@ def test_staged_folders_and_files_take_the_umask_mode(tmp_path):
     assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755
     for f in ("model.safetensors", "raw.safetensors"):
         assert (tmp_path / "merged" / f).stat().st_mode & 0o777 == 0o644, f
+
+
+def test_a_second_run_on_a_busy_out_is_refused_and_the_first_keeps_its_files(tmp_path):
+    """#27 item 4: two runs on one --out; the refused one must not clean the other's files."""
+    from e2urec_fast import forget
+    from e2urec_fast.files import LOCK
+
+    out = tmp_path / "OUT"
+    (out / "work").mkdir(parents=True)
+    (out / "work" / "state-0123456789abcdef.safetensors").write_bytes(b"the first run's state")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(str(other.pid))
+        with pytest.raises(UserError, match=f"another run \\(pid {other.pid}\\) is writing this output folder"):
+            forget(out=out, forget_ratio=2.0)  # (would fail its checks too; the lock comes first)
+        assert (out / "work" / "state-0123456789abcdef.safetensors").read_bytes() == b"the first run's state"
+        assert (out / LOCK).read_text() == str(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    # the first run is gone: its stale lock is taken over (the run goes on to its own checks)
+    with pytest.raises(UserError, match="--forget-ratio"):
+        forget(out=out, forget_ratio=2.0)
+    assert not (out / LOCK).exists() and (out / "work" / "state-0123456789abcdef.safetensors").exists()
