@@ -305,7 +305,8 @@ def run_seeds(cfg, run_one) -> dict:
     write_json_atomic(out / "report.json", summary)
     write_text_atomic(out / "report.csv", csv_text(agg))
     plotted = plot(agg, out / "report.png", title=f"{s0['dataset']}, backbone {s0['backbone']}, {len(seeds)} seeds")
-    md = (f"# E2URec over seeds: {s0['dataset']}, backbone {s0['backbone']}\n\n" + markdown(agg)
+    scen = f", scenario {s0['scenario']}" if s0.get("scenario", "random") != "random" else ""
+    md = (f"# E2URec over seeds: {s0['dataset']}, backbone {s0['backbone']}{scen}\n\n" + markdown(agg)
           + ("\n![D_f JSD against unlearning time, means with 95% intervals](report.png)\n" if plotted else "")
           + f"\nPer-seed reports: {', '.join(f'seed-{s}/report.md' for s in seeds)}. Wall clock of this run "
           f"{summary['total_s']:.0f} s; {reports[-1]['env']['device']}, git {reports[-1]['env']['git']}.\n")
