@@ -105,7 +105,7 @@ class RunConfig:
     threads: int | None = opt(None, "torch CPU threads (default: all cores)", type=int, lo=1)
     dtype: str = opt("auto", "precision of every stage: bf16 = forwards under autocast with fp32 master weights, the student's "
                      "frozen base stored in bf16, fp32 teacher cache and metrics; auto = bf16 on a CUDA device that supports it, "
-                     "fp32 on the CPU", shown=True, choices=("auto", "fp32", "bf16"))
+                     "fp32 on the CPU", choices=("auto", "fp32", "bf16"))
     out: str = opt("e2urec_out", "output folder for report.json, report.md and the adapter", shown=True, metavar="DIR")
     quiet: bool = opt(False, "no progress bars", shown=True)
 
@@ -146,10 +146,10 @@ class StudentConfig:
     student_lr: float = opt(1e-4, "AdamW learning rate of the LoRA student", shown=True, lo=0.0, lo_open=True)
     alpha: float = opt(2.0, "forgetting-teacher strength in v - alpha*relu(v_aug - v)", shown=True, lo=0.0)
     retain_weight: float = opt(0.6, "w in w*(CE_r + KL_r) + (1-w)*KL_f, the paper's 1 - beta (the authors' code: 0.6)",
-                               shown=True, lo=0.0, hi=1.0)
+                               lo=0.0, hi=1.0)
     student_steps: int = opt(300, "student steps in all (forget-only epochs included)", shown=True, lo=1)
     forget_epochs: int = opt(1, "epochs over D_f with the forgetting loss only, first", lo=0)
-    lora_r: int = opt(16, "LoRA rank", shown=True, lo=1)
+    lora_r: int = opt(16, "LoRA rank", lo=1)
     lora_alpha: float = opt(32.0, "LoRA alpha (scaling alpha/r)", lo=0.0, lo_open=True)
     lora_dropout: float = opt(0.05, "LoRA dropout", lo=0.0, hi=1.0, hi_open=True)
     aug_lr: float = opt(1e-4, "learning rate of the augmented model (Original fine-tuned on D_f)", lo=0.0, lo_open=True)
