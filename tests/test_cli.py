@@ -106,7 +106,8 @@ def test_help_documents_flags():
 
     short = build_parser().format_help()
     for flag in ("--dataset", "--data-dir", "--backbone", "--max-samples", "--forget-ratio", "--seed", "--device", "--out",
-                 "--forget-users", "--original", "--no-retrain", "--merge", "--alpha", "--lora-r", "--student-steps", "--set"):
+                 "--forget-users", "--original", "--no-retrain", "--merge", "--alpha", "--student-steps", "--set", "--scenario", "--holdout-ratio",
+                 "--holdout-users"):
         assert flag in short
     shown = [a for a in build_parser()._actions if a.help != "==SUPPRESS=="]
     assert len(shown) <= 26 and "--kernel-backend" not in short and "--no-teacher-cache" not in short

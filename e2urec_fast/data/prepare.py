@@ -234,7 +234,10 @@ def _with_shilling(sp: Split, inter, samples, max_samples, seed: int, holdout_ra
     held-out real users drawn from the shuffled real train users (data/scenarios.py)."""
     from .scenarios import inject_shilling
 
-    fake, info = inject_shilling(inter, sp.train, sp.test, seed, min_history=min_history, k=k)
+    try:
+        fake, info = inject_shilling(inter, sp.train, sp.test, seed, min_history=min_history, k=k)
+    except ValueError as e:
+        raise fail(None, f"--scenario shilling: {e}; give more --max-samples") from None
     real = split_samples(samples, max_samples, holdout_ratio, seed) if holdout_ratio else None
     held = set(real.forget_users) if real else set()
     fake_users = set(info["fake_users"])
