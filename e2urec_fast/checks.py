@@ -188,7 +188,7 @@ def parse_user_list(spec: str, flag: str = "--forget-users") -> list[int]:
         items = [(ln.split("#", 1)[0].strip(), (path, n + 1)) for n, ln in enumerate(lines)]
         items = [(t, w) for t, w in items if t]
     elif not spec:
-        raise UserError(f"{flag}: no user ids (the {'forget' if 'forget' in flag else 'holdout'} set is empty)")
+        raise UserError(f"{flag}: no user ids (the {flag[2:].split('-')[0]} set is empty)")
     else:
         items = [(t.strip(), None) for t in spec.split(",")]
         if any(not t for t, _ in items):
@@ -200,7 +200,7 @@ def parse_user_list(spec: str, flag: str = "--forget-users") -> list[int]:
                 f"{flag}: user id {t!r} is not an integer id")
         ids.append(int(t))
     if not ids:
-        raise UserError(f"{flag} {spec}: no user ids (the {'forget' if 'forget' in flag else 'holdout'} set is empty)")
+        raise UserError(f"{flag} {spec}: no user ids (the {flag[2:].split('-')[0]} set is empty)")
     dup = sorted(u for u, n in Counter(ids).items() if n > 1)  # linear: a million ids in well under a second
     if dup:
         raise UserError(f"{flag}: duplicate user id(s) {', '.join(map(str, dup))}")

@@ -123,10 +123,11 @@ class Evaluator:
         else:
             unseen = answer_losses(yn, self.test_labels)
         self.losses[name] = (answer_losses(f_yn, self.forget_labels), unseen)
-        m = ctr_metrics(self.test_labels, p_yes(yn))
+        py = p_yes(yn)
+        m = ctr_metrics(self.test_labels, py)
         if self.targets is not None:
             te, fo = self.targets
-            m["target_p_yes"] = float(p_yes(yn)[te].mean()) if te.any() else None
+            m["target_p_yes"] = float(py[te].mean()) if te.any() else None
             m["target_p_yes_forget"] = float(p_yes(f_yn)[fo].mean()) if fo.any() else None
         self.seconds[name] = time.perf_counter() - t0
         return m, full

@@ -59,6 +59,18 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from `path`; truncated, non-UTF-8 or non-object content is one line,
+    `<path>: <what> (<why>)`."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise fail(path, f"{what} ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(obj, dict):
+        raise fail(path, f"{what} (not a JSON object)")
+    return obj
+
+
 def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 

@@ -9,12 +9,12 @@ prepared data's hash and every request served so far.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
 from .config import Config
 from .errors import UserError, fail
+from .files import read_json_object
 
 
 def user_hash(dataset: str, user) -> str:
@@ -78,17 +78,6 @@ def apply_holdout(prep, dataset: str, users: list[int]) -> None:
         raise UserError("--holdout-users: with the forgotten users they cover every train sample (D_r would be empty)")
 
 
-def read_json_object(path: Path, what: str) -> dict:
-    """A JSON object from `path`; truncated, non-UTF-8 or non-object content is one line."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise fail(path, f"{what}: unreadable JSON ({type(e).__name__}: {str(e)[:120]})") from None
-    if not isinstance(obj, dict):
-        raise fail(path, f"{what}: not a JSON object")
-    return obj
-
-
 def lineage_of(cfg: Config) -> tuple[dict, Path | None, dict | None]:
     """(history manifest, the model folder to unlearn, the previous output's report)."""
     from .models.export import read_manifest
@@ -96,7 +85,7 @@ def lineage_of(cfg: Config) -> tuple[dict, Path | None, dict | None]:
     r = cfg.request
     if r.previous is not None:
         prev = Path(r.previous)
-        rep = read_json_object(prev / "report.json", "--previous")
+        rep = read_json_object(prev / "report.json", "--previous: unreadable JSON")
         req = rep.get("request") or {}
         if not isinstance(req, dict) or not isinstance(req.get("lineage"), dict) or not req["lineage"]:
             raise fail(prev / "report.json", "--previous: this output has no request history (run with --forget-users)")

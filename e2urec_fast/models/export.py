@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import fail
-from ..files import save_safetensors_atomic, staged_dir
+from ..files import read_json_object, save_safetensors_atomic, staged_dir
 from .backbone import Backbone, MaskedScorer
 from .lora import lora_modules
 
@@ -43,19 +43,18 @@ def read_manifest(folder) -> dict:
     p = Path(folder) / MANIFEST
     if not p.exists():
         return {}
-    try:
-        m = json.loads(p.read_text(encoding="utf-8"))
-        if not isinstance(m, dict) or not isinstance(m.get("requests", []), list):
-            raise ValueError("not an object with a list 'requests'")
-        for r in m.get("requests", []):
-            if not isinstance(r, dict) or not isinstance(r.get("users_sha256", []), list):
-                raise ValueError("a 'requests' entry is not an object with a list 'users_sha256'")
-        for k in ("root_original", "retain_cache", "data_hash"):
-            if m.get(k) is not None and not isinstance(m[k], str):
-                raise ValueError(f"'{k}' is not a string")
-        return m
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        raise fail(p, f"unreadable request history ({e})") from None
+    m = read_json_object(p, "unreadable request history")
+    problem = None
+    if not isinstance(m.get("requests", []), list):
+        problem = "not an object with a list 'requests'"
+    elif any(not isinstance(r, dict) or not isinstance(r.get("users_sha256", []), list) for r in m.get("requests", [])):
+        problem = "a 'requests' entry is not an object with a list 'users_sha256'"
+    else:
+        problem = next((f"'{k}' is not a string" for k in ("root_original", "retain_cache", "data_hash")
+                        if m.get(k) is not None and not isinstance(m[k], str)), None)
+    if problem:
+        raise fail(p, f"unreadable request history ({problem})")
+    return m
 
 
 @torch.no_grad()
