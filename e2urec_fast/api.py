@@ -144,7 +144,7 @@ def _stages(cfg: Config, plan: Plan) -> ForgetResult:
 def prepare_stage(st: State) -> None:
     """The prepared data (cached), the request's D_f and the lineage of earlier requests."""
     from .data import prepare
-    from .request import apply_holdout, apply_request, lineage_of
+    from .request import apply_holdout, apply_request, lineage_of, resolve_users
 
     cfg, users = st.cfg, st.plan.users
     st.lineage, st.model_dir, st.prev_rep = lineage_of(cfg)
@@ -158,8 +158,10 @@ def prepare_stage(st: State) -> None:
                         f"{h[:12]}, this run {st.prep.manifest['content_hash'][:12]}); use the same --dataset/--data-dir/--max-samples")
     st.history = list(st.lineage.get("requests", []))
     if users is not None:
+        st.plan.users = users = resolve_users(st.prep, cfg.data.dataset, users)
+        held = resolve_users(st.prep, cfg.data.dataset, st.plan.holdout or [], "--holdout-users")
         apply_request(st.prep, cfg.data.dataset, users, {x for r in st.history for x in r.get("users_sha256", [])})
-        apply_holdout(st.prep, cfg.data.dataset, st.plan.holdout or [])  # the split's holdout: its tokenizer corpus only
+        apply_holdout(st.prep, cfg.data.dataset, held)  # the split's holdout: its tokenizer corpus only
     c = st.prep.manifest["counts"]
     log(f"data {cfg.data.dataset}: {c['samples_after_filter']} samples after the history filter, using the last {c['samples']}: "
         f"train {c['train']} / valid {c['valid']} / test {c['test']}; forgetting users {c['forget_users']} of "

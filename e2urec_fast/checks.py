@@ -19,8 +19,8 @@ from .errors import UserError, fail
 @dataclass
 class Plan:
     methods: list[str]  # resolved names, in the registry's order of the request
-    users: list[int] | None  # a deletion request's users
-    holdout: list[int] | None = None  # a deletion request's --holdout-users (the audit's non-members)
+    users: list | None  # a deletion request's users (ints; the data set's own string ids for GoodReads)
+    holdout: list | None = None  # a deletion request's --holdout-users (the audit's non-members)
 
 
 def check(cfg: Config) -> Plan:
@@ -32,7 +32,8 @@ def check(cfg: Config) -> Plan:
     _check_device(str(cfg.run.device))
     methods = resolve_methods(cfg)
     _check_paths(cfg, methods)
-    users = parse_user_list(cfg.request.forget_users) if cfg.request.forget_users is not None else None
+    names = cfg.data.dataset == "goodreads"  # the UCSD layout names users by strings (request.resolve_users)
+    users = parse_user_list(cfg.request.forget_users, names=names) if cfg.request.forget_users is not None else None
     if (cfg.request.original is not None or cfg.request.previous is not None) and users is None:
         raise UserError("--original/--previous serve a deletion request: name the users with --forget-users")
     held = None
@@ -40,7 +41,7 @@ def check(cfg: Config) -> Plan:
         if users is None:
             raise UserError("--holdout-users belongs to a deletion request (--forget-users); the benchmark draws its holdout "
                             "with --holdout-ratio")
-        held = parse_user_list(cfg.request.holdout_users, "--holdout-users")
+        held = parse_user_list(cfg.request.holdout_users, "--holdout-users", names=names)
         both = sorted(set(held) & set(users))
         if both:
             raise UserError(f"--holdout-users and --forget-users share user id(s) {', '.join(map(str, both))}")
@@ -174,31 +175,44 @@ def writable_dir(path: Path, flag: str) -> None:
         raise fail(path, f"{flag} is not writable ({e.strerror or e})") from None
 
 
-def parse_user_list(spec: str, flag: str = "--forget-users") -> list[int]:
-    """'1,2,3' or '@FILE' (one id per line; blank lines and '#' comments skipped)."""
+def parse_user_list(spec: str, flag: str = "--forget-users", names: bool = False) -> list:
+    """'1,2,3' or '@FILE' (one id per line; blank lines and '#' comments skipped; a UTF-8
+    byte-order mark ignored). Integer ids, or with `names` the data set's own ids as strings
+    (any token without spaces, commas or '#'; mapped to codes once the data is read)."""
     spec = str(spec).strip()
+    path = None
     if spec.startswith("@"):
         path = Path(spec[1:])
         if not path.is_file():
             raise fail(path, f"{flag} file not found")
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").split("\n")
         except (OSError, UnicodeDecodeError) as e:
             raise fail(path, f"unreadable {flag} file ({e})") from None
-        items = [(ln.split("#", 1)[0].strip(), (path, n + 1)) for n, ln in enumerate(lines)]
-        items = [(t, w) for t, w in items if t]
+        toks = [ln.split("#", 1)[0].strip() if "#" in ln else ln.strip() for ln in lines]
     elif not spec:
         raise UserError(f"{flag}: no user ids (the {flag[2:].split('-')[0]} set is empty)")
     else:
-        items = [(t.strip(), None) for t in spec.split(",")]
-        if any(not t for t, _ in items):
+        toks = [t.strip() for t in spec.split(",")]
+        if not all(toks):
             raise UserError(f"{flag} {spec!r}: an empty id (give ids separated by commas, or @FILE)")
-    ids = []
-    for t, where in items:
-        if not re.fullmatch(r"[0-9]+", t):
-            raise fail(where[0], f"user id {t!r} is not an integer id", where[1]) if where else UserError(
-                f"{flag}: user id {t!r} is not an integer id")
-        ids.append(int(t))
+
+    def bad(t: str, why: str):
+        if path is None:
+            return UserError(f"{flag}: user id {t!r} {why}")
+        return fail(path, f"user id {t!r} {why}", toks.index(t) + 1)  # the line, found only on the way out
+
+    if names:
+        ids = [t for t in toks if t]
+        odd = next((t for t in ids if re.search(r"[\s,]", t)), None)
+        if odd is not None:
+            raise bad(odd, "has spaces or commas")
+    else:
+        ids = [t for t in toks if t]
+        odd = next((t for t in ids if not (t.isascii() and t.isdigit())), None)
+        if odd is not None:
+            raise bad(odd, "is not an integer id")
+        ids = list(map(int, ids))
     if not ids:
         raise UserError(f"{flag} {spec}: no user ids (the {flag[2:].split('-')[0]} set is empty)")
     dup = sorted(u for u, n in Counter(ids).items() if n > 1)  # linear: a million ids in well under a second

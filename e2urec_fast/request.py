@@ -21,6 +21,27 @@ def user_hash(dataset: str, user) -> str:
     return hashlib.sha256(f"{dataset}:{user}".encode()).hexdigest()
 
 
+def resolve_users(prep, dataset: str, tokens: list, flag: str = "--forget-users") -> list[int]:
+    """The users as the prepared data codes them: the data set's own string ids through
+    users.json (UCSD GoodReads), integers otherwise. Unknown names are named."""
+    if prep.user_codes is not None:
+        unknown = [str(t) for t in tokens if str(t) not in prep.user_codes]
+        if unknown:
+            raise UserError(f"{flag}: unknown user id(s) {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''} (not "
+                            f"in the prepared {dataset} data: {prep.folder})")
+        return [prep.user_codes[str(t)] for t in tokens]
+    bad = [str(t) for t in tokens if not str(t).isdigit()]
+    if bad:
+        raise UserError(f"{flag}: user id {bad[0]!r} is not an integer id (this {dataset} layout numbers its users)")
+    return [int(t) for t in tokens]
+
+
+def shown(prep, users) -> str:
+    """Users as the data set names them (UCSD GoodReads: its string ids), for messages."""
+    names = {c: n for n, c in prep.user_codes.items()} if prep.user_codes is not None else {}
+    return ", ".join(names.get(u, str(u)) for u in users)
+
+
 def apply_request(prep, dataset: str, users: list[int], forgotten: set[str]) -> dict:
     """Make D_f exactly `users`' train samples; users forgotten by earlier requests (their
     hashes in `forgotten`) leave D_r too. Errors name the offending ids."""
@@ -33,22 +54,22 @@ def apply_request(prep, dataset: str, users: list[int], forgotten: set[str]) -> 
     in_train = set(prep.users[tr].unique().tolist())
     unknown = [u for u in users if u not in present]
     if unknown:
-        raise UserError(f"--forget-users: unknown user id(s) {', '.join(map(str, unknown))} (not in the prepared {dataset} data: "
+        raise UserError(f"--forget-users: unknown user id(s) {shown(prep, unknown)} (not in the prepared {dataset} data: "
                         f"{prep.folder})")
     no_train = [u for u in users if u not in in_train]
     if no_train:
-        raise UserError(f"--forget-users: user id(s) {', '.join(map(str, no_train))} have no train samples (only valid/test), "
+        raise UserError(f"--forget-users: user id(s) {shown(prep, no_train)} have no train samples (only valid/test), "
                         "nothing to forget")
     again = [u for u in users if user_hash(dataset, u) in forgotten]
     if again:
-        raise UserError(f"--forget-users: user id(s) {', '.join(map(str, again))} were already forgotten by an earlier request")
+        raise UserError(f"--forget-users: user id(s) {shown(prep, again)} were already forgotten by an earlier request")
     prev = [u for u in in_train if user_hash(dataset, u) in forgotten]
     req = torch.tensor(users)
     prep.forget = tr & torch.isin(prep.users, req)
     prep.excluded = (tr & torch.isin(prep.users, torch.tensor(prev, dtype=torch.long))) if prev else None
     n_r = len(prep.index("retain"))
     if n_r == 0:
-        raise UserError(f"--forget-users: forgetting {', '.join(map(str, users))} would leave D_r empty (no train samples of "
+        raise UserError(f"--forget-users: forgetting {shown(prep, users)} would leave D_r empty (no train samples of "
                         "any other user)")
     c = prep.manifest["counts"]
     c.update(forget_users=len(users), forget=int(prep.forget.sum()), retain=n_r, earlier_forgotten_users=len(prev),
@@ -69,7 +90,7 @@ def apply_holdout(prep, dataset: str, users: list[int]) -> None:
     in_train = set(prep.users[tr].unique().tolist())
     missing = [u for u in users if u not in in_train]
     if missing:
-        raise UserError(f"--holdout-users: user id(s) {', '.join(map(str, missing))} have no train-period samples in the "
+        raise UserError(f"--holdout-users: user id(s) {shown(prep, missing)} have no train-period samples in the "
                         f"prepared {dataset} data ({prep.folder})")
     prep.holdout = tr & torch.isin(prep.users, torch.tensor(users, dtype=torch.long))
     c = prep.manifest["counts"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class Interactions:
     # (user, item, stars, timestamp); timestamp is the row index where the data has none
     ratings: list[tuple[int, int, int, int]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    # code -> the data set's own user id, where those are not integers (the UCSD GoodReads
+    # layout's hex strings): the users are coded 1, 2, ... in order of appearance inside, and
+    # a deletion request names them by their own ids (prepared data's users.json)
+    user_names: dict[int, str] = field(default_factory=dict)
 
 
 def age_bucket(age: int) -> str:
@@ -73,16 +78,38 @@ def _decode(data: bytes, path, encoding: str) -> str:
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise fail(path, f"not {encoding} text (byte {data[e.start]:#04x}); wrong encoding?", line) from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark (Notepad's UTF-8) is not part of the first field
     if not text.strip():
         raise fail(path, "file is empty")
     return text
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _int(value: str, path, line: int, what: str) -> int:
+    """A whole number: '3' or '3.0' (some exports write floats); '3.9', '26.5', 'inf', '1.e999'
+    and anything beyond int64 (the tensors' type) are refused, never rounded or truncated."""
+    v = value.strip()
     try:
-        return int(float(value)) if "." in value else int(value)
+        n = int(v)
     except ValueError:
-        raise fail(path, f"{what} {value!r} is not a number", line) from None
+        try:
+            f = float(v)
+        except ValueError:
+            raise fail(path, f"{what} {value!r} is not a number", line) from None
+        if not math.isfinite(f) or f != int(f):
+            raise fail(path, f"{what} {value!r} is not a whole number", line) from None
+        n = int(f)
+    if not -INT64_MAX - 1 <= n <= INT64_MAX:
+        raise fail(path, f"{what} {value!r} is out of range (ids and timestamps must fit in 64 bits)", line)
+    return n
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split at \n (a \r before it dropped) only: str.splitlines also breaks at 0x85,
+    0x1c-0x1e, \v, \f and U+2028, which Latin-1 titles carry as ordinary characters."""
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
 
 
 def _split(line: str, sep: str, n: int, path, lineno: int, at_least: bool = False) -> list[str]:
@@ -121,7 +148,7 @@ def load_ml1m(data_dir: str | os.PathLike) -> Interactions:
     d = Path(data_dir)
     users: dict[int, User] = {}
     p = d / "users.dat"
-    for n, line in enumerate(_read_text(p).splitlines(), 1):
+    for n, line in enumerate(_lines(_read_text(p)), 1):
         if not line.strip():
             continue
         uid, g, age, job, _zip = _split(line, "::", 5, p, n)
@@ -133,14 +160,14 @@ def load_ml1m(data_dir: str | os.PathLike) -> Interactions:
         users[_int(uid, p, n, "user id")] = User(GENDERS[g], ML1M_AGES[a], ML1M_JOBS[j])
     titles: dict[int, str] = {}
     p = d / "movies.dat"
-    for n, line in enumerate(_read_text(p, "latin-1").splitlines(), 1):
+    for n, line in enumerate(_lines(_read_text(p, "latin-1")), 1):
         if not line.strip():
             continue
         mid, title, _genres = _split(line, "::", 3, p, n)
         titles[_int(mid, p, n, "movie id")] = title.strip()
     inter = Interactions("ml-1m", "movie", users, titles, sources=[str(d)])
     p = d / "ratings.dat"
-    for n, line in enumerate(_read_text(p).splitlines(), 1):
+    for n, line in enumerate(_lines(_read_text(p)), 1):
         if not line.strip():
             continue
         u, i, r, t = _split(line, "::", 4, p, n)
@@ -163,20 +190,20 @@ def load_ml100k_raw(data_dir: str | os.PathLike) -> Interactions:
     d = Path(data_dir)
     p = d / "u.user"
     rows = []
-    for n, line in enumerate(_read_text(p, "latin-1").splitlines(), 1):
+    for n, line in enumerate(_lines(_read_text(p, "latin-1")), 1):
         if line.strip():
             uid, age, g, job, _zip = _split(line, "|", 5, p, n)
             rows.append((n, (uid, age, g, job)))
     users = _ml100k_users(rows, p)
     titles = {}
     p = d / "u.item"
-    for n, line in enumerate(_read_text(p, "latin-1").splitlines(), 1):
+    for n, line in enumerate(_lines(_read_text(p, "latin-1")), 1):
         if line.strip():
             parts = _split(line, "|", 5, p, n, at_least=True)
             titles[_int(parts[0], p, n, "movie id")] = parts[1].strip()
     inter = Interactions("ml-100k", "movie", users, titles, sources=[str(d)])
     p = d / "u.data"
-    for n, line in enumerate(_read_text(p).splitlines(), 1):
+    for n, line in enumerate(_lines(_read_text(p)), 1):
         if line.strip():
             u, i, r, t = _split(line, "\t", 4, p, n)
             inter.ratings.append((_int(u, p, n, "user id"), _int(i, p, n, "movie id"), _stars(r, p, n), _int(t, p, n, "timestamp")))
@@ -185,7 +212,7 @@ def load_ml100k_raw(data_dir: str | os.PathLike) -> Interactions:
 
 def _atomic_rows(text: str, path, columns: list[str]):
     """Yield (line number, {column: value}) from a RecBole atomic file (tab, typed header)."""
-    lines = text.splitlines()
+    lines = _lines(text)
     header = [h.split(":")[0] for h in lines[0].split("\t")]
     missing = [c for c in columns if c not in header]
     if missing:
@@ -313,11 +340,12 @@ def load_goodreads(data_dir: str | os.PathLike) -> Interactions:
             raise fail(p, f"date_added {obj['date_added']!r} is not a date", n) from None
         u = uid_map.setdefault(str(obj["user_id"]), len(uid_map) + 1)
         inter.ratings.append((u, _int(str(obj["book_id"]), p, n, "book id"), _stars(str(r), p, n), ts))
+    inter.user_names = {c: raw for raw, c in uid_map.items()}
     return _check_items(inter, p)
 
 
 def _json_lines(path: Path, required: list[str]):
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
+    for n, line in enumerate(_lines(_read_text(path)), 1):
         if not line.strip():
             continue
         try:

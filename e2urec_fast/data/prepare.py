@@ -53,6 +53,9 @@ class Prepared:
     # (N,) bool: the benchmark split's holdout as prepared, kept when a deletion request
     # replaces `holdout` (the preset tokenizers' corpus leaves it out, as split_forget)
     split_holdout: torch.Tensor | None = None
+    # the data set's own user id -> the code in `users`, where those ids are not integers
+    # (UCSD GoodReads); None where the codes are the data set's ids
+    user_codes: dict[str, int] | None = None
 
     def __post_init__(self):
         if self.split_forget is None:
@@ -170,6 +173,8 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
                   min_history=min_history, k=k, template="simple", version=PREP_VERSION)
     if holdout_ratio or shilling:  # (absent otherwise: the caches of earlier versions stay valid)
         params |= dict(holdout_ratio=holdout_ratio, scenario="shilling" if shilling else "random")
+    if any(p.name.startswith("goodreads_interactions") for p in sources):
+        params["user_ids"] = "raw"  # the UCSD layout's string ids are kept (users.json)
     src_hash = _sha(*[p.name.encode() + p.read_bytes() for p in sources])
     key = _sha(json.dumps(params, sort_keys=True).encode(), src_hash.encode())[:16]
     folder = cache_dir / "prepared" / f"{dataset}-{key}"
@@ -214,6 +219,9 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
         save_safetensors_atomic(dict(labels=labels, users=torch.tensor([s.user for s in all_s]),
                                      items=torch.tensor([s.item for s in all_s]), split=split, forget=forget, holdout=holdout),
                                 tmp / "meta.safetensors")
+        if inter.user_names:
+            present = {s.user for s in all_s}
+            write_json_atomic(tmp / "users.json", {inter.user_names[c]: c for c in sorted(present) if c in inter.user_names})
         write_json_atomic(tmp / "manifest.json", manifest)
     return _load(folder)
 
@@ -223,10 +231,11 @@ def _load(folder: Path) -> Prepared:
     text = (folder / "prompts.jsonl").read_text(encoding="utf-8")
     if _sha(text.encode()) != manifest["content_hash"]:
         raise ValueError("prompts.jsonl does not match the manifest's content hash")
-    prompts = [json.loads(line)["prompt"] for line in text.splitlines()]
+    prompts = [json.loads(line)["prompt"] for line in text.split("\n") if line]
     m = load_safetensors(folder / "meta.safetensors")
+    codes = json.loads((folder / "users.json").read_text()) if (folder / "users.json").exists() else None
     return Prepared(folder, manifest, prompts, m["labels"], m["users"], m["items"], m["split"], m["forget"],
-                    holdout=m.get("holdout"))
+                    holdout=m.get("holdout"), user_codes=codes)
 
 
 def _with_shilling(sp: Split, inter, samples, max_samples, seed: int, holdout_ratio: float, min_history: int, k: int):

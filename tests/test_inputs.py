@@ -1,0 +1,103 @@
+"""What the readers make of what a user hands them (issue #27, items 6 and 7): no silent
+coercion of numbers, lines split only at line breaks, the UCSD GoodReads users named by
+their own ids, a byte-order mark ignored, a million ids checked fast."""
+
+import json
+import time
+
+import pytest
+
+from e2urec_fast.checks import parse_user_list
+from e2urec_fast.data import load_ml1m, prepare
+from e2urec_fast.data.loaders import load_goodreads, load_ml100k_raw
+from e2urec_fast.errors import UserError
+from e2urec_fast.request import apply_request, resolve_users
+
+
+@pytest.mark.parametrize("line,msg", [
+    ("1::2::3.9::4\n", "rating '3.9' is not a whole number"),  # was read as 3 (a negative label)
+    ("26.5::2::3::4\n", "user id '26.5' is not a whole number"),  # was user 26
+    ("1::2::3::1.e999\n", "timestamp '1.e999' is not a whole number"),  # was OverflowError
+    ("1::2::3::nan\n", "timestamp 'nan' is not a whole number"),
+    (f"{2**63}::2::3::4\n", f"user id '{2**63}' is out of range"),  # was a traceback in torch.tensor
+    (f"1::{-2**63 - 1}::3::4\n", "out of range"),
+])
+def test_numbers_are_not_coerced(ml1m_dir, line, msg):
+    (ml1m_dir / "ratings.dat").write_text(line)
+    with pytest.raises(UserError) as e:
+        load_ml1m(ml1m_dir)
+    assert msg in str(e.value) and "ratings.dat:1" in str(e.value)
+
+
+def test_whole_floats_and_bom_are_read(ml1m_dir):
+    lines = (ml1m_dir / "ratings.dat").read_text().split("\n")
+    u, i, r, t = lines[0].split("::")
+    lines[0] = f"{u}::{i}::{r}.0::{t}"
+    (ml1m_dir / "ratings.dat").write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())  # Notepad's UTF-8
+    inter = load_ml1m(ml1m_dir)
+    assert inter.ratings[0] == (int(u), int(i), int(r), int(t))
+
+
+def test_0x85_in_a_latin1_title_is_not_a_line_break(tmp_path):
+    d = tmp_path / "raw"
+    d.mkdir()
+    (d / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    (d / "u.item").write_bytes(b"1|Toy Story (1995)|01-Jan-1995||http://x|0\n2|Caf\x85 Noir (1996)|01-Jan-1996||http://x|0\n")
+    (d / "u.data").write_text("1\t1\t5\t100\n2\t2\t3\t101\n")
+    inter = load_ml100k_raw(d)
+    assert inter.titles == {1: "Toy Story (1995)", 2: "Caf\x85 Noir (1996)"}  # str.splitlines made line 3 of it
+
+
+def _ucsd(folder, users):
+    """UCSD Book Graph files: each user (a hex id) rates its own 8 books, in time order."""
+    folder.mkdir()
+    books, rows = [], []
+    for k, uid in enumerate(users):
+        for j in range(8):
+            b = 100 * (k + 1) + j
+            books.append(json.dumps({"book_id": str(b), "title": f"Book {b}"}))
+            rows.append(json.dumps({"user_id": uid, "book_id": str(b), "rating": 1 + (j + k) % 5,
+                                    "date_added": f"Tue Nov 17 11:{10 + j}:35 -0800 2015"}))
+    (folder / "goodreads_books.json").write_text("\n".join(books) + "\n")
+    (folder / "goodreads_interactions_dedup.json").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_ucsd_user_named_by_its_raw_id_is_the_one_forgotten(tmp_path):
+    users = [f"{k:032x}" for k in (0xBEEF, 0xCAFE, 12345, 0xF00D, 0xD00D)]
+    users[2] = "12345"  # a raw id of digits only: still a name, not a code (it is the 3rd user, code 3)
+    d = _ucsd(tmp_path / "ucsd", users)
+    assert load_goodreads(d).user_names[3] == "12345"
+    prep = prepare("goodreads", d, tmp_path / "c", max_samples=None, forget_ratio=0.4, seed=0, min_history=5, k=3)
+    assert (prep.folder / "users.json").exists() and set(prep.user_codes) == set(users)
+    for target in (users[1], "12345"):
+        codes = resolve_users(prep, "goodreads", [target])
+        apply_request(prep, "goodreads", codes, set())
+        forgotten_items = set(prep.items[prep.index("forget")].tolist())
+        k = users.index(target)
+        assert forgotten_items and forgotten_items <= set(range(100 * (k + 1), 100 * (k + 1) + 8))  # only its own books
+        own = [i for i in prep.index("train").tolist() if 100 * (k + 1) <= int(prep.items[i]) < 100 * (k + 2)]
+        assert sorted(prep.index("forget").tolist()) == own  # and all of its train samples
+    with pytest.raises(UserError, match="unknown user id.*nobody"):
+        resolve_users(prep, "goodreads", ["nobody"])
+    assert parse_user_list(f"{users[0]},12345", names=True) == [users[0], "12345"]
+
+
+def test_a_named_user_on_integer_data_is_refused(ml1m_dir, tmp_path):
+    prep = prepare("ml-1m", ml1m_dir, tmp_path / "c", max_samples=None, forget_ratio=0.25, seed=42)
+    assert prep.user_codes is None and resolve_users(prep, "ml-1m", ["3", 4]) == [3, 4]
+    with pytest.raises(UserError, match="'abc' is not an integer id"):
+        resolve_users(prep, "ml-1m", ["abc"])
+
+
+def test_a_million_ids_in_a_file_with_a_bom(tmp_path):
+    f = tmp_path / "ids.txt"
+    f.write_bytes(b"\xef\xbb\xbf" + "\n".join(str(i) for i in range(1, 1_000_001)).encode() + b"\n")
+    t = time.perf_counter()
+    ids = parse_user_list(f"@{f}")
+    assert time.perf_counter() - t < 5.0 and ids[0] == 1 and len(ids) == 1_000_000  # was refused: '\ufeff1'
+    t = time.perf_counter()
+    assert len(parse_user_list(f"@{f}", names=True)) == 1_000_000 and time.perf_counter() - t < 5.0
+    f.write_text("7\n8\n7\n")
+    with pytest.raises(UserError, match="duplicate user id.*7"):
+        parse_user_list(f"@{f}")
