@@ -111,7 +111,7 @@ def needs_retrain(cfg: Config, methods: list[str]) -> bool:
 
 
 def _check_paths(cfg: Config, methods: list[str]) -> None:
-    from .models.backbone import FETCHED, PRESETS, check_model_folder
+    from .models.backbone import FETCHED, PRESETS, check_model_folder, probe_model_folder
 
     r = cfg.request
     writable_dir(Path(os.path.expanduser(cfg.data.cache_dir)), "--cache-dir")
@@ -126,6 +126,7 @@ def _check_paths(cfg: Config, methods: list[str]) -> None:
             raise UserError(f"--previous {prev}: give the next request its own --out")
     if r.original is not None:
         check_model_folder(Path(r.original), "--original", "--original: model folder not found")
+        probe_model_folder(Path(r.original), "--original")  # before the data is prepared, not after
     needs_pretrained = needs_retrain(cfg, methods) or any(m in methods for m in ("sisa", "receraser"))
     if (r.original is not None or r.previous is not None) and needs_pretrained and cfg.run.backbone is None:
         raise UserError("Retrain (and the JSD/L2 against it) needs the pretrained model your Original was fine-tuned from: "
@@ -135,6 +136,7 @@ def _check_paths(cfg: Config, methods: list[str]) -> None:
     if name not in PRESETS and name not in FETCHED:
         check_model_folder(Path(name), "--backbone", f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) "
                            "nor a folder")
+        probe_model_folder(Path(name), "--backbone")
 
 
 def _check_overlap(cfg: Config) -> None:
@@ -163,6 +165,13 @@ def writable_dir(path: Path, flag: str) -> None:
         raise fail(path, f"{flag} exists and is not a folder")
     probe = path
     while not probe.exists():
+        if probe.is_symlink():  # mkdir would fail on it only when the work is done
+            try:
+                target = os.readlink(probe)
+            except OSError:
+                target = "?"
+            raise fail(probe, f"{flag}: a symbolic link to nothing ({target}: missing, or a loop of links); remove it or "
+                              "give another folder")
         if probe.parent == probe:
             break
         probe = probe.parent

@@ -127,7 +127,7 @@ class FinetuneConfig:
     patience: int = opt(1, "validations without improvement before stopping", lo=0)
     lr: float | None = opt(None, "AdamW learning rate of the full fine-tunes (Original, Retrain, shards); default 1e-3 for the "
                            "presets built with random weights, 5e-5 for pretrained backbones (minilm, local folders)", type=float,
-                           lo=0.0, lo_open=True)
+                           lo=0.0, lo_open=True, hi=1.0)
     lr_schedule: str = opt("linear", "learning rate of the full fine-tunes: constant, or linear warm-up (--warmup share of the "
                            "planned steps) and linear decay to 0 at the last planned epoch", choices=("constant", "linear"))
     warmup: float = opt(0.1, "warm-up share of the planned steps (--lr-schedule linear)", lo=0.0, hi=1.0, hi_open=True)
@@ -143,7 +143,7 @@ class StudentConfig:
 
     impl: str = opt("fast", "fast path, the reference path that mirrors the authors' code, or both side by side",
                     choices=("fast", "reference", "both"))
-    student_lr: float = opt(1e-4, "AdamW learning rate of the LoRA student", shown=True, lo=0.0, lo_open=True)
+    student_lr: float = opt(1e-4, "AdamW learning rate of the LoRA student", shown=True, lo=0.0, lo_open=True, hi=1.0)
     alpha: float = opt(2.0, "forgetting-teacher strength in v - alpha*relu(v_aug - v)", shown=True, lo=0.0)
     retain_weight: float = opt(0.6, "w in w*(CE_r + KL_r) + (1-w)*KL_f, the paper's 1 - beta (the authors' code: 0.6)",
                                lo=0.0, hi=1.0)
@@ -152,7 +152,7 @@ class StudentConfig:
     lora_r: int = opt(16, "LoRA rank", lo=1)
     lora_alpha: float = opt(32.0, "LoRA alpha (scaling alpha/r)", lo=0.0, lo_open=True)
     lora_dropout: float = opt(0.05, "LoRA dropout", lo=0.0, hi=1.0, hi_open=True)
-    aug_lr: float = opt(1e-4, "learning rate of the augmented model (Original fine-tuned on D_f)", lo=0.0, lo_open=True)
+    aug_lr: float = opt(1e-4, "learning rate of the augmented model (Original fine-tuned on D_f)", lo=0.0, lo_open=True, hi=1.0)
     aug_epochs: int = opt(1, "epochs of the augmented model over D_f", lo=1)
     aug_mode: str = opt("full", "augmented model: full fine-tune (the authors' code) or a LoRA adapter merged into a copy",
                         choices=("full", "lora"))
@@ -197,7 +197,7 @@ class BaselineConfig:
                               lo=1)
     badt_steps: int | None = opt(None, "steps of Bad-T (default: --baseline-steps; the authors' train_rl.sh: 2400)", type=int,
                                  lo=1)
-    baseline_lr: float = opt(1e-4, "their AdamW learning rate (the authors: 5e-5)", lo=0.0, lo_open=True)
+    baseline_lr: float = opt(1e-4, "their AdamW learning rate (the authors: 5e-5)", lo=0.0, lo_open=True, hi=1.0)
     neg_weight: float = opt(0.5, "w of the D_f term in NegGrad (CE_r - w CE_f), NegKL (KL_r - w KL_f) and Bad-T (CE_r + w CE_f~); "
                             "the authors' scripts pass 0.2", lo=0.0)
     baseline_weight_decay: float = opt(0.0, "their AdamW weight decay (the authors: 0.01)", lo=0.0)

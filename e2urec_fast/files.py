@@ -21,6 +21,21 @@ from . import dist
 from .errors import UserError, fail
 
 
+def disk_full(e: BaseException) -> bool:
+    """A write that failed for want of space (ENOSPC, a quota; safetensors' writer says it in
+    its message: 'os error 28')."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(m in str(e) for m in ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122"))
+
+
+def _full(path: Path, e: BaseException) -> UserError:
+    return fail(path, f"no space left on the device while writing it ({type(e).__name__}); free some space or give --out "
+                      "another disk, then run the same command again")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it onto `path` only on success. Under
@@ -44,9 +59,11 @@ def atomic_path(path: str | os.PathLike):
         # so a model server under another account can read what we hand out
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if disk_full(e):
+            raise _full(path, e) from None
         raise
 
 
@@ -123,8 +140,10 @@ def staged_dir(final: str | os.PathLike):
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e):
+            raise _full(final, e) from None
         raise
 
 

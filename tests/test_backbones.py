@@ -266,3 +266,19 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
                 vocab_size=int(json.loads((Path(j.backbone_dir) / "config.json").read_text())["vocab_size"]))
     with pytest.raises(UserError, match="do not fit config.json"):
         load_backbone(variant("gpt2", config=gpt2))
+
+
+def test_an_embedding_smaller_than_the_tokenizer_is_refused(tmp_path):
+    """#27 item 3: token ids past the embedding's end were an IndexError at the first forward."""
+    from safetensors.torch import load_file, save_file
+
+    j = tiny_job(tmp_path / "a")
+    d = tmp_path / "small"
+    shutil.copytree(j.backbone_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    v = int(cfg["vocab_size"])
+    w = {k: (t[: v - 8].clone() if t.shape[0] == v else t) for k, t in load_file(str(d / "model.safetensors")).items()}
+    save_file(w, str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps(cfg | dict(vocab_size=v - 8)))
+    with pytest.raises(UserError, match=rf"small: the tokenizer has \d+ tokens but the model's embedding only {v - 8} rows"):
+        load_backbone(d)

@@ -101,3 +101,76 @@ def test_a_million_ids_in_a_file_with_a_bom(tmp_path):
     f.write_text("7\n8\n7\n")
     with pytest.raises(UserError, match="duplicate user id.*7"):
         parse_user_list(f"@{f}")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """#27 item 3: a SafetensorError (or ENOSPC) mid-write was a traceback, an empty adapter/ left behind."""
+    import errno
+
+    import safetensors.torch
+    import torch
+
+    from e2urec_fast.files import save_safetensors_atomic, staged_dir
+
+    def full(*a, **k):
+        raise safetensors.SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                          'message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(UserError, match=r"w\.safetensors: no space left on the device"):
+        save_safetensors_atomic({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
+    with pytest.raises(UserError, match=r"adapter: no space left on the device"):
+        with staged_dir(tmp_path / "adapter") as d:
+            (d / "config.json").write_text("{}")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file, no half folder
+    with pytest.raises(ValueError):  # anything else stays what it is
+        with staged_dir(tmp_path / "adapter"):
+            raise ValueError("x")
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_out_a_symlink_to_nothing_is_refused_first(tmp_path, kind):
+    """#27 item 3: FileExistsError after all the work."""
+    from e2urec_fast.checks import writable_dir
+
+    out = tmp_path / "out"
+    if kind == "dangling":
+        out.symlink_to(tmp_path / "gone")
+    else:
+        out.symlink_to(tmp_path / "other")
+        (tmp_path / "other").symlink_to(out)
+    with pytest.raises(UserError, match=r"out: --out: a symbolic link to nothing"):
+        writable_dir(out, "--out")
+    with pytest.raises(UserError, match=r"a symbolic link to nothing"):
+        writable_dir(out / "sub", "--out")
+
+
+def test_learning_rates_have_an_upper_bound():
+    """#27 item 3: --student-lr 1e308 passed the checks and failed after the augment and cache stages."""
+    from e2urec_fast.config import check_fields, from_fields
+
+    for name in ("student_lr", "aug_lr", "baseline_lr", "lr"):
+        with pytest.raises(UserError, match=r"must be in \(0, 1\], got 1e\+308"):
+            check_fields(from_fields(**{name: 1e308}))
+
+
+def test_original_folder_is_read_before_the_data_is_prepared(tmp_path):
+    """#27 item 3: the --original folder's config, tokenizer and weights were read only after
+    data preparation (minutes on the real data): now in the checks, before anything runs."""
+    from e2urec_fast.checks import check
+    from e2urec_fast.config import from_fields
+
+    d = tmp_path / "orig"
+    d.mkdir()
+    (d / "config.json").write_text("{not json")
+    (d / "model.safetensors").write_bytes(b"\x00" * 16)
+    cfg = from_fields(forget_users="1", original=str(d), no_retrain=True, out=str(tmp_path / "out"),
+                      cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(UserError, match=r"orig/config.json: unreadable config"):
+        check(cfg)
+    (d / "config.json").write_text(json.dumps(dict(model_type="t5", d_model=8, num_layers=1, num_heads=1, d_kv=8, d_ff=8,
+                                                   vocab_size=10)))
+    with pytest.raises(UserError, match=r"orig/model.safetensors: --original: not a readable safetensors file"):
+        check(cfg)
+    assert not (tmp_path / "cache" / "prepared").exists() and not (tmp_path / "out").exists()

@@ -277,12 +277,10 @@ def _check_loading(folder: Path, info: dict) -> None:
         raise fail(folder / "model.safetensors", f"the weights do not fit config.json: {what}")
 
 
-def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
-    """Load a local HF folder: T5/BART, a causal LM or a masked LM (safetensors weights only; never pickles)."""
+def _open_folder(folder: Path):
+    """(config, family, tokenizer) of a model folder, each problem one line naming the file."""
     from transformers import AutoConfig, AutoTokenizer
 
-    folder = Path(path)
-    check_model_folder(folder)
     try:
         cfg = AutoConfig.from_pretrained(folder)
     except Exception as e:
@@ -292,11 +290,43 @@ def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dty
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as e:
         raise fail(folder, f"no usable tokenizer ({type(e).__name__}: {e})") from None
+    return cfg, family, tok
+
+
+def probe_model_folder(folder: Path, flag: str) -> None:
+    """Before any work (data preparation, training): the folder's config and tokenizer load and
+    its safetensors header reads; the weights' fit to the config is checked when it loads."""
+    from safetensors import safe_open
+
+    _open_folder(folder)
+    files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+    if not files:  # a sharded folder: its index names the shards
+        from ..files import read_json_object
+
+        idx = read_json_object(folder / "model.safetensors.index.json", f"{flag}: unreadable weight index")
+        files = [folder / f for f in sorted(set((idx.get("weight_map") or {}).values()))]
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as h:
+                h.keys()
+        except Exception as e:
+            raise fail(f, f"{flag}: not a readable safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def load_backbone(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
+    """Load a local HF folder: T5/BART, a causal LM or a masked LM (safetensors weights only; never pickles)."""
+    folder = Path(path)
+    check_model_folder(folder)
+    _, family, tok = _open_folder(folder)
     try:
         model, info = _auto(family).from_pretrained(folder, use_safetensors=True, dtype=dtype, output_loading_info=True)
     except Exception as e:
         raise fail(folder / "model.safetensors", f"could not load weights ({type(e).__name__}: {str(e)[:200]})") from None
     _check_loading(folder, info)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows:  # token ids past the embedding's end: an IndexError deep in the first forward
+        raise fail(folder, f"the tokenizer has {len(tok)} tokens but the model's embedding only {rows} rows (a tokenizer "
+                           "from another model?)")
     if family in ("t5", "bart"):
         targets = {}
         for label, text in ((1, "Yes."), (0, "No.")):
