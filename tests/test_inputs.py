@@ -4,12 +4,15 @@ their own ids, a byte-order mark ignored, a million ids checked fast."""
 
 import json
 import time
+from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from e2urec_fast.checks import parse_user_list
 from e2urec_fast.data import load_ml1m, prepare
-from e2urec_fast.data.loaders import load_goodreads, load_ml100k_raw
+from e2urec_fast.data.loaders import _int, load_goodreads, load_ml100k_raw
 from e2urec_fast.errors import UserError
 from e2urec_fast.request import apply_request, resolve_users
 
@@ -17,7 +20,8 @@ from e2urec_fast.request import apply_request, resolve_users
 @pytest.mark.parametrize("line,msg", [
     ("1::2::3.9::4\n", "rating '3.9' is not a whole number"),  # was read as 3 (a negative label)
     ("26.5::2::3::4\n", "user id '26.5' is not a whole number"),  # was user 26
-    ("1::2::3::1.e999\n", "timestamp '1.e999' is not a whole number"),  # was OverflowError
+    ("1::2::3::1.e999\n", "timestamp '1.e999' is out of range"),  # was OverflowError
+    ("1::2::3.0000000000000001::4\n", "is not a whole number"),  # a float would call it 3.0
     ("1::2::3::nan\n", "timestamp 'nan' is not a whole number"),
     (f"{2**63}::2::3::4\n", f"user id '{2**63}' is out of range"),  # was a traceback in torch.tensor
     (f"1::{-2**63 - 1}::3::4\n", "out of range"),
@@ -27,6 +31,49 @@ def test_numbers_are_not_coerced(ml1m_dir, line, msg):
     with pytest.raises(UserError) as e:
         load_ml1m(ml1m_dir)
     assert msg in str(e.value) and "ratings.dat:1" in str(e.value)
+
+
+NUMBERS = st.one_of(
+    st.integers(-2**70, 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.from_regex(r"[-+]?[0-9]{1,21}(\.[0-9]{0,4})?([eE][-+]?[0-9]{1,3})?", fullmatch=True),
+    st.text(alphabet="0123456789.eE+-_ x", max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=NUMBERS)
+def test_numbers_fuzzed_against_exact_arithmetic(v):
+    """Every field string is its exact integer value when it has one inside int64, and one
+    line of our error otherwise; never another exception, never a rounded value."""
+    try:
+        exact = Fraction(v.strip()) if "_" not in v else None  # (Fraction, like int, reads '1_000')
+    except (ValueError, ZeroDivisionError):
+        exact = None
+    ok = exact is not None and exact.denominator == 1 and -2**63 <= exact < 2**63
+    try:
+        got = _int(v, "f.dat", 7, "rating")
+    except UserError as e:
+        assert not ok and str(e).startswith("f.dat:7: rating ") and "\n" not in str(e)
+    else:
+        assert ok and got == exact
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.integers(0, 2**70), min_size=1, max_size=30), junk=st.text(max_size=8))
+def test_user_lists_fuzzed(ids, junk):
+    spec = ",".join(map(str, ids))
+    if len(set(ids)) == len(ids):
+        assert parse_user_list(spec) == ids and parse_user_list(spec, names=True) == [str(i) for i in ids]
+    else:
+        with pytest.raises(UserError, match="duplicate user id"):
+            parse_user_list(spec)
+    try:
+        got = parse_user_list(spec + "," + junk)
+    except UserError as e:
+        assert "\n" not in str(e)
+    else:
+        assert got[-1] == int(junk.strip())
 
 
 def test_whole_floats_and_bom_are_read(ml1m_dir):

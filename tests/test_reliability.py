@@ -265,7 +265,8 @@ def test_bad_model_folders(data, tmp_path):
     (["--shards", "0"], "--shards must be at least 1"),
     (["--baseline-steps", "0"], "--baseline-steps must be at least 1"),
     (["--forget-ratio", "0"], "--forget-ratio must be in (0, 1)"),
-    (["--student-lr", "-1"], "--student-lr must be positive"),
+    (["--student-lr", "-1"], "--student-lr must be in (0, 1], got -1"),
+    (["--student-lr", "1e308"], "--student-lr must be in (0, 1], got 1e+308"),
 ])
 def test_conflicting_or_out_of_range_flags(args, msg, data, tmp_path):
     out = tmp_path / "o"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import zipfile
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from ..errors import fail
@@ -88,19 +88,24 @@ INT64_MAX = 2**63 - 1
 
 
 def _int(value: str, path, line: int, what: str) -> int:
-    """A whole number: '3' or '3.0' (some exports write floats); '3.9', '26.5', 'inf', '1.e999'
-    and anything beyond int64 (the tensors' type) are refused, never rounded or truncated."""
+    """A whole number: '3' or '3.0' (some exports write floats), read exactly (decimal, not
+    binary floating point); '3.9', '26.5', 'nan', 'inf' and anything beyond int64 (the
+    tensors' type: '1.e999', 2**63) are refused, never rounded, truncated or overflowed."""
     v = value.strip()
+    if "_" in v:  # Python's int() and Decimal() read '1_000' (Decimal even '0_'); a data file does not mean that
+        raise fail(path, f"{what} {value!r} is not a number", line)
     try:
         n = int(v)
     except ValueError:
         try:
-            f = float(v)
-        except ValueError:
+            d = Decimal(v)
+        except InvalidOperation:
             raise fail(path, f"{what} {value!r} is not a number", line) from None
-        if not math.isfinite(f) or f != int(f):
+        if not d.is_finite() or d != d.to_integral_value():
             raise fail(path, f"{what} {value!r} is not a whole number", line) from None
-        n = int(f)
+        if not -INT64_MAX - 1 <= d <= INT64_MAX:  # compared before int(): '1e999999999' has a billion digits
+            raise fail(path, f"{what} {value!r} is out of range (ids and timestamps must fit in 64 bits)", line) from None
+        n = int(d)
     if not -INT64_MAX - 1 <= n <= INT64_MAX:
         raise fail(path, f"{what} {value!r} is out of range (ids and timestamps must fit in 64 bits)", line)
     return n
