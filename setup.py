@@ -20,10 +20,13 @@ setup(
     package_data={"e2urec_fast.csrc": ["*.cpp", "*.cu", "*.h"]},
     install_requires=[
         "torch>=2.4",
-        "triton>=3.0",
+        # triton ships wheels for Linux only, bitsandbytes for Linux and Windows: elsewhere the
+        # package installs without them (the fused KL runs on the native op or torch; --load-in-8bit
+        # is refused with one line), and a missing one costs one warning where it would be used
+        'triton>=3.0; platform_system == "Linux"',
         "transformers>=5.0",
         "tokenizers>=0.20",
-        "bitsandbytes>=0.45",
+        'bitsandbytes>=0.45; platform_system == "Linux" or platform_system == "Windows"',
         "safetensors>=0.4",
         "numpy>=1.24",
         "scikit-learn>=1.3",

@@ -30,6 +30,10 @@ def check(cfg: Config) -> Plan:
     if cfg.data.paper_scale and cfg.data.max_samples is not None:
         raise UserError("--paper-scale and --max-samples conflict: --paper-scale means --max-samples 100000")
     _check_device(str(cfg.run.device))
+    if cfg.student.load_in_8bit:
+        from .models.quant import bitsandbytes_or_error
+
+        bitsandbytes_or_error()  # here, not after the Original is trained
     methods = resolve_methods(cfg)
     _check_paths(cfg, methods)
     names = cfg.data.dataset == "goodreads"  # the UCSD layout names users by strings (request.resolve_users)

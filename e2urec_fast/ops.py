@@ -67,6 +67,13 @@ def _available(backend: str, x: torch.Tensor) -> bool:
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if backend == "auto":
         order = ["triton", "native"] if x.is_cuda else ["native"]
+        if x.is_cuda and "triton-missing" not in _warned:
+            from .kernels import teacher_kl as tk
+
+            if not tk.HAVE_TRITON:  # (a CPU never uses triton: no word there)
+                warnings.warn("triton is not installed: the fused teacher KL runs on the native op (or torch) on "
+                              f"{x.device}; pip install triton for the Triton kernels", stacklevel=3)
+                _warned.add("triton-missing")
         for b in order:
             try:
                 if _available(b, x):

@@ -221,3 +221,45 @@ def test_original_folder_is_read_before_the_data_is_prepared(tmp_path):
     with pytest.raises(UserError, match=r"orig/model.safetensors: --original: not a readable safetensors file"):
         check(cfg)
     assert not (tmp_path / "cache" / "prepared").exists() and not (tmp_path / "out").exists()
+
+
+def test_runs_without_triton_and_bitsandbytes(tmp_path):
+    """#27 item 8: on a platform without triton and bitsandbytes (macOS, Windows wheels), the
+    package imports and the default job runs (here its stages on a small set, the fast path
+    included); --load-in-8bit is one line. Both imports are made to fail in a child process."""
+    import subprocess
+    import sys
+
+    from e2urec_fast.data.synthetic import make_ml1m
+
+    data = make_ml1m(tmp_path / "ml1m")
+    block = ("import sys; sys.modules['triton'] = None; sys.modules['bitsandbytes'] = None; "
+             "from e2urec_fast.unlearn import main; sys.exit(main(sys.argv[1:]))")
+    common = ["--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--max-samples", "120",
+              "--epochs", "1", "--student-steps", "4", "--batch-size", "8", "--quiet", "--methods", "original,retrain,e2urec"]
+    r = subprocess.run([sys.executable, "-c", block, *common, "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [row["method"] for row in rep["rows"]][1:] == ["Original", "Retrain", "E2URec"]
+    r = subprocess.run([sys.executable, "-c", block, *common, "--load-in-8bit", "--out", str(tmp_path / "o8")],
+                       capture_output=True, text=True, timeout=600)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: --load-in-8bit needs bitsandbytes") and not (tmp_path / "o8").exists()
+
+
+def test_setup_installs_triton_and_bitsandbytes_only_where_they_have_wheels():
+    import ast
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    reqs = {r.name: r for r in map(Requirement, ast.literal_eval(next(k.value for k in call.keywords
+                                                                      if k.arg == "install_requires")))}
+    where = {sys_: {n: reqs[n].marker is None or reqs[n].marker.evaluate({"platform_system": sys_}) for n in reqs}
+             for sys_ in ("Linux", "Darwin", "Windows")}
+    assert all(where["Linux"].values())  # everything on Linux
+    assert not where["Darwin"]["triton"] and not where["Darwin"]["bitsandbytes"] and where["Darwin"]["torch"]
+    assert not where["Windows"]["triton"] and where["Windows"]["bitsandbytes"]

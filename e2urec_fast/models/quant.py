@@ -15,12 +15,22 @@ from torch import nn
 SKIP = ("wo", "lm_head")
 
 
+def bitsandbytes_or_error():
+    """The bitsandbytes module, or a UserError saying --load-in-8bit needs it (it installs on
+    Linux and Windows only: setup.py's markers)."""
+    from ..errors import UserError
+
+    try:
+        import bitsandbytes
+    except Exception as e:  # ImportError, or a broken native library
+        raise UserError(f"--load-in-8bit needs bitsandbytes, which does not import here ({type(e).__name__}: "
+                        f"{str(e)[:120]}); pip install bitsandbytes, or run without --load-in-8bit") from None
+    return bitsandbytes
+
+
 def quantize_8bit(model: nn.Module, skip: tuple[str, ...] = SKIP, threshold: float = 6.0) -> list[str]:
     """Replace frozen nn.Linear modules by Linear8bitLt in place; returns their names."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError as e:  # pragma: no cover - bitsandbytes is a dependency
-        raise RuntimeError(f"--load-in-8bit needs bitsandbytes ({e})") from None
+    bnb = bitsandbytes_or_error()
     names = [n for n, m in model.named_modules() if type(m) is nn.Linear and n.split(".")[-1] not in skip]
     for n in names:
         parent_name, _, child = n.rpartition(".")
