@@ -313,6 +313,7 @@ def audit_stage(st: State) -> dict:
 def report_stage(st: State, aud: dict) -> ForgetResult:
     """The merged model (--merge), report.json/.md/.csv/.png, and the result."""
     from .audit import NONMEMBERS, audit_markdown
+    from .card import write_cards
     from .methods.common import n_params
     from .models.export import merged_backbone, save_hf_folder
     from .report import env_info, markdown_table, settings_of, write_report
@@ -336,8 +337,10 @@ def report_stage(st: State, aud: dict) -> ForgetResult:
         request=dict(original=str(st.orig.folder), adapter=str(absolute["adapter"]) if "adapter" in absolute else None,
                      merged=str(absolute["merged"]) if "merged" in absolute else None, lineage=lin, requests=lin["requests"]),
         details=st.extra, env=env_info(cfg.run.device), total_s=time.perf_counter() - st.t_start)
-    plotted = write_report(out, report, audit_markdown(aud["models"], aud["reference"], aud["nonmembers"]),
-                           f"{cfg.data.dataset}, backbone {report['settings']['backbone']}", st.retrain_full is not None)
+    amd = audit_markdown(aud["models"], aud["reference"], aud["nonmembers"])
+    plotted = write_report(out, report, amd, f"{cfg.data.dataset}, backbone {report['settings']['backbone']}",
+                           st.retrain_full is not None)
+    write_cards(report, absolute, str(st.orig.folder), st.orig.family, amd)  # README.md of adapter/ and merged/
     finish_work(out / "work")  # resumable states and the augmented model: derived from D_f, done with
     if dist.is_main():  # torchrun: one table
         print(markdown_table(st.rows))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -96,7 +97,10 @@ def main(argv=None) -> int:
             return 0
         cfg, _ = config_from_argv(argv)
         out = Path(cfg.run.out)
+        from . import card
         from .api import run_guarded
+
+        card.COMMAND = "python -m e2urec_fast.unlearn " + shlex.join(argv)  # for the model cards of what is handed out
 
         run_guarded(cfg)
     except UserError as e:  # only what this run created was removed (see api.run_guarded)

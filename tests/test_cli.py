@@ -56,7 +56,9 @@ def test_end_to_end_report(data, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "adapter_e2urec_no_fgt", "adapter_e2urec_no_rem", "cache", "original",
                                                     "report.csv", "report.json", "report.md", "report.png"]
     assert sorted(p.name for p in (out / "cache").iterdir()) == ["teacher_retain.safetensors"]
-    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    card = (out / "adapter" / "README.md").read_text()  # the model card, with the command that made it
+    assert card.startswith("---\nbase_model: ") and "python -m e2urec_fast.unlearn --dataset ml-1m" in card
 
 
 @pytest.mark.parametrize("args,msg", [

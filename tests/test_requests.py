@@ -122,6 +122,24 @@ def test_sequential_request(world):
     assert not (world["tmp"] / "r3").exists()
 
 
+def test_model_cards(world):
+    """#27 item 8: adapter/ and merged/ carry a README.md in Hugging Face's model-card format."""
+    from huggingface_hub import metadata_load
+
+    r1, r2 = world["r1"], world["r2"]
+    for folder, lib in ((r2.adapter, "peft"), (r2.merged, "transformers")):
+        meta = metadata_load(folder / "README.md")
+        assert meta["library_name"] == lib and "machine-unlearning" in meta["tags"]
+        assert meta["base_model"] == str(r1.merged.resolve())  # request 2 descends from request 1's merged model
+        text = (folder / "README.md").read_text()
+        assert "| 1 |" in text and "| 2 |" in text  # both requests of the line
+        assert "1 user** (" in text and "3 users in all" in text
+        assert f"| E2URec | {r2.metrics('E2URec')['auc'] * 100:.2f} |" in text
+        assert "LOSS" in text and "e2urec_fast.forget" in text  # the audit, and how it was made (the Python API here)
+        for h in r2.report["forgotten_users_sha256"]:
+            assert h not in text  # counts in the card; hashes stay in e2urec.json
+
+
 def _cli(world, tmp_path, capsys, *args, out=None):
     out = out or tmp_path / "o"
     rc = main(["--dataset", "ml-1m", "--data-dir", str(world["data"]), "--cache-dir", str(world["tmp"] / "cache"), "--out", str(out),
