@@ -2,10 +2,9 @@
 
     from e2urec_fast import forget
 
-    res = forget(out="erase_1", dataset="ml-100k", original="my_recommender/",
-                 forget_users=[13, 42, 7], no_retrain=True, merge=True)
+    res = forget(out="erase_1", dataset="ml-100k", original="my_recommender/", forget_users=[13, 42, 7], no_retrain=True, merge=True)
     res.merged          # a HuggingFace folder with the adapter merged in
-    res.adapter         # PEFT adapter; its base_model_name_or_path is res.original
+    res.adapter         # PEFT adapter (README.md: its model card); base_model_name_or_path is res.original
     res.metrics("E2URec")["auc"], res.audit["E2URec"]["loss_auc"]
 
 `forget(out, config=None, **fields)` takes a typed `Config` (config.py; `preset("authors")`)
@@ -21,7 +20,6 @@ resolve models, references (Original, Retrain), methods (methods/registry.py), a
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from .checks import Plan, check, needs_retrain
 from .config import Config, from_fields, max_samples, replace_fields, split_seed
 from .errors import UserError
 from .files import clean_created, finish_work, out_lock, snapshot
+from .progress import job_stages, log
 from .result import ForgetResult
 
 __all__ = ["ForgetResult", "forget", "run", "run_guarded"]
@@ -117,11 +116,7 @@ class State:
     extra: dict = field(default_factory=dict)  # the report's details
     handed: dict = field(default_factory=dict)  # what is handed out: original, adapter, merged
     student: object = None  # E2URec's student (merged with --merge)
-
-
-def log(msg: str) -> None:
-    if dist.is_main():  # torchrun: one log, rank 0's
-        print(msg, file=sys.stderr, flush=True)
+    stage: object = None  # progress.Stages: "[k/N] ..." lines
 
 
 def _stages(cfg: Config, plan: Plan) -> ForgetResult:
@@ -132,7 +127,7 @@ def _stages(cfg: Config, plan: Plan) -> ForgetResult:
     from .methods.retrain import finetune_config
 
     st = State(cfg, plan, Path(cfg.run.out), Path(os.path.expanduser(cfg.data.cache_dir)), time.perf_counter(),
-               finetune_config(cfg))
+               finetune_config(cfg), stage=job_stages(plan.methods, needs_retrain(cfg, plan.methods)))
     prepare_stage(st)
     resolve_models(st)
     references(st)
@@ -163,7 +158,7 @@ def prepare_stage(st: State) -> None:
         apply_request(st.prep, cfg.data.dataset, users, {x for r in st.history for x in r.get("users_sha256", [])})
         apply_holdout(st.prep, cfg.data.dataset, held)  # the split's holdout: its tokenizer corpus only
     c = st.prep.manifest["counts"]
-    log(f"data {cfg.data.dataset}: {c['samples_after_filter']} samples after the history filter, using the last {c['samples']}: "
+    st.stage(f"data {cfg.data.dataset}: {c['samples_after_filter']} samples after the history filter, using the last {c['samples']}: "
         f"train {c['train']} / valid {c['valid']} / test {c['test']}; forgetting users {c['forget_users']} of "
         f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}"
         + (f", held out (D_h) {c['holdout_users']} users / {c['holdout']} samples" if c.get("holdout") else "")
@@ -223,8 +218,9 @@ def references(st: State) -> None:
     cfg, methods = st.cfg, st.plan.methods
     st.rows = [floor_row(st.prep)]
     orig_s, model_cache = None, None if cfg.finetune.no_model_cache else st.cache
-    if st.orig is None:
-        log("Original: fine-tuning on train (or reusing it from the model cache) ...")
+    given = st.orig is not None
+    if not given:
+        st.stage("Original: fine-tuning on train (or reusing it from the model cache) ...")
         st.orig, orig_s, st.extra["original"] = train_on(st.job, "train", st.ft, model_cache, "Original")
         # hand it out as a complete HuggingFace folder: the adapter's base_model_name_or_path
         st.model_dir = st.out / "original"
@@ -235,6 +231,8 @@ def references(st: State) -> None:
         st.handed["original"] = save_hf_folder(st.orig, st.model_dir, dict(st.lineage))
     else:
         st.handed["original"] = st.model_dir
+    if given:
+        st.stage(f"Original: {st.model_dir} (given), evaluated ...")
     st.orig.folder = Path(st.model_dir).resolve()
     rp = Path(st.lineage["root_original"]) if st.lineage.get("root_original") else None
     if rp is not None and rp.resolve() != st.orig.folder:
@@ -250,7 +248,7 @@ def references(st: State) -> None:
             log(f"reused {got['rows']} D_r teacher rows from {got['source']} (the newly forgotten users' rows left out)")
     orig_m, orig_full = st.ev(st.orig, "Original")
     if needs_retrain(cfg, methods):
-        log("Retrain: fine-tuning on D_r (or reusing it from the model cache) ...")
+        st.stage("Retrain: fine-tuning on D_r (or reusing it from the model cache) ...")
         retr, retr_s, st.extra["retrain"] = train_on(st.job, "retain", st.ft, model_cache, "Retrain")
         retr_m, st.retrain_full = st.ev(retr, "Retrain")
     warn = below_floor(st.rows + [dict(method="Original", auc=orig_m["auc"])])
@@ -280,6 +278,7 @@ def run_methods(st: State) -> None:
     for name in st.plan.methods:
         if METHODS[name].run is None:
             continue
+        st.stage(f"{METHODS[name].label} ...")
         for o in METHODS[name].run(ctx):
             st.extra[o.detail] = o.info
             if o.adapter:
@@ -298,6 +297,7 @@ def audit_stage(st: State) -> dict:
     """Can D_f be told from unseen data, before and after (Retrain: the gold standard)."""
     from .audit import audit
 
+    st.stage("audit and report ...")
     t0 = time.perf_counter()
     ref = "Retrain" if "Retrain" in st.ev.losses else None
     aud = audit(st.ev.losses, reference=ref)

@@ -239,7 +239,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay) | (dict(fused=True) if cfg.fused_optimizer else {})
     opt = torch.optim.AdamW(list(params.values()), **kw)
     res = TrainResult()
-    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not (progress and dist.is_main()), leave=False, dynamic_ncols=True,
+    bar = tqdm(total=cfg.max_steps or cfg.total_steps, desc=desc, disable=not (progress and dist.is_main()), leave=False, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
     best = _Best(valid, params, res, cfg, ckpt)
     losses = _Losses(res, desc, bar, time.perf_counter())  # its t0: the start, moved by resumes and hooks

@@ -198,3 +198,19 @@ def test_original_only_skips_retrain(data, tmp_path):
                 "--methods", "original", "--no-train-bucketing")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "c" / "models").glob("original-*.safetensors"))) == 2
+
+
+def test_stage_counter_and_bars_with_totals(data, tmp_path):
+    """#27 item 8: the job says which stage of how many it is in; the fine-tune bars have a
+    total (they were 'Original: 129it [00:30, 4.28it/s]', no ETA)."""
+    import re
+
+    r = run_cli("--dataset", "ml-1m", "--data-dir", str(data), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"),
+                "--max-samples", "120", "--epochs", "2", "--student-steps", "4", "--batch-size", "8", "--forget-ratio", "0.25",
+                "--methods", "original,retrain,e2urec,neggrad", "--baseline-steps", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    stages = re.findall(r"^\[(\d+)/(\d+)\] (\w+)", r.stderr, flags=re.M)
+    assert [(int(k), int(n), w) for k, n, w in stages] == [(1, 6, "data"), (2, 6, "Original"), (3, 6, "Retrain"), (4, 6, "E2URec"),
+                                                           (5, 6, "NegGrad"), (6, 6, "audit")]
+    assert re.search(r"Original: +\d+%\|[^|]*\| \d+/\d+ \[", r.stderr)  # a bar with its total (2 epochs of steps)
+    assert not re.search(r"(Original|Retrain): \d+it \[", r.stderr)
