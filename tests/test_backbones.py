@@ -1,6 +1,7 @@
 """Backbone families: encoder-decoder (T5, BART), decoder-only causal LMs and
 encoder-only masked LMs behind one scoring interface; the `minilm` preset."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -153,6 +154,29 @@ def test_few_step_unlearning_per_family(ml1m_dir, tmp_path, preset, extra):
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert cfg["target_modules"] == DEFAULT_TARGETS["causal" if preset == "causal-tiny" else "masked"]
     assert cfg["task_type"] == ("CAUSAL_LM" if preset == "causal-tiny" else "FEATURE_EXTRACTION")
+    if preset == "masked-tiny" and importlib.util.find_spec("peft") is not None:  # #27 item 8: loads as PEFT documents
+        _masked_adapter_loads_in_peft(out)
+
+
+def _masked_adapter_loads_in_peft(out):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from e2urec_fast.models.lora import load_adapter
+
+    keys = list(load_file(str(out / "adapter" / "adapter_model.safetensors")))
+    assert keys and all(k.startswith("base_model.model.encoder.layer.") for k in keys)  # BertModel's own names
+    ours = load_backbone(out / "original")
+    load_adapter(ours.model, out / "adapter")
+    pm = PeftModel.from_pretrained(AutoModel.from_pretrained(out / "original"), str(out / "adapter")).eval()
+    base = AutoModel.from_pretrained(out / "original").eval()
+    ours.model.eval()
+    ids = ours.tokenizer(["a user [MASK] .", "another prompt [MASK]"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        h = pm(**ids).last_hidden_state
+        assert torch.allclose(h, ours.model.encoder(**ids).last_hidden_state, atol=1e-5)
+        assert not torch.allclose(h, base(**ids).last_hidden_state, atol=1e-6)  # the adapter applied
 
 
 def _fake_minilm_wheel(src, wheels):

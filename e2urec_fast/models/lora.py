@@ -146,9 +146,11 @@ def base_eval_mode(model: nn.Module) -> nn.Module:
 
 
 def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter weights in PEFT's key layout."""
-    out = {}
+    """Adapter weights in PEFT's key layout, named as in the HuggingFace model PEFT wraps
+    (a wrapper of ours, the masked family's scorer, drops its `peft_prefix`)."""
+    out, pre = {}, getattr(model, "peft_prefix", "")
     for n, m in lora_modules(model).items():
+        n = n.removeprefix(pre)
         out[f"base_model.model.{n}.lora_A.weight"] = m.lora_A.weight.detach()
         out[f"base_model.model.{n}.lora_B.weight"] = m.lora_B.weight.detach()
     return out
@@ -185,6 +187,8 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
     mods = lora_modules(model)
     for key, t in state.items():
         name = key.removeprefix("base_model.model.").rsplit(".", 2)[0]
+        if name not in mods:  # PEFT's layout under a wrapper of ours (adapters saved before it kept the prefix)
+            name = getattr(model, "peft_prefix", "") + name
         if name not in mods:
             raise fail(folder / "adapter_model.safetensors", f"tensor {key} matches no LoRA module of this model")
         getattr(mods[name], key.rsplit(".", 2)[1]).weight.data.copy_(t)
