@@ -147,8 +147,13 @@ class StudentConfig:
     alpha: float = opt(2.0, "forgetting-teacher strength in v - alpha*relu(v_aug - v)", shown=True, lo=0.0)
     retain_weight: float = opt(0.6, "w in w*(CE_r + KL_r) + (1-w)*KL_f, the paper's 1 - beta (the authors' code: 0.6)",
                                lo=0.0, hi=1.0)
-    student_steps: int = opt(300, "student steps in all (forget-only epochs included)", shown=True, lo=1)
+    student_steps: int = opt(300, "student steps in all (forget-only epochs included); with --student-schedule sized, "
+                             "the cap", shown=True, lo=1)
     forget_epochs: int = opt(1, "epochs over D_f with the forgetting loss only, first", lo=0)
+    student_schedule: str = opt("fixed", "fixed: --student-steps steps; sized (the authors' shape, sized to the request): "
+                                "--forget-epochs over D_f, then --joint-epochs epochs of paired D_r/D_f steps over D_f, at "
+                                "least 20 joint steps, --student-steps at most", choices=("fixed", "sized"))
+    joint_epochs: int = opt(1, "--student-schedule sized: epochs of joint steps over D_f", lo=1)
     lora_r: int = opt(16, "LoRA rank", lo=1)
     lora_alpha: float = opt(32.0, "LoRA alpha (scaling alpha/r)", lo=0.0, lo_open=True)
     lora_dropout: float = opt(0.05, "LoRA dropout", lo=0.0, hi=1.0, hi_open=True)

@@ -201,3 +201,18 @@ def test_schedule_refuses_a_forget_epoch_that_swallows_the_joint_steps():
     assert schedule(13_000, 16, 1, 1000).forget_steps == 813
     assert schedule(13_000, 16, 0, 300).forget_steps == 0
     assert schedule(13_000, 16, 1, 300, joint=False).forget_steps == 300  # E2URec w/o L_REM: forget-only by design
+
+
+def test_sized_schedule_runs_its_step_count(setup, tmp_path):
+    """#26 item 1: --student-schedule sized trains exactly sized_steps(|D_f|) steps."""
+    import math
+
+    from e2urec_fast.methods.common import sized_steps
+
+    job, orig, _, _ = setup
+    job.out = tmp_path / "sized"
+    n_f = len(job.prepared.index("forget"))
+    args = cfg(student_schedule="sized", student_steps=300, quiet=True)
+    _, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
+    want = sized_steps(n_f, job.batch_size, 1, 1, 300)
+    assert info["steps"] == want == math.ceil(n_f / job.batch_size) + max(20, math.ceil(n_f / job.batch_size)) < 300

@@ -38,3 +38,16 @@ def test_fit_applies_the_schedule_per_update():
         torch.optim.AdamW.step = orig
     assert opt_lrs == pytest.approx([0.1 * lr_factor(cfg, s) for s in range(8)])
     assert opt_lrs[0] == pytest.approx(0.05) and opt_lrs[-1] == pytest.approx(0.1 / 6)
+
+
+def test_sized_schedule_follows_the_forget_set():
+    """#26 item 1: the authors' shape sized to D_f: one forget-only epoch over D_f, one joint
+    epoch over D_f (at least 20 joint steps), --student-steps the cap."""
+    from e2urec_fast.methods.common import MIN_JOINT, sized_steps
+
+    assert sized_steps(175, 16, 1, 1, 300) == 11 + MIN_JOINT  # 5 users, 175 samples: 31 steps, not 300
+    assert sized_steps(548, 16, 1, 1, 300) == 35 + 35
+    assert sized_steps(548, 16, 1, 2, 300) == 35 + 70
+    assert sized_steps(3000, 16, 1, 1, 300) == 300  # capped: 188 forget-only + 188 joint
+    assert sized_steps(6000, 16, 1, 1, 300) == 375 + MIN_JOINT  # never fewer than the forget-only epoch + the floor
+    assert sized_steps(1, 16, 0, 1, 300) == MIN_JOINT

@@ -175,6 +175,18 @@ def schedule(n_forget: int, batch: int, forget_epochs: int, total: int, joint: b
     return Schedule(min(total, forget_steps), total)
 
 
+MIN_JOINT = 20  # the sized schedule's floor of joint steps (a 1-sample D_f still gets its teachers' pull)
+
+
+def sized_steps(n_forget: int, batch: int, forget_epochs: int, joint_epochs: int, cap: int) -> int:
+    """The student's steps sized to D_f (the authors' shape): `forget_epochs` forget-only
+    epochs over D_f, then `joint_epochs` epochs of joint steps over D_f (at least MIN_JOINT),
+    at most `cap` steps in all (never fewer than the forget-only epochs plus the floor)."""
+    per_epoch = math.ceil(n_forget / batch)
+    want = forget_epochs * per_epoch + max(MIN_JOINT, joint_epochs * per_epoch)
+    return min(want, max(cap, forget_epochs * per_epoch + MIN_JOINT))
+
+
 def student_batches(job: Job, sched: Schedule, bucket: bool, parts=("rem", "fgt"), index_only: bool = False):
     """('f', None, D_f batch) for the forget-only epochs, then ('j', D_r batch, D_f batch);
     the ablations: D_r batches only (without L_FGT), D_f batches only (without L_REM)."""

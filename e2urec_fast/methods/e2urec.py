@@ -46,7 +46,7 @@ from ..models.scoring import answer_logits, yes_no_rows
 from ..precision import cache_tag, frozen_to_bf16
 from ..teachers import cached_teachers
 from ..train import Resume, TrainConfig, fit
-from .common import Job, Schedule, finetune, n_params, schedule, student_batches, visited
+from .common import Job, Schedule, finetune, n_params, schedule, sized_steps, student_batches, visited
 from .losses import combine, fast_terms, reference_terms
 
 __all__ = ["combine", "fast_terms", "reference_terms", "schedule", "student_batches", "unlearn", "make_augmented", "run_key"]
@@ -129,8 +129,10 @@ def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str)
         scope = parse_scope("all")
     scope_conflicts(scope, cfg)
     need_aug = "fgt" in parts
-    sched = schedule(len(job.prepared.index("forget")), job.batch_size, s.forget_epochs, s.student_steps,
-                     joint="rem" in parts and "fgt" in parts)
+    n_f = len(job.prepared.index("forget"))
+    total = s.student_steps if s.student_schedule == "fixed" else sized_steps(n_f, job.batch_size, s.forget_epochs,
+                                                                              s.joint_epochs, s.student_steps)
+    sched = schedule(n_f, job.batch_size, s.forget_epochs, total, joint="rem" in parts and "fgt" in parts)
     bucket = impl == "fast" and not cfg.speed.no_bucketing
     use_cache = impl == "fast" and not cfg.speed.no_teacher_cache
     r_idx, f_idx = visited(job, sched, bucket, parts) if use_cache else (None, None)
