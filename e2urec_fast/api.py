@@ -193,7 +193,7 @@ def resolve_models(st: State) -> None:
         raise UserError(f"--backbone {cfg.run.backbone}: its tokenizer differs from the Original's ({st.orig.folder}); give the "
                         "pretrained folder the Original was fine-tuned from")
     log(f"backbone {st.bdir} ({n_params(st.job.backbone().model, False):,} parameters)")
-    st.ev = Evaluator(st.job)
+    st.ev = Evaluator(st.job, None if cfg.finetune.no_model_cache else st.cache)  # the references' predictions cached
     if any(m.startswith("e2urec") for m in st.plan.methods) and st.cfg.speed.kernel_backend in ("auto", "native") \
             and st.job.device == "cpu":
         from . import native
@@ -306,7 +306,7 @@ def audit_stage(st: State) -> dict:
             a = aud[r["method"]]
             r.update(mia_loss_auc=a["loss_auc"], mia_ref_auc=a["ref_auc"], privleak=a["privleak"], forget_quality=a["forget_quality"])
     st.extra["audit_s"] = time.perf_counter() - t0  # (the losses come with the evaluation: eval_s holds their cost)
-    st.extra["eval_s"] = st.ev.seconds
+    st.extra["eval_s"], st.extra["predictions_from_cache"] = st.ev.seconds, sorted(st.ev.from_cache)
     return dict(reference=ref, models=aud, nonmembers=st.ev.nonmembers)
 
 

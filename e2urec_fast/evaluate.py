@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
@@ -90,7 +92,10 @@ class Evaluator:
     shilling scenario the metrics carry the attack's effect: the targets' mean p(yes) on real
     test samples (`target_p_yes`) and on D_f (`target_p_yes_forget`)."""
 
-    def __init__(self, job):
+    CACHED = ("Original", "Retrain")  # the references: the same predictions in every request or rerun against them
+    CACHE_MAX_BYTES = 256 * 2**20  # D_f's full-vocabulary logits beyond this are recomputed, not stored
+
+    def __init__(self, job, cache_dir=None):
         self.job = job
         prep = job.prepared
         self.test_idx, self.forget_idx = prep.index("test"), prep.index("forget_all")
@@ -105,6 +110,46 @@ class Evaluator:
             self.targets = (torch.isin(prep.items[self.test_idx], t).numpy(), torch.isin(prep.items[self.forget_idx], t).numpy())
         self.losses: dict = {}
         self.seconds: dict = {}
+        # cache_dir: the references' predictions are kept there, keyed by the model's fingerprint,
+        # the prepared data, the evaluated rows, the dtype and the batch size (evaluate.cache_key)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.from_cache: dict = {}  # name -> True where the predictions were read back
+
+    def _predict(self, bb):
+        job, seqs = self.job, self.job.seqs
+        yn = predict_logits(bb, bb.model, seqs, self.test_idx, job.eval_batch_size, job.device)
+        full = predict_logits(bb, bb.model, seqs, self.forget_idx, job.eval_batch_size, job.device, full=True)
+        h_yn = predict_logits(bb, bb.model, seqs, self.holdout_idx, job.eval_batch_size, job.device) \
+            if self.nonmembers == "holdout" else None
+        return yn, full, h_yn
+
+    def cache_key(self, bb) -> str:
+        import hashlib
+        import json
+
+        job = self.job
+        rows = [hashlib.sha256(i.numpy().tobytes()).hexdigest() for i in (self.test_idx, self.forget_idx, self.holdout_idx)]
+        blob = dict(model=bb.fingerprint(), data=job.prepared.manifest["content_hash"], rows=rows, dtype=job.dtype,
+                    batch=job.eval_batch_size, device=torch.device(job.device).type, version=1)
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _predict_cached(self, bb, name: str):
+        from .files import load_safetensors, save_safetensors_atomic
+
+        if self.cache_dir is None or name not in self.CACHED:
+            return self._predict(bb)
+        path = self.cache_dir / "predictions" / f"{name.lower()}-{self.cache_key(bb)}.safetensors"
+        if path.is_file():
+            try:
+                t = load_safetensors(path)
+                self.from_cache[name] = True
+                return t["test"], t["forget_full"], t.get("holdout")
+            except Exception:  # a damaged file: computed again and rewritten
+                pass
+        yn, full, h_yn = self._predict(bb)
+        if full.numel() * full.element_size() <= self.CACHE_MAX_BYTES:
+            save_safetensors_atomic(dict(test=yn, forget_full=full) | ({} if h_yn is None else dict(holdout=h_yn)), path)
+        return yn, full, h_yn
 
     def __call__(self, bb, name: str):
         import time
@@ -113,15 +158,9 @@ class Evaluator:
         from .models.scoring import yes_no
 
         t0 = time.perf_counter()
-        job, seqs = self.job, self.job.seqs
-        yn = predict_logits(bb, bb.model, seqs, self.test_idx, job.eval_batch_size, job.device)
-        full = predict_logits(bb, bb.model, seqs, self.forget_idx, job.eval_batch_size, job.device, full=True)
+        yn, full, h_yn = self._predict_cached(bb, name)
         f_yn = yes_no(bb, full)
-        if self.nonmembers == "holdout":
-            h_yn = predict_logits(bb, bb.model, seqs, self.holdout_idx, job.eval_batch_size, job.device)
-            unseen = answer_losses(h_yn, self.holdout_labels)
-        else:
-            unseen = answer_losses(yn, self.test_labels)
+        unseen = answer_losses(h_yn, self.holdout_labels) if self.nonmembers == "holdout" else answer_losses(yn, self.test_labels)
         self.losses[name] = (answer_losses(f_yn, self.forget_labels), unseen)
         py = p_yes(yn)
         m = ctr_metrics(self.test_labels, py)

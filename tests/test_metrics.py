@@ -33,3 +33,43 @@ def test_jsd_l2_match_float64_definition():
     assert got["l2"] == pytest.approx(l2, rel=1e-5)
     same = jsd_l2(torch.tensor(a), torch.tensor(a))
     assert same["jsd"] == pytest.approx(0.0, abs=1e-12) and same["l2"] == 0.0
+
+
+def test_reference_predictions_are_cached_and_rebuilt(tmp_path, monkeypatch):
+    """#26 item 2: the Original's (and Retrain's) predictions are read back by a later run
+    against the same model, data, rows and dtype, and computed again when any of them changes."""
+    import copy
+
+    import torch
+
+    from e2urec_fast import evaluate
+    from helpers import tiny_job
+
+    job = tiny_job(tmp_path)
+    orig = job.fresh()
+    calls = []
+    real = evaluate.predict_logits
+    monkeypatch.setattr(evaluate, "predict_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "c"
+
+    def run(bb, name="Original"):
+        calls.clear()
+        ev = evaluate.Evaluator(job, cache)
+        m, full = ev(bb, name)
+        return m, full, ev.losses[name], len(calls), ev.from_cache.get(name, False)
+
+    m1, f1, l1, n1, hit1 = run(orig)
+    assert n1 >= 2 and not hit1 and len(list((cache / "predictions").iterdir())) == 1
+    m2, f2, l2, n2, hit2 = run(orig)
+    assert n2 == 0 and hit2 and m2 == m1 and torch.equal(f2, f1) and all((a == b).all() for a, b in zip(l1, l2))
+    other = copy.deepcopy(orig)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.01)
+    assert run(other)[3] >= 2  # another model: computed again
+    assert run(orig, "E2URec")[3] >= 2 and run(orig, "E2URec")[3] >= 2  # a student is never cached
+    job.dtype = "bf16"
+    assert run(orig)[3] >= 2  # another precision
+    job.dtype = "fp32"
+    job.prepared.forget = job.prepared.forget.roll(1)  # other rows (another forget set)
+    assert run(orig)[3] >= 2
+    assert len(list((cache / "predictions").iterdir())) == 4
