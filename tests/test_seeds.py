@@ -160,3 +160,30 @@ def test_plot_labels_of_coinciding_points_do_not_overlap():
     boxes = [t.get_window_extent(r) for t in ax.texts]
     assert not boxes[0].overlaps(boxes[1]) and ax.texts[2].xyann == (5, 4)
     plt.close(fig)
+
+
+def test_paths_in_scenario_pairs_variants_by_seed(tmp_path):
+    """benchmarks/paths_in_scenario.py: rows of several runs paired by seed, hand-checked."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pis", Path(__file__).resolve().parent.parent / "benchmarks" / "paths_in_scenario.py")
+    pis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pis)
+
+    def rows(e2u_jsd, t):
+        return [dict(method="Original", auc=0.7, jsd=0.1), dict(method="Retrain", auc=0.7, jsd=0.0),
+                dict(method="E2URec", auc=0.7, jsd=e2u_jsd, l2=0.1, time_s=t, mia_loss_auc=0.5, mia_ref_auc=0.5, forget_quality=0.5)]
+
+    for run, vals in (("a", [(0.08, 10.0), (0.06, 20.0)]), ("b", [(0.05, 2.0), (0.05, 5.0)])):
+        for s, (j, t) in zip((1, 2), vals):
+            (tmp_path / run / f"seed-{s}").mkdir(parents=True)
+            (tmp_path / run / f"seed-{s}" / "report.json").write_text(json.dumps(dict(rows=rows(j, t), env=dict(git="x"))))
+    pis.main(["--seeds", "1,2", "--run", f"A={tmp_path / 'a'}:E2URec", "--run", f"B={tmp_path / 'b'}:E2URec", "--ref", "A",
+              "--out", str(tmp_path / "o")])
+    res = json.loads((tmp_path / "o" / "report.json").read_text())
+    d = res["paired_vs_ref"]["diffs"]["B"]["jsd"]
+    assert d["values"] == pytest.approx([-0.03, -0.01]) and d["mean"] == pytest.approx(-0.02)
+    assert res["summary"]["A"]["jsd_gap_closed"]["values"] == pytest.approx([0.2, 0.4])
+    assert res["time_ratio_vs"]["ratios"]["B"] == pytest.approx([4.0, 5.0])
