@@ -128,10 +128,10 @@ def _stages(cfg: Config, plan: Plan) -> ForgetResult:
 
     st = State(cfg, plan, Path(cfg.run.out), Path(os.path.expanduser(cfg.data.cache_dir)), time.perf_counter(),
                finetune_config(cfg), stage=job_stages(plan.methods, needs_retrain(cfg, plan.methods)))
-    prepare_stage(st)
-    resolve_models(st)
-    references(st)
-    run_methods(st)
+    for name, fn in (("prepare", prepare_stage), ("models", resolve_models), ("references", references), ("methods", run_methods)):
+        t0 = time.perf_counter()
+        fn(st)  # each stage's wall clock in report.json's details.stage_s (the report's own writing excepted)
+        st.extra.setdefault("stage_s", {})[name] = time.perf_counter() - t0
     aud = audit_stage(st)
     return report_stage(st, aud)
 
@@ -207,6 +207,7 @@ def resolve_models(st: State) -> None:
 def references(st: State) -> None:
     """Original (trained here and handed out, or the user's) and Retrain, both evaluated; the
     first Original of a request history as the remembering teacher; its D_r teacher rows."""
+    from .evaluate import jsd_l2
     from .floor import floor_row
     from .methods.common import n_params
     from .methods.retrain import train_on
@@ -255,23 +256,18 @@ def references(st: State) -> None:
     if warn:
         log(warn)
     if "original" in methods:
-        st.rows.append(dict(method="Original", kind="reference", **orig_m, **_gap(st, orig_full), time_s=None,
+        st.rows.append(dict(method="Original", kind="reference", **orig_m, **jsd_l2(st.retrain_full, orig_full), time_s=None,
                             train_time_s=orig_s, trainable_params=n_params(st.orig.model, False)))
     if "retrain" in methods:
-        st.rows.append(dict(method="Retrain", kind="reference", **retr_m, **_gap(st, st.retrain_full), time_s=retr_s,
+        st.rows.append(dict(method="Retrain", kind="reference", **retr_m, **jsd_l2(st.retrain_full, st.retrain_full), time_s=retr_s,
                             trainable_params=n_params(retr.model, False)))
-
-
-def _gap(st: State, full) -> dict:
-    """JSD and L2 to Retrain on D_f (None without a Retrain)."""
-    from .evaluate import jsd_l2
-
-    return jsd_l2(st.retrain_full, full) if st.retrain_full is not None else dict(jsd=None, l2=None)
 
 
 def run_methods(st: State) -> None:
     """Every unlearning method named, through the registry; each evaluated into a report row."""
+    from .evaluate import jsd_l2
     from .methods.registry import METHODS, Context
+
     cfg = st.cfg
     ctx = Context(st.job, st.orig, cfg, st.ft, None if cfg.finetune.no_model_cache else st.cache, rem=st.root,
                   log=log)
@@ -289,7 +285,7 @@ def run_methods(st: State) -> None:
                                     trainable_params=o.info["trainable_params"], diverged=o.info["diverged"]))
                 continue
             m, full = st.ev(o.model, o.label)
-            st.rows.append(dict(method=o.label, kind=o.kind, **m, **_gap(st, full), time_s=o.info["time_s"],
+            st.rows.append(dict(method=o.label, kind=o.kind, **m, **jsd_l2(st.retrain_full, full), time_s=o.info["time_s"],
                                 trainable_params=o.info["trainable_params"], **o.row))
 
 

@@ -73,8 +73,11 @@ def ctr_metrics(labels, prob) -> dict:
     )
 
 
-def jsd_l2(p_logits: torch.Tensor, q_logits: torch.Tensor) -> dict:
-    """The authors' "JSD" and L2 between two (N, V) logit tensors (p = retrained)."""
+def jsd_l2(p_logits: torch.Tensor | None, q_logits: torch.Tensor) -> dict:
+    """The authors' "JSD" and L2 between two (N, V) logit tensors (p = retrained; None: no
+    Retrain, both None)."""
+    if p_logits is None:
+        return dict(jsd=None, l2=None)
     p = torch.softmax(p_logits.double(), -1)
     q = torch.softmax(q_logits.double(), -1)
     kl_pq = (p * torch.log((p + EPS) / (q + EPS))).sum(-1)

@@ -43,6 +43,9 @@ def test_end_to_end_report(data, tmp_path):
     assert rows["NegGrad"]["trainable_params"] == rows["Original"]["trainable_params"]
     assert rows["SISA"]["trainable_params"] == 4 * rows["Original"]["trainable_params"]
     assert rows["Retrain"]["jsd"] == 0.0
+    st = rep["details"]["stage_s"]  # each stage's wall clock (#26 item 5)
+    assert list(st) == ["prepare", "models", "references", "methods"] and all(v > 0 for v in st.values())
+    assert sum(st.values()) <= rep["total_s"]
     c = rep["counts"]
     assert c["samples"] == 200 and (c["train"], c["valid"], c["test"]) == (120, 40, 40)
     hashes = rep["forgotten_users_sha256"]
