@@ -104,7 +104,6 @@ def write_cards(report: dict, handed: dict, base_model: str, family: str, audit_
     for kind in ("adapter", "merged"):
         folder = handed.get(kind)
         if folder is not None and Path(folder).is_dir():
-            base = base_model if kind == "adapter" else str(base_model)
-            write_text_atomic(Path(folder) / "README.md", model_card(kind, base, family, report, audit_md))
+            write_text_atomic(Path(folder) / "README.md", model_card(kind, base_model, family, report, audit_md))
             done.append(Path(folder) / "README.md")
     return done
