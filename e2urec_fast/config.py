@@ -150,9 +150,10 @@ class StudentConfig:
     student_steps: int = opt(300, "student steps in all (forget-only epochs included); with --student-schedule sized, "
                              "the cap", shown=True, lo=1)
     forget_epochs: int = opt(1, "epochs over D_f with the forgetting loss only, first", lo=0)
-    student_schedule: str = opt("fixed", "fixed: --student-steps steps; sized (the authors' shape, sized to the request): "
+    student_schedule: str = opt("auto", "fixed: --student-steps steps; sized (the authors' shape, sized to the request): "
                                 "--forget-epochs over D_f, then --joint-epochs epochs of paired D_r/D_f steps over D_f, at "
-                                "least 20 joint steps, --student-steps at most", choices=("fixed", "sized"))
+                                "least 20 joint steps, --student-steps at most; auto: sized for a deletion request, fixed for "
+                                "the benchmark (its tables were measured so)", choices=("auto", "fixed", "sized"))
     joint_epochs: int = opt(1, "--student-schedule sized: epochs of joint steps over D_f", lo=1)
     lora_r: int = opt(16, "LoRA rank", lo=1)
     lora_alpha: float = opt(32.0, "LoRA alpha (scaling alpha/r)", lo=0.0, lo_open=True)

@@ -216,3 +216,16 @@ def test_sized_schedule_runs_its_step_count(setup, tmp_path):
     _, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
     want = sized_steps(n_f, job.batch_size, 1, 1, 300)
     assert info["steps"] == want == math.ceil(n_f / job.batch_size) + max(20, math.ceil(n_f / job.batch_size)) < 300
+
+
+def test_auto_schedule_is_sized_for_a_request_and_fixed_for_the_benchmark(setup):
+    from e2urec_fast.methods.common import sized_steps
+
+    job, orig, _, _ = setup
+    n_f = len(job.prepared.index("forget"))
+    want = sized_steps(n_f, job.batch_size, 1, 1, 300)
+    plan = lambda **f: e2urec.plan_run(job, orig, cfg(**f), "fast", ("rem", "fgt"), "e2urec")  # noqa: E731
+    assert plan().sched.total == 300  # the benchmark: the fixed steps its tables were measured with
+    assert plan(forget_users="1").sched.total == want < 300  # a deletion request: sized to its D_f
+    assert plan(forget_users="1", student_schedule="fixed").sched.total == 300
+    assert plan(student_schedule="sized").sched.total == want

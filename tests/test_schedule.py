@@ -49,5 +49,5 @@ def test_sized_schedule_follows_the_forget_set():
     assert sized_steps(548, 16, 1, 1, 300) == 35 + 35
     assert sized_steps(548, 16, 1, 2, 300) == 35 + 70
     assert sized_steps(3000, 16, 1, 1, 300) == 300  # capped: 188 forget-only + 188 joint
-    assert sized_steps(6000, 16, 1, 1, 300) == 375 + MIN_JOINT  # never fewer than the forget-only epoch + the floor
     assert sized_steps(1, 16, 0, 1, 300) == MIN_JOINT
+    assert sized_steps(175, 16, 1, 1, 6) == 6  # a small --student-steps caps it

@@ -181,10 +181,10 @@ MIN_JOINT = 20  # the sized schedule's floor of joint steps (a 1-sample D_f stil
 def sized_steps(n_forget: int, batch: int, forget_epochs: int, joint_epochs: int, cap: int) -> int:
     """The student's steps sized to D_f (the authors' shape): `forget_epochs` forget-only
     epochs over D_f, then `joint_epochs` epochs of joint steps over D_f (at least MIN_JOINT),
-    at most `cap` steps in all (never fewer than the forget-only epochs plus the floor)."""
+    at most `cap` steps in all (--student-steps; `schedule` refuses a cap the forget-only
+    epochs fill)."""
     per_epoch = math.ceil(n_forget / batch)
-    want = forget_epochs * per_epoch + max(MIN_JOINT, joint_epochs * per_epoch)
-    return min(want, max(cap, forget_epochs * per_epoch + MIN_JOINT))
+    return min(forget_epochs * per_epoch + max(MIN_JOINT, joint_epochs * per_epoch), cap)
 
 
 def student_batches(job: Job, sched: Schedule, bucket: bool, parts=("rem", "fgt"), index_only: bool = False):

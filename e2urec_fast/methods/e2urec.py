@@ -130,8 +130,8 @@ def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str)
     scope_conflicts(scope, cfg)
     need_aug = "fgt" in parts
     n_f = len(job.prepared.index("forget"))
-    total = s.student_steps if s.student_schedule == "fixed" else sized_steps(n_f, job.batch_size, s.forget_epochs,
-                                                                              s.joint_epochs, s.student_steps)
+    sized = s.student_schedule == "sized" or (s.student_schedule == "auto" and cfg.is_request)  # measured: #26 item 1
+    total = sized_steps(n_f, job.batch_size, s.forget_epochs, s.joint_epochs, s.student_steps) if sized else s.student_steps
     sched = schedule(n_f, job.batch_size, s.forget_epochs, total, joint="rem" in parts and "fgt" in parts)
     bucket = impl == "fast" and not cfg.speed.no_bucketing
     use_cache = impl == "fast" and not cfg.speed.no_teacher_cache
