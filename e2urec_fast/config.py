@@ -127,7 +127,7 @@ class FinetuneConfig:
     patience: int = opt(1, "validations without improvement before stopping", lo=0)
     lr: float | None = opt(None, "AdamW learning rate of the full fine-tunes (Original, Retrain, shards); default 1e-3 for the "
                            "presets built with random weights, 5e-5 for pretrained backbones (minilm, local folders)", type=float,
-                           lo=0.0, lo_open=True, hi=1.0)
+                           lo=0.0, lo_open=True)  # (no upper bound: too high diverges in the first stage, one line)
     lr_schedule: str = opt("linear", "learning rate of the full fine-tunes: constant, or linear warm-up (--warmup share of the "
                            "planned steps) and linear decay to 0 at the last planned epoch", choices=("constant", "linear"))
     warmup: float = opt(0.1, "warm-up share of the planned steps (--lr-schedule linear)", lo=0.0, hi=1.0, hi_open=True)

@@ -101,8 +101,10 @@ def main(argv=None) -> int:
         from .api import run_guarded
 
         card.COMMAND = "python -m e2urec_fast.unlearn " + shlex.join(argv)  # for the model cards of what is handed out
-
-        run_guarded(cfg)
+        try:
+            run_guarded(cfg)
+        finally:
+            card.COMMAND = None  # (a later forget() in this process made through the API)
     except UserError as e:  # only what this run created was removed (see api.run_guarded)
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same bad input: one line
             print(f"error: {e}", file=sys.stderr)
