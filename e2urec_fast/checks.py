@@ -215,13 +215,12 @@ def parse_user_list(spec: str, flag: str = "--forget-users", names: bool = False
             return UserError(f"{flag}: user id {t!r} {why}")
         return fail(path, f"user id {t!r} {why}", toks.index(t) + 1)  # the line, found only on the way out
 
+    ids = [t for t in toks if t]
     if names:
-        ids = [t for t in toks if t]
         odd = next((t for t in ids if re.search(r"[\s,]", t)), None)
         if odd is not None:
             raise bad(odd, "has spaces or commas")
     else:
-        ids = [t for t in toks if t]
         odd = next((t for t in ids if not (t.isascii() and t.isdigit())), None)
         if odd is not None:
             raise bad(odd, "is not an integer id")

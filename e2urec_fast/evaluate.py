@@ -116,7 +116,7 @@ class Evaluator:
         # cache_dir: the references' predictions are kept there, keyed by the model's fingerprint,
         # the prepared data, the evaluated rows, the dtype and the batch size (evaluate.cache_key)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.from_cache: dict = {}  # name -> True where the predictions were read back
+        self.from_cache: set = set()  # the names whose predictions were read back
 
     def _predict(self, bb):
         job, seqs = self.job, self.job.seqs
@@ -145,7 +145,7 @@ class Evaluator:
         if path.is_file():
             try:
                 t = load_safetensors(path)
-                self.from_cache[name] = True
+                self.from_cache.add(name)
                 return t["test"], t["forget_full"], t.get("holdout")
             except Exception:  # a damaged file: computed again and rewritten
                 pass

@@ -92,6 +92,7 @@ def _int(value: str, path, line: int, what: str) -> int:
     binary floating point); '3.9', '26.5', 'nan', 'inf' and anything beyond int64 (the
     tensors' type: '1.e999', 2**63) are refused, never rounded, truncated or overflowed."""
     v = value.strip()
+    big = f"{what} {value!r} is out of range (ids and timestamps must fit in 64 bits)"
     if "_" in v:  # Python's int() and Decimal() read '1_000' (Decimal even '0_'); a data file does not mean that
         raise fail(path, f"{what} {value!r} is not a number", line)
     try:
@@ -104,10 +105,10 @@ def _int(value: str, path, line: int, what: str) -> int:
         if not d.is_finite() or d != d.to_integral_value():
             raise fail(path, f"{what} {value!r} is not a whole number", line) from None
         if not -INT64_MAX - 1 <= d <= INT64_MAX:  # compared before int(): '1e999999999' has a billion digits
-            raise fail(path, f"{what} {value!r} is out of range (ids and timestamps must fit in 64 bits)", line) from None
+            raise fail(path, big, line) from None
         n = int(d)
     if not -INT64_MAX - 1 <= n <= INT64_MAX:
-        raise fail(path, f"{what} {value!r} is out of range (ids and timestamps must fit in 64 bits)", line)
+        raise fail(path, big, line)
     return n
 
 

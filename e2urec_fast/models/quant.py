@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import UserError
+
 SKIP = ("wo", "lm_head")
 
 
 def bitsandbytes_or_error():
     """The bitsandbytes module, or a UserError saying --load-in-8bit needs it (it installs on
     Linux and Windows only: setup.py's markers)."""
-    from ..errors import UserError
-
     try:
         import bitsandbytes
     except Exception as e:  # ImportError, or a broken native library
