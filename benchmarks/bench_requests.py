@@ -1,6 +1,19 @@
 """Deletion requests as the product's unit of work, timed on the default data.
 
     python benchmarks/bench_requests.py [--work DIR] [--cache-dir DIR] [--dry-run]
+    python benchmarks/bench_requests.py --timing [--before REV] [--seeds 1,2,3] [--work DIR]
+
+--timing: before and after, side by side in one sitting. For each seed (it draws the users
+and seeds the training; the prepared data's split stays at seed 42), a request for 5 users
+and one for 20% of the train users, each `python -m e2urec_fast.unlearn --original BASE
+--forget-users ... --no-retrain` in its own process, once with the code at --before (a
+`git archive` of that revision on PYTHONPATH) and once with this checkout, interleaved.
+Wall clock is the process's (start-up included: what a user waits for); the stages are
+the report's. After each request of this checkout, the floor: one no-grad forward pass of
+the Original over the rows the request touched (the D_r rows its teacher cache holds, D_f,
+test and D_h), timed in this process; the request's time is quoted as a multiple of it.
+A warm-up request per revision (not timed) prepares the data and builds what each builds
+once. Writes `request_timing.json` into --work.
 
 1. Our Original on the default data (real ML-100K, last 10,000 samples, tiny T5), handed out
    as a HuggingFace folder (`--methods original`; cached across runs).
@@ -34,7 +47,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny synthetic data (seconds)")
     ap.add_argument("--requests", type=int, default=5)
     ap.add_argument("--share", type=float, default=0.04, help="share of the train users per request")
+    ap.add_argument("--timing", action="store_true", help="before/after request timing (see above)")
+    ap.add_argument("--before", default="84cf380", help="--timing: the revision to compare against")
+    ap.add_argument("--seeds", default="1,2,3", help="--timing: the seeds")
     a = ap.parse_args(argv)
+    if a.timing:
+        return timing(a)
 
     import torch
 
@@ -135,6 +153,133 @@ def main(argv=None) -> int:
                           final=result["sequential_final"], single=[(r["method"], r["auc"], r["jsd"], r["l2"]) for r in single.rows]),
                      indent=1, default=float))
     del torch
+    return 0
+
+
+def _request(src, base, users, seed, out, cache, dataset_args):
+    """One request in its own process: (wall seconds, report)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(src))
+    cmd = [sys.executable, "-m", "e2urec_fast.unlearn", "--original", str(base), "--forget-users", ",".join(map(str, users)),
+           "--no-retrain", "--seed", str(seed), "--split-seed", "42", "--cache-dir", str(cache), "--out", str(out),
+           *dataset_args]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        raise SystemExit(f"request failed ({src}): {p.stderr[-2000:]}")
+    return wall, json.loads((out / "report.json").read_text())
+
+
+def _stages(rep):
+    d = rep["details"]
+    st = dict(d.get("e2urec_fast", {}).get("stages", {}))
+    st["evaluation"] = sum(d["eval_s"].values())
+    st["audit"] = d["audit_s"]
+    st["report_total"] = rep["total_s"]
+    return st
+
+
+def _floor(base, users, out, cache, dataset, data_dir, max_samples):
+    """Seconds of one no-grad forward of the Original over the rows the request touched."""
+    import torch
+
+    from e2urec_fast.data import prepare
+    from e2urec_fast.evaluate import predict_logits
+    from e2urec_fast.files import load_safetensors
+    from e2urec_fast.methods.common import Job
+    from e2urec_fast.models import load_backbone
+    from e2urec_fast.request import apply_holdout, apply_request
+
+    prep = prepare(dataset, data_dir, cache, max_samples, 0.2, 42)
+    apply_request(prep, dataset, users, set())
+    apply_holdout(prep, dataset, [])
+    job = Job(prep, Path(base), out / "floor_scratch", seed=42, batch_size=16, progress=False)
+    job.seqs  # tokenized before the clock starts
+    bb = load_backbone(base)
+    tc = out / "cache" / "teacher_retain.safetensors"
+    r_idx = load_safetensors(tc).get("orig_r.idx") if tc.is_file() else None
+    parts = [prep.index("forget_all"), prep.index("test"), prep.index("holdout")]
+    parts.append(r_idx if r_idx is not None else torch.empty(0, dtype=torch.long))
+    idx = torch.cat(parts).unique()
+    predict_logits(bb, bb.model, job.seqs, idx[:job.eval_batch_size], job.eval_batch_size, "cpu")  # warm-up
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        predict_logits(bb, bb.model, job.seqs, idx, job.eval_batch_size, "cpu")
+        ts.append(time.perf_counter() - t0)
+    return dict(rows=int(len(idx)), retain_rows=0 if r_idx is None else int(len(r_idx)), seconds=sorted(ts)[1])
+
+
+def timing(a) -> int:
+    import random
+    import statistics
+    import subprocess
+
+    from e2urec_fast import forget
+    from e2urec_fast.data import prepare
+    from e2urec_fast.data.prepare import SPLIT_TRAIN
+    from e2urec_fast.data.synthetic import make_ml1m
+    from e2urec_fast.report import env_info
+
+    work = Path(a.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cache = Path(a.cache_dir).expanduser().resolve()
+    here = Path(__file__).resolve().parent.parent
+    if a.dry_run:
+        data = make_ml1m(work / "ml1m", n_users=30, per_user=14)
+        dataset, data_dir, max_samples = "ml-1m", str(data), 100_000
+        dargs = ["--dataset", "ml-1m", "--data-dir", str(data), "--max-samples", "100000", "--batch-size", "8", "--epochs", "1", "--student-steps", "8"]
+        common = dict(dataset=dataset, data_dir=data_dir, max_samples=None, epochs=1, batch_size=8)
+    else:
+        dataset, data_dir, max_samples, dargs, common = "ml-100k", None, 10_000, [], dict(dataset="ml-100k")
+    base = forget(work / "base", methods="original", cache_dir=str(cache), quiet=True, seed=42, **common).original
+    before = work / f"src-{a.before}"
+    if not before.is_dir():
+        before.mkdir()
+        arch = subprocess.run(["git", "-C", str(here), "archive", a.before], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(before)], input=arch, check=True)
+    rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    prep = prepare(dataset, data_dir, cache, max_samples, 0.2, 42)
+    train_users = sorted(set(prep.users[prep.split == SPLIT_TRAIN].tolist()))
+    sizes = dict(five=min(5, len(train_users) - 1), twenty=max(1, round(0.2 * len(train_users))))
+    srcs = dict(before=before, after=here)
+    for name, src in srcs.items():  # warm-up: data prepared, native op built
+        _request(src, base, train_users[:1], 0, work / f"warm-{name}", cache, dargs)
+    rows = []
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        order = list(train_users)
+        random.Random(seed).shuffle(order)
+        for size, n in sizes.items():
+            for name, src in srcs.items():
+                out = work / f"{name}-{size}-seed{seed}"
+                if out.exists():
+                    subprocess.run(["rm", "-rf", str(out)], check=True)
+                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs)
+                row = dict(seed=seed, request=size, users=n, code=name, wall_s=wall, stages=_stages(rep),
+                           forget_samples=rep["counts"]["forget"], steps=rep["details"]["e2urec_fast"].get("steps"),
+                           auc=next(r["auc"] for r in rep["rows"] if r["method"] == "E2URec"),
+                           loss_auc=rep.get("audit", {}).get("E2URec", {}).get("loss_auc"))
+                if name == "after":
+                    row["floor"] = _floor(base, order[:n], out, cache, dataset, data_dir, max_samples)
+                rows.append(row)
+                print(f"seed {seed} {size} {name}: {wall:.1f} s", file=sys.stderr)
+    summary = {}
+    for size in sizes:
+        b = [r["wall_s"] for r in rows if r["request"] == size and r["code"] == "before"]
+        f = [r for r in rows if r["request"] == size and r["code"] == "after"]
+        af = [r["wall_s"] for r in f]
+        summary[size] = dict(users=sizes[size], before_median_s=statistics.median(b), before_range=[min(b), max(b)],
+                             after_median_s=statistics.median(af), after_range=[min(af), max(af)],
+                             speedup_median=statistics.median([x / y for x, y in zip(b, af)]),
+                             floor_median_s=statistics.median([r["floor"]["seconds"] for r in f]),
+                             multiple_of_floor_median=statistics.median([r["wall_s"] / r["floor"]["seconds"] for r in f]))
+    res = dict(summary=summary, rows=rows, before=a.before, after=rev, env=env_info("cpu"), dry_run=a.dry_run,
+               command="python benchmarks/bench_requests.py --timing " + " ".join(sys.argv[1:]))
+    (work / "request_timing.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    print(json.dumps(summary, indent=1, default=float))
     return 0
 
 
