@@ -13,7 +13,8 @@ the report's. After each request of this checkout, the floor: one no-grad forwar
 the Original over the rows the request touched (the D_r rows its teacher cache holds, D_f,
 test and D_h), timed in this process; the request's time is quoted as a multiple of it.
 A warm-up request per revision (not timed) prepares the data and builds what each builds
-once. Writes `request_timing.json` into --work.
+once. A third variant, this checkout with the opt-in cached boundary (`--lora-scope decoder
+--aug-mode lora`), is timed beside them. Writes `request_timing.json` into --work.
 
 1. Our Original on the default data (real ML-100K, last 10,000 samples, tiny T5), handed out
    as a HuggingFace folder (`--methods original`; cached across runs).
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _request(src, base, users, seed, out, cache, dataset_args):
+def _request(src, base, users, seed, out, cache, dataset_args, extra=()):
     """One request in its own process: (wall seconds, report)."""
     import os
     import subprocess
@@ -164,7 +165,7 @@ def _request(src, base, users, seed, out, cache, dataset_args):
     env = dict(os.environ, PYTHONPATH=str(src))
     cmd = [sys.executable, "-m", "e2urec_fast.unlearn", "--original", str(base), "--forget-users", ",".join(map(str, users)),
            "--no-retrain", "--seed", str(seed), "--split-seed", "42", "--cache-dir", str(cache), "--out", str(out),
-           *dataset_args]
+           *dataset_args, *extra]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, cwd=str(src), capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -182,7 +183,7 @@ def _stages(rep):
     return st
 
 
-def _floor(base, users, out, cache, dataset, data_dir, max_samples):
+def _floor(base, users, out, cache, dataset, data_dir, max_samples, scratch):
     """Seconds of one no-grad forward of the Original over the rows the request touched."""
     import torch
 
@@ -196,8 +197,8 @@ def _floor(base, users, out, cache, dataset, data_dir, max_samples):
     prep = prepare(dataset, data_dir, cache, max_samples, 0.2, 42)
     apply_request(prep, dataset, users, set())
     apply_holdout(prep, dataset, [])
-    job = Job(prep, Path(base), out / "floor_scratch", seed=42, batch_size=16, progress=False)
-    job.seqs  # tokenized before the clock starts
+    job = Job(prep, Path(base), Path(scratch), seed=42, batch_size=16, progress=False)
+    _ = job.seqs  # tokenized before the clock starts
     bb = load_backbone(base)
     tc = out / "cache" / "teacher_retain.safetensors"
     r_idx = load_safetensors(tc).get("orig_r.idx") if tc.is_file() else None
@@ -213,9 +214,37 @@ def _floor(base, users, out, cache, dataset, data_dir, max_samples):
     return dict(rows=int(len(idx)), retain_rows=0 if r_idx is None else int(len(r_idx)), seconds=sorted(ts)[1])
 
 
+def summarize(rows) -> dict:
+    """Per request size: medians and ranges of the wall clock before and after, the paired
+    speed-up, the floor and the request's multiple of it, the median stages after, and the
+    teacher-cache pass's rows/s against the floor's (a plain no-grad forward)."""
+    import statistics
+
+    med = statistics.median
+    out = {}
+    for size in dict.fromkeys(r["request"] for r in rows):
+        b = {r["seed"]: r["wall_s"] for r in rows if r["request"] == size and r["code"] == "before"}
+        f = [r for r in rows if r["request"] == size and r["code"] == "after"]
+        af = [r["wall_s"] for r in f]
+        bd = {r["seed"]: r["wall_s"] for r in rows if r["request"] == size and r["code"] == "boundary"}
+        stages = {k: med([r["stages"][k] for r in f]) for k in f[0]["stages"]}
+        cache = [(c["retain"] + 2 * c["forget"]) / r["stages"]["cache"] for r in f if (c := r.get("cache_rows"))]
+        out[size] = dict(users=f[0]["users"], forget_samples_median=med([r["forget_samples"] for r in f]),
+                         before_median_s=med(b.values()), before_range=[min(b.values()), max(b.values())],
+                         after_median_s=med(af), after_range=[min(af), max(af)],
+                         speedup_median=med([b[r["seed"]] / r["wall_s"] for r in f]),
+                         floor_median_s=med([r["floor"]["seconds"] for r in f]),
+                         multiple_of_floor_median=med([r["wall_s"] / r["floor"]["seconds"] for r in f]),
+                         after_stages_median=stages, cache_rows_per_s_median=med(cache) if cache else None,
+                         floor_rows_per_s_median=med([r["floor"]["rows"] / r["floor"]["seconds"] for r in f]))
+        if bd:
+            out[size] |= dict(boundary_median_s=med(bd.values()), boundary_range=[min(bd.values()), max(bd.values())],
+                              boundary_speedup_vs_after_median=med([r["wall_s"] / bd[r["seed"]] for r in f if r["seed"] in bd]))
+    return out
+
+
 def timing(a) -> int:
     import random
-    import statistics
     import subprocess
 
     from e2urec_fast import forget
@@ -231,7 +260,8 @@ def timing(a) -> int:
     if a.dry_run:
         data = make_ml1m(work / "ml1m", n_users=30, per_user=14)
         dataset, data_dir, max_samples = "ml-1m", str(data), 100_000
-        dargs = ["--dataset", "ml-1m", "--data-dir", str(data), "--max-samples", "100000", "--batch-size", "8", "--epochs", "1", "--student-steps", "8"]
+        dargs = ["--dataset", "ml-1m", "--data-dir", str(data), "--max-samples", "100000", "--batch-size", "8", "--epochs", "1",
+                 "--student-steps", "8"]
         common = dict(dataset=dataset, data_dir=data_dir, max_samples=None, epochs=1, batch_size=8)
     else:
         dataset, data_dir, max_samples, dargs, common = "ml-100k", None, 10_000, [], dict(dataset="ml-100k")
@@ -245,37 +275,30 @@ def timing(a) -> int:
     prep = prepare(dataset, data_dir, cache, max_samples, 0.2, 42)
     train_users = sorted(set(prep.users[prep.split == SPLIT_TRAIN].tolist()))
     sizes = dict(five=min(5, len(train_users) - 1), twenty=max(1, round(0.2 * len(train_users))))
-    srcs = dict(before=before, after=here)
-    for name, src in srcs.items():  # warm-up: data prepared, native op built
-        _request(src, base, train_users[:1], 0, work / f"warm-{name}", cache, dargs)
+    # the opt-in cached boundary (`--lora-scope decoder --aug-mode lora`) beside the default path
+    srcs = dict(before=(before, ()), after=(here, ()), boundary=(here, ("--lora-scope", "decoder", "--aug-mode", "lora")))
+    for name, (src, extra) in srcs.items():  # warm-up: data prepared, native op built
+        _request(src, base, train_users[:1], 0, work / f"warm-{name}", cache, dargs, extra)
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         order = list(train_users)
         random.Random(seed).shuffle(order)
         for size, n in sizes.items():
-            for name, src in srcs.items():
+            for name, (src, extra) in srcs.items():
                 out = work / f"{name}-{size}-seed{seed}"
                 if out.exists():
                     subprocess.run(["rm", "-rf", str(out)], check=True)
-                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs)
+                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs, extra)
                 row = dict(seed=seed, request=size, users=n, code=name, wall_s=wall, stages=_stages(rep),
                            forget_samples=rep["counts"]["forget"], steps=rep["details"]["e2urec_fast"].get("steps"),
+                           cache_rows=rep["details"]["e2urec_fast"].get("teacher_cache", {}).get("rows"),
                            auc=next(r["auc"] for r in rep["rows"] if r["method"] == "E2URec"),
                            loss_auc=rep.get("audit", {}).get("E2URec", {}).get("loss_auc"))
-                if name == "after":
-                    row["floor"] = _floor(base, order[:n], out, cache, dataset, data_dir, max_samples)
+                if name != "before":
+                    row["floor"] = _floor(base, order[:n], out, cache, dataset, data_dir, max_samples, work / "floor_scratch")
                 rows.append(row)
                 print(f"seed {seed} {size} {name}: {wall:.1f} s", file=sys.stderr)
-    summary = {}
-    for size in sizes:
-        b = [r["wall_s"] for r in rows if r["request"] == size and r["code"] == "before"]
-        f = [r for r in rows if r["request"] == size and r["code"] == "after"]
-        af = [r["wall_s"] for r in f]
-        summary[size] = dict(users=sizes[size], before_median_s=statistics.median(b), before_range=[min(b), max(b)],
-                             after_median_s=statistics.median(af), after_range=[min(af), max(af)],
-                             speedup_median=statistics.median([x / y for x, y in zip(b, af)]),
-                             floor_median_s=statistics.median([r["floor"]["seconds"] for r in f]),
-                             multiple_of_floor_median=statistics.median([r["wall_s"] / r["floor"]["seconds"] for r in f]))
+    summary = summarize(rows)
     res = dict(summary=summary, rows=rows, before=a.before, after=rev, env=env_info("cpu"), dry_run=a.dry_run,
                command="python benchmarks/bench_requests.py --timing " + " ".join(sys.argv[1:]))
     (work / "request_timing.json").write_text(json.dumps(res, indent=2, default=float) + "\n")

@@ -303,6 +303,7 @@ def audit_stage(st: State) -> dict:
             r.update(mia_loss_auc=a["loss_auc"], mia_ref_auc=a["ref_auc"], privleak=a["privleak"], forget_quality=a["forget_quality"])
     st.extra["audit_s"] = time.perf_counter() - t0  # (the losses come with the evaluation: eval_s holds their cost)
     st.extra["eval_s"], st.extra["predictions_from_cache"] = st.ev.seconds, sorted(st.ev.from_cache)
+    st.extra["prediction_parts_from_cache"] = st.ev.parts_from_cache
     return dict(reference=ref, models=aud, nonmembers=st.ev.nonmembers)
 
 

@@ -114,45 +114,56 @@ class Evaluator:
         self.losses: dict = {}
         self.seconds: dict = {}
         # cache_dir: the references' predictions are kept there, keyed by the model's fingerprint,
-        # the prepared data, the evaluated rows, the dtype and the batch size (evaluate.cache_key)
+        # the prepared data, each part's rows, the dtype and the batch size (evaluate.cache_key)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.from_cache: set = set()  # the names whose predictions were read back
+        self.from_cache: set = set()  # the names whose predictions were all read back
+        self.parts_from_cache: dict = {}  # name -> the parts (test, forget_full, holdout) read back
 
-    def _predict(self, bb):
-        job, seqs = self.job, self.job.seqs
-        yn = predict_logits(bb, bb.model, seqs, self.test_idx, job.eval_batch_size, job.device)
-        full = predict_logits(bb, bb.model, seqs, self.forget_idx, job.eval_batch_size, job.device, full=True)
-        h_yn = predict_logits(bb, bb.model, seqs, self.holdout_idx, job.eval_batch_size, job.device) \
-            if self.nonmembers == "holdout" else None
-        return yn, full, h_yn
+    def _parts(self):
+        """(part name, rows, full vocabulary) of one evaluation: test (the same in every request
+        against a model), D_f (full vocabulary: JSD, L2) and D_h (when the data has a holdout)."""
+        parts = [("test", self.test_idx, False), ("forget_full", self.forget_idx, True)]
+        return parts + ([("holdout", self.holdout_idx, False)] if self.nonmembers == "holdout" else [])
 
-    def cache_key(self, bb) -> str:
+    def _predict_part(self, bb, idx, full: bool):
+        job = self.job
+        return predict_logits(bb, bb.model, job.seqs, idx, job.eval_batch_size, job.device, full=full)
+
+    def cache_key(self, bb, part: str, idx) -> str:
+        """One part's key: the model's fingerprint, the prepared data, the part's rows, the dtype,
+        the batch size and the device. Parts are keyed apart, so a later request with another D_f
+        reads the test predictions back."""
         import hashlib
         import json
 
         job = self.job
-        rows = [hashlib.sha256(i.numpy().tobytes()).hexdigest() for i in (self.test_idx, self.forget_idx, self.holdout_idx)]
-        blob = dict(model=bb.fingerprint(), data=job.prepared.manifest["content_hash"], rows=rows, dtype=job.dtype,
-                    batch=job.eval_batch_size, device=torch.device(job.device).type, version=1)
+        blob = dict(model=bb.fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
+                    rows=hashlib.sha256(idx.numpy().tobytes()).hexdigest(), dtype=job.dtype, batch=job.eval_batch_size,
+                    device=torch.device(job.device).type, version=2)
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def _predict_cached(self, bb, name: str):
         from .files import load_safetensors, save_safetensors_atomic
 
-        if self.cache_dir is None or name not in self.CACHED:
-            return self._predict(bb)
-        path = self.cache_dir / "predictions" / f"{name.lower()}-{self.cache_key(bb)}.safetensors"
-        if path.is_file():
-            try:
-                t = load_safetensors(path)
-                self.from_cache.add(name)
-                return t["test"], t["forget_full"], t.get("holdout")
-            except Exception:  # a damaged file: computed again and rewritten
-                pass
-        yn, full, h_yn = self._predict(bb)
-        if full.numel() * full.element_size() <= self.CACHE_MAX_BYTES:
-            save_safetensors_atomic(dict(test=yn, forget_full=full) | ({} if h_yn is None else dict(holdout=h_yn)), path)
-        return yn, full, h_yn
+        got = {}
+        for part, idx, full in self._parts():
+            if self.cache_dir is None or name not in self.CACHED:
+                got[part] = self._predict_part(bb, idx, full)
+                continue
+            path = self.cache_dir / "predictions" / f"{name.lower()}-{part}-{self.cache_key(bb, part, idx)}.safetensors"
+            if path.is_file():
+                try:
+                    got[part] = load_safetensors(path)["logits"]
+                    self.parts_from_cache.setdefault(name, []).append(part)
+                    continue
+                except Exception:  # a damaged file: computed again and rewritten
+                    pass
+            got[part] = t = self._predict_part(bb, idx, full)
+            if t.numel() * t.element_size() <= self.CACHE_MAX_BYTES:
+                save_safetensors_atomic(dict(logits=t), path)
+        if len(self.parts_from_cache.get(name, [])) == len(got):
+            self.from_cache.add(name)
+        return got["test"], got["forget_full"], got.get("holdout")
 
     def __call__(self, bb, name: str):
         import time

@@ -59,7 +59,7 @@ def test_reference_predictions_are_cached_and_rebuilt(tmp_path, monkeypatch):
         return m, full, ev.losses[name], len(calls), name in ev.from_cache
 
     m1, f1, l1, n1, hit1 = run(orig)
-    assert n1 >= 2 and not hit1 and len(list((cache / "predictions").iterdir())) == 1
+    assert n1 >= 2 and not hit1 and len(list((cache / "predictions").iterdir())) == n1  # a file per part
     m2, f2, l2, n2, hit2 = run(orig)
     assert n2 == 0 and hit2 and m2 == m1 and torch.equal(f2, f1) and all((a == b).all() for a, b in zip(l1, l2))
     other = copy.deepcopy(orig)
@@ -70,6 +70,10 @@ def test_reference_predictions_are_cached_and_rebuilt(tmp_path, monkeypatch):
     job.dtype = "bf16"
     assert run(orig)[3] >= 2  # another precision
     job.dtype = "fp32"
-    job.prepared.forget = job.prepared.forget.roll(1)  # other rows (another forget set)
-    assert run(orig)[3] >= 2
-    assert len(list((cache / "predictions").iterdir())) == 4
+    job.prepared.forget = job.prepared.forget.roll(1)  # another forget set: D_f computed, test read back
+    ev = evaluate.Evaluator(job, cache)
+    calls.clear()
+    m3, _ = ev(orig, "Original")
+    assert len(calls) == n1 - 1 and ev.parts_from_cache["Original"] == ["test"] and "Original" not in ev.from_cache
+    assert m3 == m1  # the test metrics are the same model's on the same rows
+    assert len(list((cache / "predictions").iterdir())) == 3 * n1 + 1  # orig, another model, bf16: every part; the new D_f

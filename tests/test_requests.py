@@ -237,3 +237,22 @@ def test_bench_requests_dry_run(tmp_path):
     assert res["sequential_final"]["jsd"] >= 0 and "loss_auc" in res["sequential_final"]["audit"]
     assert {"augment", "cache", "student", "evaluation", "audit"} <= set(res["five_users"]["stages"])
     assert [r["method"] for r in res["single"]["rows"]][1:] == ["Original", "Retrain", "E2URec"]
+
+
+def test_bench_requests_floor_counts_the_rows_the_request_touched(world, tmp_path):
+    """The floor is one forward over D_r's cached teacher rows, D_f, test and D_h: no row twice, none missing."""
+    from safetensors import safe_open
+
+    from conftest import bench_module
+    from e2urec_fast.request import apply_holdout, apply_request
+
+    mod = bench_module("bench_requests")
+    users, t = world["train_users"][:2], world["tmp"]
+    fl = mod._floor(world["base"].original, users, t / "r1", t / "cache", "ml-1m", world["data"], None, tmp_path / "s")
+    prep = prepare("ml-1m", world["data"], t / "cache", max_samples=None, forget_ratio=0.2, seed=42)
+    apply_request(prep, "ml-1m", users, set())
+    apply_holdout(prep, "ml-1m", [])
+    with safe_open(str(t / "r1" / "cache" / "teacher_retain.safetensors"), "pt") as f:
+        r_idx = f.get_tensor("orig_r.idx")
+    want = set(r_idx.tolist()) | set(prep.index("forget_all").tolist()) | set(prep.index("test").tolist())
+    assert fl["retain_rows"] == len(r_idx) > 0 and fl["rows"] == len(want) and fl["seconds"] > 0
