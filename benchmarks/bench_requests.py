@@ -94,11 +94,7 @@ def main(argv=None) -> int:
     chunks = [chosen[i::a.requests] for i in range(a.requests)]
 
     def stages(res):
-        info = res.report["details"].get("e2urec_fast", {})
-        st = dict(info.get("stages", {}))
-        st["evaluation"] = sum(res.report["details"]["eval_s"].values())
-        st["audit"] = res.report["details"]["audit_s"]
-        return st
+        return _stages(res.report)
 
     # 2. one request for five users
     t0 = time.perf_counter()
