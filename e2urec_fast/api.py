@@ -78,8 +78,10 @@ def run(cfg: Config) -> ForgetResult:
     import torch
 
     from . import precision
+    from .seeds import settings_key
 
     plan = check(cfg)
+    key = settings_key(cfg)  # of the settings as given (a --seeds run keys its seeds so), before device and dtype resolve
     dist.check_launch(cfg)
     device = dist.init(cfg.run.device)  # torchrun: join the group, this rank's GPU (dist.py)
     if device == "auto":
@@ -89,7 +91,7 @@ def run(cfg: Config) -> ForgetResult:
         raise UserError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use --dtype fp32")
     cfg = replace_fields(cfg, device=device, dtype=dtype)
     with precision.autocast(dtype, device):
-        return _stages(cfg, plan)
+        return _stages(cfg, plan, key)
 
 
 @dataclass
@@ -117,9 +119,10 @@ class State:
     handed: dict = field(default_factory=dict)  # what is handed out: original, adapter, merged
     student: object = None  # E2URec's student (merged with --merge)
     stage: object = None  # progress.Stages: "[k/N] ..." lines
+    settings_key: str = ""  # seeds.settings_key of the settings as given
 
 
-def _stages(cfg: Config, plan: Plan) -> ForgetResult:
+def _stages(cfg: Config, plan: Plan, key: str = "") -> ForgetResult:
     import torch
 
     if cfg.run.threads:
@@ -127,7 +130,7 @@ def _stages(cfg: Config, plan: Plan) -> ForgetResult:
     from .methods.retrain import finetune_config
 
     st = State(cfg, plan, Path(cfg.run.out), Path(os.path.expanduser(cfg.data.cache_dir)), time.perf_counter(),
-               finetune_config(cfg), stage=job_stages(plan.methods, needs_retrain(cfg, plan.methods)))
+               finetune_config(cfg), stage=job_stages(plan.methods, needs_retrain(cfg, plan.methods)), settings_key=key)
     for name, fn in (("prepare", prepare_stage), ("models", resolve_models), ("references", references), ("methods", run_methods)):
         t0 = time.perf_counter()
         fn(st)  # each stage's wall clock in report.json's details.stage_s (the report's own writing excepted)
@@ -324,6 +327,7 @@ def report_stage(st: State, aud: dict) -> ForgetResult:
     absolute = {k: Path(v).resolve() for k, v in st.handed.items()}
     report = dict(
         rows=st.rows, settings=settings_of(cfg, st.plan.methods, st.bdir, st.ft.lr),
+        settings_key=st.settings_key,  # a single run into OUT/seed-N is a finished seed of a --seeds run with these settings
         backbone_params=n_params(st.job.backbone().model, False),
         counts=prep.manifest["counts"],
         # which users were forgotten (this request and every earlier one), hashed, never in clear

@@ -56,6 +56,10 @@ def test_two_seeds_end_to_end(tmp_path):
     mtime = (tmp_path / "o" / "seed-1" / "report.json").stat().st_mtime
     forget(tmp_path / "o", seeds="1,2", **common)
     assert (tmp_path / "o" / "seed-1" / "report.json").stat().st_mtime == mtime
+    # a single run with the same settings written to OUT/seed-N is that seed, finished (seeds run side by side)
+    forget(tmp_path / "s" / "seed-2", seed=2, **common)
+    single = json.loads((tmp_path / "s" / "seed-2" / "report.json").read_text())
+    assert single["settings_key"] == per[1]["settings_key"] != per[0]["settings_key"]
     # --seed-axis train: the split stays put while the training seed moves
     forget(tmp_path / "t", seeds="1,2", seed_axis="train", split_seed=7, **common | dict(methods="original,e2urec", no_retrain=True))
     per = [json.loads((tmp_path / "t" / f"seed-{s}" / "report.json").read_text()) for s in (1, 2)]
