@@ -6,7 +6,8 @@ gap any unlearning method can be asked to reach; a method at that distance from 
 forgotten as well as retraining does. Likewise the forget quality (KS p-value) of the second
 Retrain against the first is what a perfect unlearning scores. This script trains (or reads
 from the model cache) Original and Retrain at the split's own init seed and at `--other`
-more init seeds, and prints for each split seed, on D_f (and on D_h, the same-pool
+more seeds (`--vary init`: other initial weights and data order; `--vary shuffle`: the same
+initial weights, another data order), and prints for each split seed, on D_f (and on D_h, the same-pool
 non-members): the JSD of every model to the first Retrain, its LOSS-attack AUC (D_f vs D_h),
 and its forget quality against the first Retrain. Nothing from test is read.
 
@@ -44,7 +45,8 @@ def one_split(s: int, a) -> dict:
     yf, yh = prep.labels[f_idx], prep.labels[h_idx]
     models = {}
     for init in [s, *(s + o for o in a.other)]:
-        job = Job(prep, resolve_backbone(cfg.backbone_name, prep, cache, seed=init), Path(a.scratch) / f"split{s}-init{init}",
+        weights = s if a.vary == "shuffle" else init  # shuffle: the same initial weights, another training seed
+        job = Job(prep, resolve_backbone(cfg.backbone_name, prep, cache, seed=weights), Path(a.scratch) / f"split{s}-{a.vary}{init}",
                   seed=init, batch_size=cfg.finetune.batch_size, progress=False)
         for part, name in (("retain", "Retrain"), ("train", "Original")):
             if name == "Original" and init != s and not a.originals:
@@ -52,9 +54,9 @@ def one_split(s: int, a) -> dict:
             bb, sec, info = train_on(job, part, ft, cache, name)
             lf = predict_logits(bb, bb.model, job.seqs, f_idx, job.eval_batch_size, full=True).double()
             lh = predict_logits(bb, bb.model, job.seqs, h_idx, job.eval_batch_size, full=False).double()
-            models[f"{name} init {init}"] = (bb, lf, lh, sec, "cached" in info)
-            print(f"split {s}: {name} init {init} ({'cached' if 'cached' in info else f'trained, {sec:.0f} s'})", flush=True)
-    ref_bb, ref_f, ref_h, _, _ = models[f"Retrain init {s}"]
+            models[f"{name} {a.vary if init != s else 'seed'} {init}"] = (bb, lf, lh, sec, "cached" in info)
+            print(f"split {s}: {name} {a.vary} {init} ({'cached' if 'cached' in info else f'trained, {sec:.0f} s'})", flush=True)
+    ref_bb, ref_f, ref_h, _, _ = models[f"Retrain seed {s}"]
     ref_loss = answer_losses(yes_no(ref_bb, ref_f), yf)
     rows = []
     for name, (bb, lf, lh, sec, cached) in models.items():
@@ -63,7 +65,7 @@ def one_split(s: int, a) -> dict:
                          forget_quality=forget_quality(loss_f, ref_loss), forget_loss=float(loss_f.mean()),
                          unseen_loss=float(loss_h.mean()), train_s=None if cached else sec))
         r = rows[-1]
-        print(f"  {name:22s} JSD x100 to Retrain init {s}: {100 * r['jsd']:6.2f}  LOSS AUC {r['loss_auc']:.4f}  "
+        print(f"  {name:22s} JSD x100 to Retrain seed {s}: {100 * r['jsd']:6.2f}  LOSS AUC {r['loss_auc']:.4f}  "
               f"forget quality {r['forget_quality']:.3f}", flush=True)
     return dict(split_seed=s, n_forget=len(f_idx), n_holdout=len(h_idx), rows=rows)
 
@@ -73,12 +75,15 @@ def main(argv=None) -> int:
     ap.add_argument("--scenario", default="memorize")
     ap.add_argument("--seeds", default="1", help="split seeds (each one's own init seed is the reference Retrain)")
     ap.add_argument("--other", default="100", help="offsets of the other init seeds (init = split seed + offset)")
+    ap.add_argument("--vary", default="init", choices=("init", "shuffle"),
+                    help="init: the other seeds draw other initial weights and data order; shuffle: the same initial weights "
+                         "(the preset's, seeded by the split seed), another data order and dropout")
     ap.add_argument("--originals", action="store_true", help="also train the Original at the other init seeds")
     ap.add_argument("--scratch", default="/tmp/seed_floor")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     a.other = [int(x) for x in a.other.split(",")]
-    res = dict(scenario=a.scenario, other=a.other, splits=[one_split(int(s), a) for s in a.seeds.split(",")])
+    res = dict(scenario=a.scenario, other=a.other, vary=a.vary, splits=[one_split(int(s), a) for s in a.seeds.split(",")])
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
