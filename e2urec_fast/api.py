@@ -77,11 +77,10 @@ def run(cfg: Config) -> ForgetResult:
     context (precision.py)."""
     import torch
 
-    from . import precision
-    from .seeds import settings_key
+    from . import precision, seeds
 
     plan = check(cfg)
-    key = settings_key(cfg)  # of the settings as given (a --seeds run keys its seeds so), before device and dtype resolve
+    key = seeds.settings_key(cfg)  # of the settings as given (a --seeds run keys its seeds so), before device and dtype resolve
     dist.check_launch(cfg)
     device = dist.init(cfg.run.device)  # torchrun: join the group, this rank's GPU (dist.py)
     if device == "auto":
