@@ -25,8 +25,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from e2urec_fast.config import from_fields, max_samples, replace_fields, split_seed  # noqa: E402
+from e2urec_fast.config import replace_fields  # noqa: E402
 
 
 def p_true(bb, logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -38,19 +39,13 @@ def p_true(bb, logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def one_seed(seed: int, a) -> dict:
-    from e2urec_fast.data import prepare
+    from common import scenario_job
+
     from e2urec_fast.evaluate import jsd_l2, predict_logits
-    from e2urec_fast.methods.common import Job
     from e2urec_fast.methods.e2urec import make_augmented
     from e2urec_fast.methods.retrain import finetune_config, train_on
-    from e2urec_fast.models import resolve_backbone
 
-    cfg = from_fields(scenario=a.scenario, seed=seed, quiet=True)
-    cache = Path(cfg.data.cache_dir).expanduser()
-    prep = prepare(cfg.data.dataset, cfg.data.data_dir, cache, max_samples(cfg), cfg.data.forget_ratio, split_seed(cfg),
-                   holdout_ratio=cfg.data.holdout_ratio, scenario=cfg.data.scenario)
-    job = Job(prep, resolve_backbone(cfg.backbone_name, prep, cache, seed=seed), Path(a.scratch) / f"seed-{seed}",
-              seed=seed, batch_size=cfg.finetune.batch_size, progress=False)
+    cfg, cache, prep, job = scenario_job(a.scenario, seed, Path(a.scratch) / f"seed-{seed}")
     ft = finetune_config(cfg)
     orig, _, oi = train_on(job, "train", ft, cache, "Original")
     retr, _, ri = train_on(job, "retain", ft, cache, "Retrain")

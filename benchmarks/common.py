@@ -100,3 +100,21 @@ def append_csv(path: Path, rows: list[dict]):
         if new:
             w.writeheader()
         w.writerows(rows)
+
+
+def scenario_job(scenario: str, seed: int, scratch: Path, train_seed: int | None = None, weights_seed: int | None = None):
+    """(cfg, model cache, prepared data, Job) of a scenario's default run at `seed` (the split
+    and, unless given, the training seed and the preset's initial weights), as the command line
+    builds them."""
+    from e2urec_fast.config import from_fields, max_samples, split_seed
+    from e2urec_fast.data import prepare
+    from e2urec_fast.methods.common import Job
+    from e2urec_fast.models import resolve_backbone
+
+    train = seed if train_seed is None else train_seed
+    cfg = from_fields(scenario=scenario, seed=seed, quiet=True)
+    cache = Path(cfg.data.cache_dir).expanduser()
+    prep = prepare(cfg.data.dataset, cfg.data.data_dir, cache, max_samples(cfg), cfg.data.forget_ratio, split_seed(cfg),
+                   holdout_ratio=cfg.data.holdout_ratio, scenario=cfg.data.scenario)
+    bdir = resolve_backbone(cfg.backbone_name, prep, cache, seed=train if weights_seed is None else weights_seed)
+    return cfg, cache, prep, Job(prep, bdir, Path(scratch), seed=train, batch_size=cfg.finetune.batch_size, progress=False)

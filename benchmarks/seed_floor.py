@@ -23,31 +23,25 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-
-from e2urec_fast.config import from_fields, max_samples, split_seed  # noqa: E402
+sys.path.insert(0, str(HERE))
 
 
 def one_split(s: int, a) -> dict:
+    from common import scenario_job
+
     from e2urec_fast.audit import answer_losses, forget_quality, mia_auc
-    from e2urec_fast.data import prepare
     from e2urec_fast.evaluate import jsd_l2, predict_logits
-    from e2urec_fast.methods.common import Job
     from e2urec_fast.methods.retrain import finetune_config, train_on
-    from e2urec_fast.models import resolve_backbone
     from e2urec_fast.models.scoring import yes_no
 
-    cfg = from_fields(scenario=a.scenario, seed=s, quiet=True)
-    cache = Path(cfg.data.cache_dir).expanduser()
-    prep = prepare(cfg.data.dataset, cfg.data.data_dir, cache, max_samples(cfg), cfg.data.forget_ratio, split_seed(cfg),
-                   holdout_ratio=cfg.data.holdout_ratio, scenario=cfg.data.scenario)
+    cfg, cache, prep, _ = scenario_job(a.scenario, s, Path(a.scratch))
     ft = finetune_config(cfg)
     f_idx, h_idx = prep.index("forget"), prep.index("holdout")
     yf, yh = prep.labels[f_idx], prep.labels[h_idx]
     models = {}
     for init in [s, *(s + o for o in a.other)]:
-        weights = s if a.vary == "shuffle" else init  # shuffle: the same initial weights, another training seed
-        job = Job(prep, resolve_backbone(cfg.backbone_name, prep, cache, seed=weights), Path(a.scratch) / f"split{s}-{a.vary}{init}",
-                  seed=init, batch_size=cfg.finetune.batch_size, progress=False)
+        job = scenario_job(a.scenario, s, Path(a.scratch) / f"split{s}-{a.vary}{init}", train_seed=init,
+                           weights_seed=s if a.vary == "shuffle" else init)[3]  # shuffle: the same initial weights
         for part, name in (("retain", "Retrain"), ("train", "Original")):
             if name == "Original" and init != s and not a.originals:
                 continue
@@ -56,7 +50,7 @@ def one_split(s: int, a) -> dict:
             lh = predict_logits(bb, bb.model, job.seqs, h_idx, job.eval_batch_size, full=False).double()
             models[f"{name} {a.vary if init != s else 'seed'} {init}"] = (bb, lf, lh, sec, "cached" in info)
             print(f"split {s}: {name} {a.vary} {init} ({'cached' if 'cached' in info else f'trained, {sec:.0f} s'})", flush=True)
-    ref_bb, ref_f, ref_h, _, _ = models[f"Retrain seed {s}"]
+    ref_bb, ref_f, _, _, _ = models[f"Retrain seed {s}"]
     ref_loss = answer_losses(yes_no(ref_bb, ref_f), yf)
     rows = []
     for name, (bb, lf, lh, sec, cached) in models.items():
