@@ -170,12 +170,25 @@ def _request(src, base, users, seed, out, cache, dataset_args, extra=()):
     return wall, json.loads((out / "report.json").read_text())
 
 
-def _stages(rep):
+def _stages(rep, wall=None):
+    """Where a request's wall clock went, flat: start-up (the process before the job's clock:
+    imports), load (data, models, checks), the CTR floor and the Original's (cached)
+    predictions, E2URec's augment / cache / student, the evaluation, the audit, the write
+    (merged model, report, cards) and what is left of the methods' stage."""
     d = rep["details"]
-    st = dict(d.get("e2urec_fast", {}).get("stages", {}))
-    st["evaluation"] = sum(d["eval_s"].values())
+    e = d.get("e2urec_fast", {})
+    st = dict(e.get("stages", {}))
+    ss, ev = d.get("stage_s", {}), d["eval_s"]
+    st["evaluation"] = sum(ev.values())
     st["audit"] = d["audit_s"]
     st["report_total"] = rep["total_s"]
+    if ss:
+        st["load"] = ss.get("prepare", 0.0) + ss.get("models", 0.0)
+        st["references"] = ss.get("references", 0.0) - ev.get("Original", 0.0) - ev.get("Retrain", 0.0)
+        st["methods_other"] = ss.get("methods", 0.0) - e.get("time_s", 0.0) - ev.get("E2URec", 0.0)
+        st["write"] = rep["total_s"] - sum(ss.values()) - d["audit_s"]
+    if wall is not None:
+        st["start_up"] = wall - rep["total_s"]
     return st
 
 
@@ -224,6 +237,7 @@ def summarize(rows) -> dict:
         af = [r["wall_s"] for r in f]
         bd = {r["seed"]: r["wall_s"] for r in rows if r["request"] == size and r["code"] == "boundary"}
         stages = {k: med([r["stages"][k] for r in f]) for k in f[0]["stages"]}
+        fb = [r for r in rows if r["request"] == size and r["code"] == "boundary"]
         cache = [(c["retain"] + 2 * c["forget"]) / r["stages"]["cache"] for r in f if (c := r.get("cache_rows"))]
         out[size] = dict(users=f[0]["users"], forget_samples_median=med([r["forget_samples"] for r in f]),
                          before_median_s=med(b.values()), before_range=[min(b.values()), max(b.values())],
@@ -235,6 +249,8 @@ def summarize(rows) -> dict:
                          floor_rows_per_s_median=med([r["floor"]["rows"] / r["floor"]["seconds"] for r in f]))
         if bd:
             out[size] |= dict(boundary_median_s=med(bd.values()), boundary_range=[min(bd.values()), max(bd.values())],
+                              boundary_stages_median={k: med([r["stages"][k] for r in fb]) for k in fb[0]["stages"]},
+                              boundary_multiple_of_floor_median=med([r["wall_s"] / r["floor"]["seconds"] for r in fb]),
                               boundary_speedup_vs_after_median=med([r["wall_s"] / bd[r["seed"]] for r in f if r["seed"] in bd]))
     return out
 
@@ -285,9 +301,10 @@ def timing(a) -> int:
                 if out.exists():
                     subprocess.run(["rm", "-rf", str(out)], check=True)
                 wall, rep = _request(src, base, order[:n], seed, out, cache, dargs, extra)
-                row = dict(seed=seed, request=size, users=n, code=name, wall_s=wall, stages=_stages(rep),
+                row = dict(seed=seed, request=size, users=n, code=name, wall_s=wall, stages=_stages(rep, wall),
                            forget_samples=rep["counts"]["forget"], steps=rep["details"]["e2urec_fast"].get("steps"),
                            cache_rows=rep["details"]["e2urec_fast"].get("teacher_cache", {}).get("rows"),
+                           boundary=(rep["details"]["e2urec_fast"].get("teacher_cache") or {}).get("boundary"),
                            auc=next(r["auc"] for r in rep["rows"] if r["method"] == "E2URec"),
                            loss_auc=rep.get("audit", {}).get("E2URec", {}).get("loss_auc"))
                 if name != "before":

@@ -287,6 +287,7 @@ def run_methods(st: State) -> None:
                                     trainable_params=o.info["trainable_params"], diverged=o.info["diverged"]))
                 continue
             m, full = st.ev(o.model, o.label)
+            o.model.states = None  # its cached states are no longer needed
             st.rows.append(dict(method=o.label, kind=o.kind, **m, **jsd_l2(st.retrain_full, full), time_s=o.info["time_s"],
                                 trainable_params=o.info["trainable_params"], **o.row))
 
@@ -304,8 +305,7 @@ def audit_stage(st: State) -> dict:
             a = aud[r["method"]]
             r.update(mia_loss_auc=a["loss_auc"], mia_ref_auc=a["ref_auc"], privleak=a["privleak"], forget_quality=a["forget_quality"])
     st.extra["audit_s"] = time.perf_counter() - t0  # (the losses come with the evaluation: eval_s holds their cost)
-    st.extra["eval_s"], st.extra["predictions_from_cache"] = st.ev.seconds, sorted(st.ev.from_cache)
-    st.extra["prediction_parts_from_cache"] = st.ev.parts_from_cache
+    st.extra |= dict(eval_s=st.ev.seconds, predictions_from_cache=sorted(st.ev.from_cache), prediction_parts_from_cache=st.ev.parts_from_cache)
     return dict(reference=ref, models=aud, nonmembers=st.ev.nonmembers)
 
 

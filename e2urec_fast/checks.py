@@ -55,9 +55,8 @@ def check(cfg: Config) -> Plan:
 
 
 def _check_scope(cfg: Config) -> None:
-    from .methods.e2urec import scope_conflicts
     from .models.backbone import PRESETS
-    from .models.boundary import ENC_DEC, parse_scope
+    from .models.boundary import ENC_DEC, parse_scope, scope_conflicts
 
     scope = parse_scope(cfg.student.lora_scope)  # its fit to the backbone's family: here for presets, at load time otherwise
     name = cfg.backbone_name

@@ -126,8 +126,13 @@ class Evaluator:
         return parts + ([("holdout", self.holdout_idx, False)] if self.nonmembers == "holdout" else [])
 
     def _predict_part(self, bb, idx, full: bool):
+        """A cached boundary's student (bb.states) runs from the frozen part's states: test's
+        and D_h's read back from the store when an earlier run on the same model left them."""
         job = self.job
-        return predict_logits(bb, bb.model, job.seqs, idx, job.eval_batch_size, job.device, full=full)
+        if bb.states is None or not len(idx):
+            return predict_logits(bb, bb.model, job.seqs, idx, job.eval_batch_size, job.device, full=full)
+        bs = max(job.eval_batch_size, 32)  # a decoder step: wider batches pay (as the teacher cache)
+        return predict_logits(bb, bb.model, job.seqs, idx, bs, job.device, full=full, boundary=bb.states.covering(idx))
 
     def cache_key(self, bb, part: str, idx) -> str:
         """One part's key: the model's fingerprint, the prepared data, the part's rows, the dtype,

@@ -165,3 +165,73 @@ def test_boundary_file_is_keyed_by_its_scope(tmp_path):
         cached_boundary(path, {"orig": "x", "scope": "top:2"}, build, idx, 6, rebuild=False)
     assert cached_boundary(path, {"orig": "x", "scope": "top:2"}, build, idx, 6)[1] == "built" and len(built) == 2
     assert cached_boundary(path, {"orig": "x", "scope": "top:2"}, build, torch.tensor([0]), 6)[1] == "built"  # a row it lacks
+
+
+def test_shared_boundary_store_keeps_no_forgotten_row(tmp_path):
+    """The store holds D_r's and the evaluation's rows for the next run on the same model and
+    never a forgotten user's; D_f's rows stay in this output's file; rows of varying length
+    come back as built."""
+    from e2urec_fast.files import load_safetensors
+    from e2urec_fast.models.boundary import shared_boundary
+
+    built = []
+
+    def build(idx):
+        built.extend(idx.tolist())
+        return BoundaryTable.build([torch.full((1 + i % 3, 2), float(i)) for i in idx.tolist()], idx, n_total=10)
+
+    store, local, fp = tmp_path / "store.safetensors", tmp_path / "out" / "b.safetensors", {"orig": "x"}
+    t, got = shared_boundary(store, local, fp, build, torch.tensor([0, 2, 5]), torch.tensor([7]), torch.tensor([7]), 10)
+    assert got == dict(status="built", built=4, reused=0)
+    assert load_safetensors(store)["idx"].tolist() == [0, 2, 5] and load_safetensors(local)["idx"].tolist() == [7]
+    for i in (0, 2, 5, 7):
+        assert torch.equal(t.gather(torch.tensor([i]), 3)[0, : 1 + i % 3, 0], torch.full((1 + i % 3,), float(i)))
+    built.clear()  # the next run: rows 2 and 5 read back, row 1 added; user of row 0 forgotten now
+    t, got = shared_boundary(store, None, fp, build, torch.tensor([1, 2, 5]), torch.tensor([0]), torch.tensor([0, 7]), 10)
+    assert sorted(built) == [0, 1] and got == dict(status="extended", built=2, reused=2)
+    assert load_safetensors(store)["idx"].tolist() == [2, 5, 1]  # row 0 left it
+    assert torch.equal(t.gather(torch.tensor([5, 0]), 3)[:, 0, 0], torch.tensor([5.0, 0.0]))
+    built.clear()
+    t, got = shared_boundary(store, None, fp, build, torch.tensor([1]), torch.empty(0, dtype=torch.long), torch.tensor([2, 5]), 10)
+    assert not built and got["status"] == "reused" and t.idx.tolist() == [1]
+    assert load_safetensors(store)["idx"].tolist() == [1]
+    t, got = shared_boundary(store, None, fp, build, torch.empty(0, dtype=torch.long), torch.tensor([3]), torch.tensor([1]), 10)
+    assert not store.exists() and t.idx.tolist() == [3]  # its last row was a forgotten user's: the file goes
+
+
+def test_evaluation_from_the_cached_boundary_and_its_store(tmp_path, monkeypatch):
+    """The student of a cached boundary is evaluated from the frozen part's states: the same
+    test and D_f logits as its full forward; the next run on the same Original reads the test
+    rows back from the store."""
+    from e2urec_fast.evaluate import Evaluator
+
+    job = tiny_job(tmp_path, n_users=16, per_user=10)
+    orig, store = job.fresh(), tmp_path / "cache"
+    args = cfg(student_steps=4, forget_epochs=1, quiet=True, lora_scope="decoder", aug_mode="lora")
+    bb, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast", store=store)
+    assert info["teacher_cache"]["boundary"]["store"] and bb.states is not None
+    ev = Evaluator(job)
+    m, full = ev(bb, "E2URec")
+    n_store = len(list((store / "boundary").glob("*.safetensors")))
+    bb.states = None
+    m2, full2 = ev(bb, "E2URec")
+    assert n_store == 1 and torch.allclose(full, full2, atol=1e-5) and abs(m["auc"] - m2["auc"]) < 1e-6
+    from e2urec_fast.files import load_safetensors
+
+    held = load_safetensors(next((store / "boundary").glob("*.safetensors")))["idx"]
+    prep = job.prepared
+    assert set(prep.index("test").tolist()) <= set(held.tolist())
+    assert not set(held.tolist()) & set(prep.index("forget_all").tolist())
+    rows_built = []
+    real = e2urec.build_table
+
+    def counting(bb_, model, seqs, idx, *a, **k):
+        rows_built.extend(idx.tolist())
+        return real(bb_, model, seqs, idx, *a, **k)
+
+    monkeypatch.setattr(e2urec, "build_table", counting)
+    bb2, _ = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast", store=store)
+    m3, _ = Evaluator(job)(bb2, "E2URec")
+    # the next run on the same Original builds D_f's states only: D_r's and test's come from the store
+    assert rows_built and set(rows_built) <= set(prep.index("forget_all").tolist())
+    assert abs(m3["auc"] - m["auc"]) < 1e-6  # the stored states give the same student and the same test metrics

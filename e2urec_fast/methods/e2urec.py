@@ -39,7 +39,7 @@ from ..errors import UserError
 from ..evaluate import predict_logits
 from ..files import load_safetensors, save_safetensors_atomic
 from ..models.backbone import Backbone
-from ..models.boundary import Scope, build_table, cached_boundary, check_scope, parse_scope, target_modules
+from ..models.boundary import BoundarySource, Scope, build_table, check_scope, parse_scope, scope_conflicts, shared_boundary, target_modules
 from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, merge_and_unload, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, yes_no_rows
@@ -47,19 +47,9 @@ from ..precision import cache_tag, frozen_to_bf16
 from ..teachers import cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, Schedule, finetune, n_params, schedule, sized_steps, student_batches, visited
-from .losses import combine, fast_terms, reference_terms
+from .losses import LiveRows, combine, fast_terms, reference_terms
 
 __all__ = ["combine", "fast_terms", "reference_terms", "schedule", "student_batches", "unlearn", "make_augmented", "run_key"]
-
-
-def scope_conflicts(scope: Scope, cfg: Config) -> None:
-    """Refuse settings a cached boundary cannot go with (exit 2): checked before any work
-    (checks.py), and here for callers of `unlearn` itself."""
-    if scope.cached and cfg.speed.no_teacher_cache:
-        raise UserError(f"--lora-scope {scope} caches the states below the adapter beside the teacher logits: "
-                        "it cannot go with --no-teacher-cache")
-    if scope.cached and cfg.speed.compile:
-        raise UserError(f"--lora-scope {scope} does not go with --compile (the cached states change the forward every step)")
 
 
 def make_augmented(job: Job, orig: Backbone, cfg: Config, dropout: bool = True, targets=None, boundary=None) -> tuple[Backbone, float]:
@@ -140,30 +130,41 @@ def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str)
                 need_aug and s.aug_mode == "lora", job.out / "work", job.out / "cache", r_idx, f_idx)
 
 
-def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: Plan):
+def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, store=None):
     """The frozen states below the adapter, once per sample the run visits (cached scopes only);
-    returns (boundary, info, the augmented adapter's targets, its training boundary)."""
+    D_r's kept in `store` (a folder; None: none) for the next run on the same model, D_f's in
+    this output's cache (models/boundary.py). Returns (boundary, info, the augmented adapter's
+    targets, its training boundary, the source the evaluation reads its states from)."""
     if not p.scope.cached:
-        return None, None, None, None
-    t0 = time.perf_counter()
-    need = torch.unique(torch.cat([p.r_idx, p.f_idx] + ([job.prepared.index("forget")] if p.aug_lora else [])))
-    bfp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=job.prepared.manifest["content_hash"],
+        return None, None, None, None, None
+    t0, prep = time.perf_counter(), job.prepared
+    gone = prep.index("forget_all")  # every forgotten user's rows: never in the store
+    bfp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
                scope=str(p.scope), family=orig.family, prefix=orig.prefix.tolist()) | cache_tag(job.dtype)
-    n_total = len(job.prepared.labels)
+    n_total, rebuild = len(prep.labels), not cfg.speed.no_cache_rebuild
+    name = hashlib.sha256(json.dumps(bfp, sort_keys=True).encode()).hexdigest()[:16]
+    path = None if store is None else Path(store) / "boundary" / f"{name}.safetensors"
 
     def build(idx):
         return build_table(orig, orig.model, job.seqs, idx, p.scope, n_total, job.eval_batch_size, job.device,
                            dtype=torch.bfloat16 if job.dtype == "bf16" else None, max_gib=cfg.speed.boundary_max_gib,
                            desc=None if not job.progress else "boundary cache")
 
-    table, status = cached_boundary(p.cache_dir / "boundary.safetensors", bfp, build, need, n_total,
-                                    rebuild=not cfg.speed.no_cache_rebuild, device=job.device)
-    info = dict(status=status, scope=str(p.scope), rows=len(need), bytes=table.nbytes(), seconds=time.perf_counter() - t0)
+    private = torch.unique(torch.cat([p.f_idx] + ([prep.index("forget")] if p.aug_lora else [])))
+    table, got = shared_boundary(path, p.cache_dir / "boundary.safetensors", bfp, build, torch.unique(p.r_idx), private, gone, n_total,
+                                 rebuild, job.device)
+    info = dict(got, scope=str(p.scope), rows=len(table.idx), bytes=table.nbytes(), seconds=time.perf_counter() - t0,
+                store=str(path) if path else None)
+
+    def fetch(idx):  # the evaluation's rows (test, D_h: through the store; D_f: built)
+        dropped = torch.isin(idx, gone)
+        return shared_boundary(path, None, bfp, build, idx[~dropped], idx[dropped], gone, n_total, rebuild, job.device)[0]
+
     aug_targets = aug_bd = None
     if p.aug_lora:  # the augmented model's adapter above the same boundary, so its D_f states are these
         aug_targets = target_modules(orig, p.scope, DEFAULT_TARGETS[orig.family])
         aug_bd = (table, p.scope) if orig.family != "causal" else None  # a causal LM loss reads the target's own states
-    return (table, p.scope), info, aug_targets, aug_bd
+    return (table, p.scope), info, aug_targets, aug_bd, BoundarySource(table, p.scope, fetch, n_total)
 
 
 def augment_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, aug, targets, train_bd) -> tuple[Backbone | None, float]:
@@ -254,7 +255,7 @@ def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, run
             for tname, model, b in (("orig_r", rem.model, rb), ("orig_f", orig.model, fb),
                                     ("aug_f", aug.model if fb is not None else None, fb)):
                 if b is not None:
-                    live[tname] = _Rows(answer_logits(orig, model, b.ids, b.mask, rows=yn_rows), b.idx)
+                    live[tname] = LiveRows(answer_logits(orig, model, b.ids, b.mask, rows=yn_rows), b.idx)
         return fast_terms(runner, live, rb, fb, s.alpha, s.kl_scope, sp.kernel_backend, fuse)
 
     def step(batch):
@@ -266,7 +267,7 @@ def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, run
 
 
 def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Backbone | None = None, parts=("rem", "fgt"),
-            name: str = "e2urec", probe=None, rem: Backbone | None = None):
+            name: str = "e2urec", probe=None, rem: Backbone | None = None, store=None):
     """Run E2URec; returns (student backbone with its adapter, info dict).
 
     `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
@@ -276,13 +277,15 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     `probe(step, seconds, student)` runs after every step, outside the timings (benchmarks).
     `rem`: the remembering teacher on D_r when it is not `orig` (a sequential request: the
     student's base is the previous request's model, D_r is remembered from the first Original).
+    `store`: the folder where a cached boundary's D_r and evaluation states outlive the run
+    (the model cache; None: they go with it).
     """
     rem = orig if rem is None else rem
     t_all = time.perf_counter()
     orig.model.eval()
     p = plan_run(job, orig, cfg, impl, parts, name)
     stages = {}
-    boundary, bd_info, aug_targets, aug_bd = boundary_stage(job, orig, cfg, p)
+    boundary, bd_info, aug_targets, aug_bd, source = boundary_stage(job, orig, cfg, p, store)
     aug, stages["augment"] = augment_stage(job, orig, cfg, p, aug, aug_targets, aug_bd)
     student, runner, nbytes = student_stage(job, orig, cfg, p)
     tables, cache_status = None, None
@@ -303,6 +306,7 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
               hook=None if probe is None else lambda k, sec: probe(k, sec, student))
     stages["student"] = res.seconds
     student.model.eval()
+    student.states = source  # its evaluation starts from the frozen part's states (its rows: evaluate.py)
     time_s = time.perf_counter() - t_all - res.hook_seconds  # probes (benchmarks) are not unlearning
     adapter_dir, kept = write_stage(job, orig, cfg, p, student, aug, boundary)
     info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,
@@ -334,14 +338,3 @@ def write_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, student: Backbon
 def _exists_everywhere(path) -> bool:
     dist.barrier()  # torchrun: every rank sees what rank 0 left
     return path.exists()
-
-
-class _Rows:
-    """A teacher table over one live batch (for the fast path without the cache)."""
-
-    def __init__(self, logits, idx):
-        self.logits, self.idx = logits, idx
-
-    def __getitem__(self, idx):
-        assert torch.equal(idx, self.idx)
-        return self.logits

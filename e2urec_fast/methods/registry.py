@@ -57,7 +57,7 @@ def _e2urec(ctx: Context) -> list[Outcome]:
     out = []
     for i in (["reference", "fast"] if impl == "both" else [impl]):
         ctx.log(f"E2URec ({i} path) ...")
-        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem)
+        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache)
         out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
                            detail=f"e2urec_{i}", adapter=i == "fast" or impl == "reference"))
     return out
@@ -66,7 +66,8 @@ def _e2urec(ctx: Context) -> list[Outcome]:
 def _ablation(name: str, parts: tuple):
     def run(ctx: Context) -> list[Outcome]:
         ctx.log(f"{METHODS[name].label} (fast path) ...")
-        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, "fast", parts=parts, name=name.replace("-", "_"), rem=ctx.rem)
+        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, "fast", parts=parts, name=name.replace("-", "_"), rem=ctx.rem,
+                                  store=ctx.model_cache)
         return [Outcome(METHODS[name].label, bb, info, kind="ablation", row=dict(stages=info["stages"]), detail=name)]
 
     return run

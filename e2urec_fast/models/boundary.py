@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -48,6 +49,16 @@ class Scope:
     @property
     def cached(self) -> bool:
         return self.kind != "all"
+
+
+def scope_conflicts(scope: Scope, cfg) -> None:
+    """Refuse settings a cached boundary cannot go with (exit 2): checked before any work
+    (checks.py), and here for callers of `unlearn` itself."""
+    if scope.cached and cfg.speed.no_teacher_cache:
+        raise UserError(f"--lora-scope {scope} caches the states below the adapter beside the teacher logits: "
+                        "it cannot go with --no-teacher-cache")
+    if scope.cached and cfg.speed.compile:
+        raise UserError(f"--lora-scope {scope} does not go with --compile (the cached states change the forward every step)")
 
 
 def parse_scope(text: str) -> Scope:
@@ -198,6 +209,33 @@ class BoundaryTable:
     def nbytes(self) -> int:
         return self.states.numel() * self.states.element_size()
 
+    def rows_of(self, sample_idx: torch.Tensor) -> torch.Tensor:
+        """The flat state rows of the samples `sample_idx` (all held), one after another."""
+        p = self.pos[sample_idx]
+        n = self.length[p]
+        offset = torch.repeat_interleave(self.start[p] - (torch.cumsum(n, 0) - n), n)
+        return offset + torch.arange(int(n.sum()))
+
+    @classmethod
+    def union(cls, tables: list[BoundaryTable], n_total: int) -> BoundaryTable:
+        """One table of the samples of `tables` (disjoint), on the host."""
+        tables = [t for t in tables if t is not None and len(t.idx)]
+        states = [t.states[: len(t.states) - 1].cpu() for t in tables]
+        return cls(torch.cat(states + [tables[0].states.new_zeros(1, tables[0].states.shape[1]).cpu()]),
+                   torch.cat([t.idx for t in tables]), torch.cat([t.length for t in tables]), n_total)
+
+    def without(self, sample_idx: torch.Tensor, n_total: int) -> BoundaryTable:
+        """The same table less the samples `sample_idx` (those it does not hold are ignored)."""
+        return self.subset(self.idx[~torch.isin(self.idx, sample_idx)], n_total)
+
+    def subset(self, keep: torch.Tensor, n_total: int) -> BoundaryTable:
+        """A table of the samples `keep` only (all held); the same table when it holds no more."""
+        if len(keep) == len(self.idx):
+            return self
+        rows = self.rows_of(keep)
+        states = torch.cat([self.states[to_device(rows, self.states.device)], self.states[-1:]])
+        return BoundaryTable(states, keep, self.length[self.pos[keep]], n_total)
+
     def tensors(self) -> dict:
         return {"states": self.states, "idx": self.idx, "length": self.length}
 
@@ -257,3 +295,59 @@ def cached_boundary(path, fingerprint: dict, build, idx: torch.Tensor, n_total: 
     table = build(idx)
     write_rows(path, table.tensors(), fingerprint)
     return table.to(device), "built"
+
+
+def shared_boundary(store, local, fingerprint: dict, build, shared_idx: torch.Tensor, private_idx: torch.Tensor,
+                    drop_idx: torch.Tensor, n_total: int, rebuild: bool = True, device: str = "cpu"):
+    """The boundary table of `shared_idx` and `private_idx`, and {status, built, reused}.
+
+    `store` (a file in the cache folder, named by the fingerprint; None: no store) holds the
+    rows derived from no forgotten data (D_r, test, D_h), shared by every run on the same model
+    and extended by each: the next request against it reads them back. The rows of `drop_idx`
+    (every forgotten user's) leave the store first. The private rows (D_f) live in `local`,
+    this output's cache, removed with it (None: built, not written). Without a store `local`
+    holds every row (as `cached_boundary`)."""
+    if store is None:
+        shared_idx, private_idx = torch.empty(0, dtype=torch.long), torch.unique(torch.cat([shared_idx, private_idx]))
+    t = None if store is None else read_rows(store, fingerprint, rebuild, "boundary cache")
+    shared = None if t is None else BoundaryTable(t["states"], t["idx"], t["length"], n_total)
+    changed = False
+    if shared is not None and bool(torch.isin(shared.idx, drop_idx).any()):
+        shared, changed = shared.without(drop_idx, n_total), True
+    held = torch.zeros(n_total, dtype=torch.bool)
+    if shared is not None:
+        held[shared.idx] = True
+    missing = shared_idx[~held[shared_idx]]
+    if len(missing):
+        shared, changed = BoundaryTable.union([shared, build(missing).to("cpu")], n_total), True
+    if changed and len(shared.idx):
+        write_rows(store, shared.tensors(), fingerprint)
+    elif changed:  # every row it held was a forgotten user's
+        Path(store).unlink(missing_ok=True)
+    private, p_status = None, "reused"
+    if len(private_idx):
+        if local is None:
+            private, p_status = build(private_idx).to("cpu"), "built"
+        else:
+            private, p_status = cached_boundary(local, fingerprint, build, private_idx, n_total, rebuild, "cpu")
+    p_built = len(private_idx) if p_status == "built" else 0
+    built = len(missing) + p_built
+    status = "reused" if not built else ("built" if built == len(shared_idx) + len(private_idx) else "extended")
+    table = BoundaryTable.union([shared.subset(shared_idx, n_total) if shared is not None else None, private], n_total)
+    return table.to(device), dict(status=status, built=built, reused=len(shared_idx) + len(private_idx) - built)
+
+
+class BoundarySource:
+    """A model's frozen-part states at hand (`table`), more fetched on demand (`fetch(idx)`:
+    a table of those rows, e.g. through `shared_boundary`): the evaluation reads its rows from
+    it instead of running the frozen part again."""
+
+    def __init__(self, table: BoundaryTable, scope: Scope, fetch, n_total: int):
+        self.table, self.scope, self.fetch, self.n_total = table, scope, fetch, n_total
+
+    def covering(self, idx: torch.Tensor) -> tuple[BoundaryTable, Scope]:
+        missing = idx[self.table.pos[idx] < 0]
+        if len(missing):
+            dev = self.table.states.device
+            self.table = BoundaryTable.union([self.table, self.fetch(torch.unique(missing))], self.n_total).to(dev)
+        return self.table, self.scope
