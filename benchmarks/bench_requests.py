@@ -313,7 +313,7 @@ def timing(a) -> int:
                 print(f"seed {seed} {size} {name}: {wall:.1f} s", file=sys.stderr)
     summary = summarize(rows)
     res = dict(summary=summary, rows=rows, before=a.before, after=rev, env=env_info("cpu"), dry_run=a.dry_run,
-               command="python benchmarks/bench_requests.py --timing " + " ".join(sys.argv[1:]))
+               command="python benchmarks/bench_requests.py " + " ".join(sys.argv[1:]))
     (work / "request_timing.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     print(json.dumps(summary, indent=1, default=float))
     return 0
