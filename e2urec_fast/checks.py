@@ -98,8 +98,8 @@ def resolve_methods(cfg: Config) -> list[str]:
         if bad or not methods:
             raise UserError(f"--methods: unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ALL_METHODS)} or all")
     if cfg.request.no_retrain:
-        if given is not None and "retrain" in methods:
-            raise UserError("--no-retrain conflicts with --methods naming retrain")
+        if given is not None and ("retrain" in methods or "retrain2" in methods):
+            raise UserError(f"--no-retrain conflicts with --methods naming {'retrain' if 'retrain' in methods else 'retrain2'}")
         methods = [m for m in methods if m != "retrain"]
     if cfg.student.impl == "both" and "e2urec" not in methods:
         raise UserError("--impl both compares E2URec's two paths: add e2urec to --methods")

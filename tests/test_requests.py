@@ -162,6 +162,7 @@ def _cli(world, tmp_path, capsys, *args, out=None):
     (["--authors-settings", "--student-lr", "3e-4"], "--authors-settings conflicts with --student-lr"),
     (["--authors-settings", "--baseline-steps", "50"], "--authors-settings conflicts with --baseline-steps"),
     (["--no-retrain", "--methods", "retrain,e2urec"], "--no-retrain conflicts with --methods"),
+    (["--no-retrain", "--methods", "e2urec,retrain2"], "--no-retrain conflicts with --methods naming retrain2"),
     (["--original", "/nonexistent/m", "--forget-users", "1"], "/nonexistent/m: --original: model folder not found"),
     (["--original", "{tmp}", "--forget-users", "1", "--no-retrain"], "--original: no config.json"),
     (["--original", "{orig}", "--forget-users", "1"], "needs the pretrained model your Original was fine-tuned from"),

@@ -17,7 +17,7 @@ from ..config import Config
 from ..models.backbone import Backbone
 from ..train import Resume, TrainConfig
 from . import badt, e2urec, neggrad, negkl, receraser, sisa
-from .common import Job
+from .common import Job, n_params
 
 
 @dataclass
@@ -84,6 +84,23 @@ def _baseline(name: str, module):
     return run
 
 
+RETRAIN_AGAIN_OFFSET = 100  # the second Retrain's training seed: the job's + this (benchmarks/seed_floor.py's --other 100)
+
+
+def _retrain_again(ctx: Context) -> list[Outcome]:
+    """A second Retrain: the same D_r and initial weights, another data order and dropout
+    (training seed + 100). Its JSD, attack AUC and forget quality against the first are what
+    retraining itself scores: the scale every figure against Retrain is read on."""
+    import dataclasses
+
+    from .retrain import train_on
+
+    job = dataclasses.replace(ctx.job, seed=ctx.job.seed + RETRAIN_AGAIN_OFFSET)
+    bb, sec, info = train_on(job, "retain", ctx.finetune, ctx.model_cache, "Retrain")
+    return [Outcome(METHODS["retrain2"].label, bb, dict(info, time_s=sec, trainable_params=n_params(bb.model, False),
+                                                          train_seed=job.seed), kind="reference", detail="retrain2")]
+
+
 def _sisa(ctx: Context) -> list[Outcome]:
     b = ctx.cfg.baselines
     ctx.log(f"SISA: {b.shards} shards ...")
@@ -101,6 +118,7 @@ def _receraser(ctx: Context) -> list[Outcome]:
 METHODS = {m.name: m for m in [
     Method("original", "Original", "reference"),
     Method("retrain", "Retrain", "reference"),
+    Method("retrain2", "Retrain (2nd)", "reference", _retrain_again),
     Method("e2urec", "E2URec", "unlearn", _e2urec),
     Method("neggrad", "NegGrad", "unlearn", _baseline("neggrad", neggrad)),
     Method("negkl", "NegKL", "unlearn", _baseline("negkl", negkl)),
