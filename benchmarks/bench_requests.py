@@ -182,7 +182,9 @@ def _stages(rep, wall=None):
     st["evaluation"] = sum(ev.values())
     st["audit"] = d["audit_s"]
     st["report_total"] = rep["total_s"]
-    if ss:
+    if rep.get("stages_s"):  # the report's own flat stages (report.flat_stages)
+        st |= {k: v for k, v in rep["stages_s"].items() if k not in st}
+    elif ss:
         st["load"] = ss.get("prepare", 0.0) + ss.get("models", 0.0)
         st["references"] = ss.get("references", 0.0) - ev.get("Original", 0.0) - ev.get("Retrain", 0.0)
         st["methods_other"] = ss.get("methods", 0.0) - e.get("time_s", 0.0) - ev.get("E2URec", 0.0)

@@ -217,6 +217,8 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
         f"transformers {e.get('transformers', '?')}, Python {e.get('python', '?')}, seed {s['seed']}, git {e['git']}, "
         f"wall-clock of the whole job {report['total_s']:.0f} s.",
     ]
+    if report.get("stages_s"):
+        parts.append("Where it went: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in report["stages_s"].items()) + ".")
     for r in report["rows"]:
         if r.get("stages"):
             st = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items())
@@ -250,12 +252,34 @@ def env_info(device: str) -> dict:
                 git=_git_rev())
 
 
+def flat_stages(report: dict) -> dict | None:
+    """Where the job's wall clock went, in seconds, flat: load (data, models, checks),
+    references (Original and Retrain trained or read back, the CTR floor; their evaluation
+    excepted), E2URec's augment, cache and student, the other methods' unlearning, the
+    evaluation of every model (the audit's losses come with it), the audit, and the write
+    (the merged model and the rest of the total). They add up to `total_s`; the process
+    start-up (imports) comes before the job's clock, the report files after it."""
+    d = report.get("details") or {}
+    ss, ev = d.get("stage_s") or {}, d.get("eval_s") or {}
+    if not ss:
+        return None
+    refs = sum(v for k, v in ev.items() if k in ("Original", "Retrain"))
+    e2u = next((r.get("stages") or {} for r in report["rows"] if r["method"] == "E2URec"), {})
+    parts = {k: e2u.get(k, 0.0) for k in ("augment", "cache", "student")}
+    other = ss.get("methods", 0.0) - (sum(ev.values()) - refs) - sum(parts.values())
+    return dict(load=ss.get("prepare", 0.0) + ss.get("models", 0.0), references=ss.get("references", 0.0) - refs, **parts,
+                other_methods=max(other, 0.0), evaluation=sum(ev.values()), audit=d.get("audit_s", 0.0),
+                write=max(report["total_s"] - sum(ss.values()) - d.get("audit_s", 0.0), 0.0))
+
+
 def write_report(out: Path, report: dict, audit_md: str, title: str, with_retrain: bool) -> bool:
     """report.json, report.csv, report.png (when there is a Retrain to plot against) and
-    report.md into `out`, each atomically; returns whether the plot was drawn."""
+    report.md into `out`, each atomically; returns whether the plot was drawn. Adds the flat
+    stage times (`stages_s`, flat_stages) to `report`."""
     from .files import write_json_atomic, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
+    report["stages_s"] = flat_stages(report)
     rows = report["rows"]
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.csv", csv_table(rows))

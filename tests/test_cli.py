@@ -50,6 +50,9 @@ def test_end_to_end_report(data, tmp_path):
     st = rep["details"]["stage_s"]  # each stage's wall clock (#26 item 5)
     assert list(st) == ["prepare", "models", "references", "methods"] and all(v > 0 for v in st.values())
     assert sum(st.values()) <= rep["total_s"]
+    fs = rep["stages_s"]  # the same, flat: they add up to the job's wall clock
+    assert list(fs) == ["load", "references", "augment", "cache", "student", "other_methods", "evaluation", "audit", "write"]
+    assert abs(sum(fs.values()) - rep["total_s"]) < 1e-6 and fs["student"] == e2u["stages"]["student"] and fs["other_methods"] > 0
     c = rep["counts"]
     assert c["samples"] == 200 and (c["train"], c["valid"], c["test"]) == (120, 40, 40)
     hashes = rep["forgotten_users_sha256"]
