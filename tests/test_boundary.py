@@ -235,3 +235,9 @@ def test_evaluation_from_the_cached_boundary_and_its_store(tmp_path, monkeypatch
     # the next run on the same Original builds D_f's states only: D_r's and test's come from the store
     assert rows_built and set(rows_built) <= set(prep.index("forget_all").tolist())
     assert abs(m3["auc"] - m["auc"]) < 1e-6  # the stored states give the same student and the same test metrics
+    other = copy.deepcopy(orig)  # another Original: its own store file, nothing read from the first
+    with torch.no_grad():
+        other.model.get_encoder().block[0].layer[0].SelfAttention.q.weight.mul_(1.01)
+    rows_built.clear()
+    e2urec.unlearn(job, other, args, "fast", store=store)
+    assert len(list((store / "boundary").glob("*.safetensors"))) == 2 and set(rows_built) & set(prep.index("retain").tolist())
