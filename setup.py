@@ -1,8 +1,8 @@
 """e2urec_fast: fast, faithful E2URec unlearning for LLM recommenders.
 
-The top-level `kernels/` folder installs as `e2urec_fast.kernels` (a top-level
-package named `kernels` would shadow the PyPI package of that name, which
-bitsandbytes imports). The native op in `csrc/` is compiled at first use with
+The Triton kernels live in `e2urec_fast/kernels/` (a top-level folder named `kernels`
+shadowed the PyPI package of that name for any command run from the checkout's root,
+`python -m e2urec_fast.unlearn` included: transformers then imports it and fails). The native op in `csrc/` is compiled at first use with
 torch.utils.cpp_extension (cached), so `pip install` never needs a second torch in
 a build environment; see e2urec_fast/native.py.
 """
@@ -16,7 +16,7 @@ setup(
     python_requires=">=3.10",
     packages=["e2urec_fast", "e2urec_fast.data", "e2urec_fast.models", "e2urec_fast.methods", "e2urec_fast.kernels",
               "e2urec_fast.csrc"],
-    package_dir={"e2urec_fast": "e2urec_fast", "e2urec_fast.kernels": "kernels", "e2urec_fast.csrc": "csrc"},
+    package_dir={"e2urec_fast": "e2urec_fast", "e2urec_fast.csrc": "csrc"},
     package_data={"e2urec_fast.csrc": ["*.cpp", "*.cu", "*.h"]},
     install_requires=[
         "torch>=2.4",

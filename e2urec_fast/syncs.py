@@ -7,7 +7,7 @@ index or device-to-host copy in the step stops that. `count_host_syncs()` counts
 - on CUDA: `torch.cuda.set_sync_debug_mode("warn")` reports every synchronizing call,
   wherever it comes from (ours, transformers', torch's);
 - everywhere (the only way on the CPU, where nothing waits): the calls made *from this
-  package's code* (`e2urec_fast/`, `kernels/`) that would synchronize on a device:
+  package's code* (`e2urec_fast/`, its `kernels/` included) that would synchronize on a device:
   `.item()`, `.tolist()`, `bool()/float()/int()` of a tensor, `.nonzero()`, `.numpy()`,
   `.cpu()` and indexing with a boolean tensor (seen through a `TorchFunctionMode`).
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-_OURS = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "kernels"))
+_OURS = (str(Path(__file__).resolve().parent),)
 _METHODS = {"item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "numpy", "cpu"}
 
 

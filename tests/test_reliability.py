@@ -97,12 +97,28 @@ def test_duplicate_rating_is_an_error(tmp_path):
         load_ml1m(d)
 
 
+# ------------------------------------------------------------------ no shadowed packages
+def test_the_checkout_root_shadows_no_installed_package():
+    """A command run from the checkout's root (the README's `python -m e2urec_fast.unlearn`) has
+    the root on sys.path: a folder there named like an installed package (`kernels`, which
+    bitsandbytes pulls in and transformers imports) replaces it. Regression: transformers failed."""
+    import subprocess
+    import sys
+    from importlib.metadata import distributions
+
+    installed = {(d.metadata["Name"] or "").lower().replace("-", "_") for d in distributions()}
+    tops = {p.name.lower() for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert not tops & (installed - {"e2urec_fast"}), tops & installed
+    r = subprocess.run([sys.executable, "-c", "import transformers.activations"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
+
+
 # ------------------------------------------------------------------ no pickles
 def test_no_pickle_loading_in_the_source():
     bad = re.compile(r"torch\.load\(|import pickle|pickle\.load|import dill|joblib\.load|allow_pickle\s*=\s*True|"
                      r"use_safetensors\s*=\s*False|weights_only\s*=\s*False")
     hits = []
-    for folder in ("e2urec_fast", "kernels", "csrc", "benchmarks"):
+    for folder in ("e2urec_fast", "csrc", "benchmarks"):
         for p in (ROOT / folder).rglob("*"):
             if p.suffix in (".py", ".sh", ".cpp", ".cu") and p.is_file():
                 for n, line in enumerate(p.read_text().splitlines(), 1):
