@@ -92,8 +92,10 @@ class Evaluator:
     `ev(bb, name) -> (metrics, (|D_f|, V) logits)`; `ev.losses[name] = (D_f losses,
     non-member losses)`. The non-members are D_h (train-period samples of held-out users) when
     the data has a holdout, else the test samples (`ev.nonmembers` says which). In the
-    shilling scenario the metrics carry the attack's effect: the targets' mean p(yes) on real
-    test samples (`target_p_yes`) and on D_f (`target_p_yes_forget`)."""
+    shilling scenario the metrics carry the attack's effect: the targets' mean p(yes) over every
+    real test user (`target_p_yes`: the probes, each user's latest test prompt asked about each
+    target), on the real test samples that are about a target (`target_p_yes_test`) and on D_f
+    (`target_p_yes_forget`)."""
 
     CACHED = ("Original", "Retrain")  # the references: the same predictions in every request or rerun against them
     CACHE_MAX_BYTES = 256 * 2**20  # D_f's full-vocabulary logits beyond this are recomputed, not stored
@@ -170,6 +172,16 @@ class Evaluator:
             self.from_cache.add(name)
         return got["test"], got["forget_full"], got.get("holdout")
 
+    def probe_p_yes(self, bb) -> float | None:
+        """The targets' mean p(yes) over the probes (None without probes). The whole model runs
+        (a cached boundary's student too: its LoRA sits in the model)."""
+        job = self.job
+        if not job.prepared.probes:
+            return None
+        seqs = job.prepared.probe_tokens(bb.tokenizer, bb.tokenizer_key(), suffix=bb.suffix)
+        lg = predict_logits(bb, bb.model, seqs, torch.arange(len(seqs)), job.eval_batch_size, job.device)
+        return float(p_yes(lg).mean())
+
     def __call__(self, bb, name: str):
         import time
 
@@ -185,7 +197,8 @@ class Evaluator:
         m = ctr_metrics(self.test_labels, py)
         if self.targets is not None:
             te, fo = self.targets
-            m["target_p_yes"] = float(py[te].mean()) if te.any() else None
+            m["target_p_yes"] = self.probe_p_yes(bb)
+            m["target_p_yes_test"] = float(py[te].mean()) if te.any() else None
             m["target_p_yes_forget"] = float(p_yes(f_yn)[fo].mean()) if fo.any() else None
         self.seconds[name] = time.perf_counter() - t0
         return m, full

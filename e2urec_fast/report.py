@@ -199,8 +199,8 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
         "",
         *[x for w in warns for x in (f"**{w}.**", "")],
         *([f"Shilling scenario: {scen['n_fake']} fake users ({scen['fake_samples']} samples, D_f) promote items "
-           f"{', '.join(map(str, scen['targets']))}; Target p(yes): the targets' mean p(yes) on real test samples (the "
-           "attack's effect).", ""] if scen else []),
+           f"{', '.join(map(str, scen['targets']))}; Target p(yes): the targets' mean p(yes) over every real test user "
+           f"({scen.get('probes', '?')} probes: each user's latest test prompt asked about each target; the attack's effect).", ""] if scen else []),
         "AUC, ACC, LogLoss on test; JSD (the authors' symmetric KL) and L2 on D_f against Retrain; all x100.",
         "Time(s): unlearning wall-clock (Retrain, SISA, RecEraser: their training time). #Params: trainable parameters.",
         "Bold: the best value of a column among the unlearning methods (Original, Retrain and the CTR floor take no part).",

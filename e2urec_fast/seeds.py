@@ -26,9 +26,9 @@ from .errors import UserError
 from .files import write_json_atomic, write_text_atomic
 
 METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak", "forget_quality",
-           "target_p_yes", "target_p_yes_forget"]
+           "target_p_yes", "target_p_yes_test", "target_p_yes_forget"]
 SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1,
-         "privleak": 1, "forget_quality": 1, "target_p_yes": 1, "target_p_yes_forget": 1}
+         "privleak": 1, "forget_quality": 1, "target_p_yes": 1, "target_p_yes_test": 1, "target_p_yes_forget": 1}
 # the Original-to-Retrain gaps a method is asked to close: (O - M) / (O - R), seed by seed
 GAPS = ("jsd", "mia_loss_auc", "target_p_yes")
 REF = "E2URec"
@@ -109,7 +109,7 @@ def original_vs_retrain(by: list[dict]) -> dict:
     """Is there something to forget: Original - Retrain, seed by seed, per audit metric (the
     JSD row of Original is already that gap), and the Original's forget quality."""
     out = {}
-    for k in ("mia_loss_auc", "target_p_yes", "target_p_yes_forget", "auc"):
+    for k in ("mia_loss_auc", "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "auc"):
         d = [b["Original"][k] - b["Retrain"][k] for b in by if "Original" in b and "Retrain" in b
              and b["Original"].get(k) is not None and b["Retrain"].get(k) is not None]
         out[k] = summarize(d)
@@ -175,7 +175,8 @@ def markdown(agg: dict) -> str:
         lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {'-' if not p else (f'{p:.2e}' if p >= 1e5 else p)} |")
     ovr = agg.get("original_vs_retrain") or {}
     if any(ovr.values()):
-        names = dict(mia_loss_auc=("LOSS-attack AUC", 4), target_p_yes=("Target p(yes), real test users", 3),
+        names = dict(mia_loss_auc=("LOSS-attack AUC", 4), target_p_yes=("Target p(yes), every real test user (probes)", 3),
+                     target_p_yes_test=("Target p(yes), real test samples about a target", 3),
                      target_p_yes_forget=("Target p(yes) on D_f", 3), auc=("test AUC (x100)", 2))
         lines += ["", "Something to forget? Original - Retrain, seed by seed (mean [95% interval]; `*`: excludes 0):", ""]
         lines += [f"- {names[k][0]}: {_interval(v, 100 if k == 'auc' else 1, names[k][1])}" for k, v in ovr.items() if v]

@@ -13,7 +13,7 @@ from e2urec_fast.config import from_fields
 from e2urec_fast.data import prepare
 from e2urec_fast.data.loaders import load_ml1m
 from e2urec_fast.data.samples import build_samples, split_samples
-from e2urec_fast.data.scenarios import inject_shilling
+from e2urec_fast.data.scenarios import filler_stars, inject_shilling, probe_samples
 from e2urec_fast.errors import UserError
 
 
@@ -74,6 +74,36 @@ def test_shilling_is_deterministic_and_stays_in_train(tmp_path):
     assert not is_fake[p.index("valid")].any() and not is_fake[p.index("test")].any()
     assert not is_fake[p.index("holdout")].any() and p.manifest["scenario"]["targets"] == info["targets"]
     assert json.loads((p.folder / "manifest.json").read_text())["scenario"]["fake_users"] == info["fake_users"]
+    # the probes: every real test user's latest test prompt, asked about each target; no fake user
+    test_users = set(p.users[p.index("test")].tolist())
+    assert len(p.probes) == len(test_users) * len(info["targets"]) == p.manifest["scenario"]["probes"]
+    assert {q["user"] for q in p.probes} == test_users and not test_users & set(info["fake_users"])
+    assert [q["item"] for q in p.probes[:len(info["targets"])]] == info["targets"]
+    again = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=5, holdout_ratio=0.2,
+                    scenario="shilling")  # read back, hash-checked
+    assert again.probes == p.probes
+    (p.folder / "probes.jsonl").write_text("tampered\n")
+    with pytest.raises(ValueError, match="probe hash"):
+        from e2urec_fast.data.prepare import _load
+        _load(p.folder)
+
+
+def test_average_attack_fillers_and_probes_by_hand():
+    import random
+
+    from e2urec_fast.data.samples import Sample
+
+    rng = random.Random(0)
+    draws = [filler_stars([3, 4, 5, 4], rng) for _ in range(4000)]  # N(4, 0.707), rounded, clipped to 1..5
+    # by hand, z = (x - 4) / 0.707: P(5) = P(z >= 0.707) = 0.240, P(4) = 0.520, P(3) = 0.223, P(2) = 0.017:
+    # mean 3.983, P(<= 3) = 0.240 (not every filler is a 'yes': a model must learn the targets)
+    assert set(draws) <= {2, 3, 4, 5} and abs(np.mean(draws) - 3.983) < 0.03
+    assert abs(np.mean(np.array(draws) <= 3) - 0.240) < 0.02
+    assert filler_stars([2], random.Random(1)) == 2  # one rating: no spread
+    s = lambda u, i, ts: Sample(u, i, 4, 1, ts, 5, [(9, 3)] * 5)  # noqa: E731
+    test = [s(1, 10, 100), s(2, 11, 50), s(1, 12, 200), s(2, 13, 40)]
+    got = probe_samples(test, [7, 8])
+    assert [(q.user, q.item, q.ts, q.label) for q in got] == [(1, 7, 200, 0), (1, 8, 200, 0), (2, 7, 50, 0), (2, 8, 50, 0)]
 
 
 def test_forget_quality_and_attacks_by_hand():

@@ -56,6 +56,9 @@ class Prepared:
     # the data set's own user id -> the code in `users`, where those ids are not integers
     # (UCSD GoodReads); None where the codes are the data set's ids
     user_codes: dict[str, int] | None = None
+    # the shilling scenario's probes: {prompt, user, item} of every real test user's latest
+    # test prompt asked about each target (data/scenarios.probe_samples); None elsewhere
+    probes: list[dict] | None = None
 
     def __post_init__(self):
         if self.split_forget is None:
@@ -107,6 +110,15 @@ class Prepared:
         if self.split_holdout.any():
             h.update(b"holdout" + self.split_holdout.numpy().tobytes())
         return h.hexdigest()[:8]
+
+    def probe_tokens(self, tokenizer, tok_key: str, max_length: int = 512, suffix: str = "") -> list[torch.Tensor]:
+        """Token ids of the probes, as `tokens` makes them (kept in memory: a few thousand prompts)."""
+        key = "probes-" + tok_key
+        if key not in self._tokens:
+            texts = [p["prompt"] + suffix for p in self.probes or []]
+            enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"] if texts else []
+            self._tokens[key] = [torch.tensor(e, dtype=torch.int64) for e in enc]
+        return self._tokens[key]
 
     def tokens(self, tokenizer, tok_key: str, max_length: int = 512, suffix: str = "") -> list[torch.Tensor]:
         """Token ids of every prompt (+ `suffix`) under `tokenizer`, cached in the folder by
@@ -173,6 +185,8 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
                   min_history=min_history, k=k, template="simple", version=PREP_VERSION)
     if holdout_ratio or shilling:  # (absent otherwise: the caches of earlier versions stay valid)
         params |= dict(holdout_ratio=holdout_ratio, scenario="shilling" if shilling else "random")
+    if shilling:
+        params["shilling"] = 2  # 2: fillers drawn around their mean; the probes (data/scenarios.py)
     if any(p.name.startswith("goodreads_interactions") for p in sources):
         params["user_ids"] = "raw"  # the UCSD layout's string ids are kept (users.json)
     src_hash = _sha(*[p.name.encode() + p.read_bytes() for p in sources])
@@ -212,10 +226,18 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
             positive_rate=round(float(labels.float().mean()), 4),
         ),
     )
+    probe_lines = None
     if scen is not None:
-        manifest["scenario"] = scen
+        from .scenarios import probe_samples
+
+        probes = probe_samples(sp.test, scen["targets"])
+        probe_lines = "".join(json.dumps({"prompt": render_prompt(s, inter), "user": s.user, "item": s.item}) + "\n"
+                              for s in probes)
+        manifest["scenario"] = scen | dict(probes=len(probes), probe_hash=_sha(probe_lines.encode()))
     with staged_dir(folder) as tmp:
         (tmp / "prompts.jsonl").write_text(lines, encoding="utf-8")
+        if probe_lines is not None:
+            (tmp / "probes.jsonl").write_text(probe_lines, encoding="utf-8")
         save_safetensors_atomic(dict(labels=labels, users=torch.tensor([s.user for s in all_s]),
                                      items=torch.tensor([s.item for s in all_s]), split=split, forget=forget, holdout=holdout),
                                 tmp / "meta.safetensors")
@@ -234,8 +256,14 @@ def _load(folder: Path) -> Prepared:
     prompts = [json.loads(line)["prompt"] for line in text.split("\n") if line]
     m = load_safetensors(folder / "meta.safetensors")
     codes = json.loads((folder / "users.json").read_text()) if (folder / "users.json").exists() else None
+    probes = None
+    if "probe_hash" in (manifest.get("scenario") or {}):
+        ptext = (folder / "probes.jsonl").read_text(encoding="utf-8")
+        if _sha(ptext.encode()) != manifest["scenario"]["probe_hash"]:
+            raise ValueError("probes.jsonl does not match the manifest's probe hash")
+        probes = [json.loads(line) for line in ptext.split("\n") if line]
     return Prepared(folder, manifest, prompts, m["labels"], m["users"], m["items"], m["split"], m["forget"],
-                    holdout=m.get("holdout"), user_codes=codes)
+                    holdout=m.get("holdout"), user_codes=codes, probes=probes)
 
 
 def _with_shilling(sp: Split, inter, samples, max_samples, seed: int, holdout_ratio: float, min_history: int, k: int):

@@ -4,10 +4,14 @@
 - `memorize` (privacy): the same split; the recipe (config.SCENARIO_RECIPES) trains Original
   and Retrain to memorization on a small pool, so the Original holds its D_f.
 - `shilling` (utility): fake users injected into the real train period promote a few target
-  items (the average attack of the recommender-security literature: each fake user rates the
-  targets 5 stars and popular fillers at the filler's mean rating); D_f = the fake users. The
-  Original inflates the targets for real users; Retrain, trained without the fake users,
-  does not. The attack's effect is the targets' mean p(yes) on real test samples.
+  items (the average attack of the recommender-security literature, Lam & Riedl 2004, Mobasher
+  et al. 2007: each fake user rates the targets 5 stars and popular fillers with a rating drawn
+  around the filler's mean, N(mean, std) of its real train ratings, rounded to 1..5); D_f = the
+  fake users. The Original inflates the targets for real users; Retrain, trained without the
+  fake users, does not. The attack's effect (the prediction shift of the literature) is the
+  targets' mean p(yes) over every real test user: each user's latest test prompt asked about each
+  target instead (`probe_samples`), so it does not hang on the few test samples that happen to
+  be about a target.
 
 `inject_shilling` is deterministic in its seed; the fake users get ids above every real one,
 a real user's profile (copied), and train-period timestamps only: they never reach valid or
@@ -17,6 +21,7 @@ test.
 from __future__ import annotations
 
 import random
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 
@@ -48,6 +53,25 @@ def choose_targets(train: list[Sample], test: list[Sample], n: int) -> list[int]
     return cand[:n]
 
 
+def filler_stars(stars: list[int], rng: random.Random) -> int:
+    """The average attack's filler rating: drawn from N(mean, std) of the item's real ratings,
+    rounded and clipped to 1..5 (a constant mean rating would make every filler a 'yes' and let
+    a model fit the fake users without learning which items they promote)."""
+    mu = sum(stars) / len(stars)
+    sd = statistics.pstdev(stars) if len(stars) > 1 else 0.0
+    return min(5, max(1, round(rng.gauss(mu, sd))))
+
+
+def probe_samples(test: list[Sample], targets: list[int]) -> list[Sample]:
+    """The attack's probes: each real test user's latest test sample, asked about each target
+    in turn (label 0: a probe has none; only p(yes) is read). Users in order of id."""
+    last: dict[int, Sample] = {}
+    for s in test:
+        if s.user not in last or (s.ts, s.item) >= (last[s.user].ts, last[s.user].item):
+            last[s.user] = s
+    return [replace(last[u], item=t, stars=0, label=0) for u in sorted(last) for t in targets]
+
+
 def inject_shilling(inter: Interactions, train: list[Sample], test: list[Sample], seed: int, shill: Shilling = Shilling(),
                     min_history: int = 5, k: int = 10) -> tuple[list[Sample], dict]:
     """Fake users' samples (to add to train) and the scenario's description; `inter` gains
@@ -71,7 +95,7 @@ def inject_shilling(inter: Interactions, train: list[Sample], test: list[Sample]
         if inter.users:
             inter.users[u] = replace(inter.users[rng.choice(real)])
         fill = rng.sample(fillers_pool, min(shill.n_fillers, len(fillers_pool)))
-        items = [(i, min(5, max(1, round(sum(stars[i]) / len(stars[i]))))) for i in fill] + [(i, 5) for i in targets]
+        items = [(i, filler_stars(stars[i], rng)) for i in fill] + [(i, 5) for i in targets]
         rng.shuffle(items)
         ts = sorted(rng.randint(t_lo, t_hi) for _ in items)
         ratings += [(u, i, st, t) for (i, st), t in zip(items, ts)]
