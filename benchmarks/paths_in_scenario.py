@@ -31,7 +31,8 @@ sys.path.insert(0, str(HERE.parent))
 from e2urec_fast.seeds import summarize  # noqa: E402
 
 METRICS = [("auc", 100, "test AUC"), ("jsd", 100, "JSD"), ("l2", 100, "L2"), ("mia_loss_auc", 1, "LOSS AUC (D_f vs D_h)"),
-           ("mia_ref_auc", 1, "ref-calibrated AUC"), ("forget_quality", 1, "forget quality"), ("jsd_gap_closed", 100, "JSD gap closed %"),
+           ("mia_ref_auc", 1, "ref-calibrated AUC"), ("forget_quality", 1, "forget quality"), ("target_p_yes", 1, "target p(yes), probes (shilling)"),
+           ("jsd_gap_closed", 100, "JSD gap closed %"),
            ("steps", 1, "student steps"), ("time_s", 1, "time (s)")]
 
 

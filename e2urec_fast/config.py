@@ -58,8 +58,8 @@ class DataConfig:
                               "--forget-users)", shown=True, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     scenario: str = opt("random", "what is forgotten: random (the paper's: a random --forget-ratio of the train users), "
                         "memorize (privacy: the same split on the last 3000 samples, Original and Retrain fine-tuned 15 epochs, "
-                        "so the Original memorizes its D_f) or shilling (utility: 20 fake users promoting 5 target items injected "
-                        "into the train period are D_f; same recipe as memorize). A scenario's recipe fills only the fields not "
+                        "so the Original memorizes its D_f) or shilling (utility: 20 fake users of the average attack promoting 5 target "
+                        "items injected into the train period are D_f; same recipe as memorize). A scenario's recipe fills only the fields not "
                         "given (config.SCENARIO_RECIPES)", shown=True, choices=("random", "memorize", "shilling"))
     holdout_ratio: float = opt(0.1, "the benchmark: share of train users held out of every model's training (drawn like the "
                                "forget users, after them); their train-period samples D_h are the audit's same-pool "
