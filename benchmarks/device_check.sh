@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU, within a budget of 420 s (E2UREC_BUDGET): every part below runs
+# One call on a lent GPU, within a budget of 480 s (E2UREC_BUDGET): every part below runs
 # with its own timeout (capped by what is left of the budget), whatever the parts before
 # it did, and records ok / failed / skipped (with the reason) and its seconds in
 # $OUT/summary.json, rewritten after each part (a call killed from outside still leaves it).
@@ -18,7 +18,10 @@
 #                data and seeds (bench_unlearn.py)
 #   7 boundary   the fast path against the cached boundary (--lora-scope decoder) with the
 #                authors' schedule, same Original as part 6 (bench_boundary.py)
-#   8 causal8    a decoder-only model with an 8-bit frozen base, only if bitsandbytes
+#   8 request    a 5-user deletion request at t5-base-config shapes in bf16 (our Original, one
+#                epoch), the default path and the cached boundary, each request in its own
+#                process, two seeds (device_request.py; issue #26)
+#   9 causal8    a decoder-only model with an 8-bit frozen base, only if bitsandbytes
 #                imports there (the device image has none unless its wheel is carried)
 #
 #   benchmarks/device_check.sh            # on the GPU machine
@@ -34,7 +37,7 @@ DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-BUDGET=${E2UREC_BUDGET:-420}
+BUDGET=${E2UREC_BUDGET:-480}
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export E2UREC_CACHE=$OUT/.cache
@@ -114,6 +117,7 @@ if [ $DRY = 1 ]; then
   E2E="--dry-run --backbone tiny"
   BOUNDARY="--dry-run --backbone tiny --seeds 42"
   CAUSAL="--dry-run --backbone causal-tiny"
+  REQUEST="--dry-run"
   PARITY=(tests/test_ops_edge.py -k "not native_build and not stale_lock")
 else
   DEV=cuda; KSHAPES=4096x2,65536x2,48x32128,512x32128,4096x32128; KREPS=10; CSHAPES=2
@@ -121,6 +125,7 @@ else
   E2E="--backbone t5-base-config --max-samples 10000 --steps 300 --eval-every 0 --orig-steps 300"
   BOUNDARY="--backbone t5-base-config --max-samples 10000 --steps 204 --orig-steps 300 --seeds 42"
   CAUSAL="--backbone llama-1b-config --max-samples 4000 --steps 100 --eval-every 0 --orig-steps 50"
+  REQUEST="$E2UREC_DATA_ARGS --device cuda --dtype bf16 --backbone t5-base-config --max-samples 10000 --epochs 1 --seeds 1,2"
   PARITY=(tests/test_ops.py tests/test_ops_edge.py -k "not native_build and not stale_lock and not cuda_source_compiles")
   export E2UREC_GPU_TESTS=1
 fi
@@ -157,6 +162,10 @@ part e2e 150 python3 benchmarks/bench_unlearn.py $E2UREC_DATA_ARGS --device $DEV
 # shellcheck disable=SC2086
 part boundary 120 python3 benchmarks/bench_boundary.py $E2UREC_DATA_ARGS --device $DEV --dtype bf16 --paths fast,boundary $BOUNDARY \
   --cache-dir "$E2UREC_CACHE" --out "$OUT/boundary_bf16.json"
+
+# shellcheck disable=SC2086
+part request 120 python3 benchmarks/device_request.py $REQUEST --cache-dir "$E2UREC_CACHE" --out "$OUT/request"
+find "$OUT/request" -mindepth 1 -maxdepth 1 ! -name device_request.json -exec rm -rf {} + 2>/dev/null  # models: not brought back
 
 if python3 -c "import bitsandbytes" >/dev/null 2>&1; then
   # shellcheck disable=SC2086

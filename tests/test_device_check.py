@@ -19,7 +19,7 @@ def test_device_check_dry_run(tmp_path):
     out = tmp_path / "out"
     s = json.loads((out / "summary.json").read_text())
     status = {p["part"]: p["status"] for p in s["parts"]}
-    assert list(status) == ["env", "build", "parity", "kernels_fp32", "kernels_bf16", "step", "e2e", "boundary", "causal8"], status
+    assert list(status) == ["env", "build", "parity", "kernels_fp32", "kernels_bf16", "step", "e2e", "boundary", "request", "causal8"], status
     bad = {p["part"]: p["reason"] for p in s["parts"] if p["status"] != "ok" and not (p["part"] == "causal8" and p["status"] == "skipped")}
     assert not bad, bad
     assert s["dry_run"] and s["elapsed_s"] <= s["budget_s"]
@@ -28,6 +28,8 @@ def test_device_check_dry_run(tmp_path):
     assert json.loads((out / "bench_unlearn_bf16.json").read_text())["fast"]["final"]["auc"] > 0
     assert (out / "teacher_kl.csv").read_text().count("bfloat16") >= 2
     assert json.loads((out / "student_step.json").read_text())["results"]
+    req = json.loads((out / "request" / "device_request.json").read_text())
+    assert req["dry_run"] and {r["path"] for r in req["rows"]} == {"default", "boundary"} and all(r["wall_s"] > 0 for r in req["rows"])
 
 
 def test_device_check_records_a_failing_part_and_goes_on(tmp_path):
@@ -40,5 +42,5 @@ def test_device_check_records_a_failing_part_and_goes_on(tmp_path):
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     by = {p["part"]: p for p in s["parts"]}
     assert by["step"]["status"] == "failed" and "recbole.whl" in by["step"]["reason"]  # the bad data path, named
-    assert by["env"]["status"] == "ok" and len(by) == 9  # every part has a status: ok, failed, or skipped (budget)
+    assert by["env"]["status"] == "ok" and len(by) == 10  # every part has a status: ok, failed, or skipped (budget)
     assert any(p["status"] == "skipped" and "budget" in p["reason"] for p in s["parts"])
