@@ -228,12 +228,7 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
     )
     probe_lines = None
     if scen is not None:
-        from .scenarios import probe_samples
-
-        probes = probe_samples(sp.test, scen["targets"])
-        probe_lines = "".join(json.dumps({"prompt": render_prompt(s, inter), "user": s.user, "item": s.item}) + "\n"
-                              for s in probes)
-        manifest["scenario"] = scen | dict(probes=len(probes), probe_hash=_sha(probe_lines.encode()))
+        probe_lines, manifest["scenario"] = _probes(sp, inter, scen)
     with staged_dir(folder) as tmp:
         (tmp / "prompts.jsonl").write_text(lines, encoding="utf-8")
         if probe_lines is not None:
@@ -246,6 +241,16 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
             write_json_atomic(tmp / "users.json", {inter.user_names[c]: c for c in sorted(present) if c in inter.user_names})
         write_json_atomic(tmp / "manifest.json", manifest)
     return _load(folder)
+
+
+def _probes(sp: Split, inter, scen: dict) -> tuple[str, dict]:
+    """The shilling scenario's probes (data/scenarios.probe_samples) as JSON lines, and the
+    scenario's description with their count and hash."""
+    from .scenarios import probe_samples
+
+    probes = probe_samples(sp.test, scen["targets"])
+    lines = "".join(json.dumps({"prompt": render_prompt(s, inter), "user": s.user, "item": s.item}) + "\n" for s in probes)
+    return lines, scen | dict(probes=len(probes), probe_hash=_sha(lines.encode()))
 
 
 def _load(folder: Path) -> Prepared:
