@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 NONMEMBERS = {"holdout": "D_h, the train-period samples of held-out users (same pool and period as D_f)",
               "test": "the test samples (a later period: time-shifted, so the attack also detects the shift; give a holdout "
@@ -58,8 +57,9 @@ def mia_auc(member_scores, nonmember_scores) -> float:
     m, n = np.asarray(member_scores, dtype=np.float64), np.asarray(nonmember_scores, dtype=np.float64)
     if not len(m) or not len(n):
         return float("nan")
-    y = np.r_[np.ones(len(m)), np.zeros(len(n))]
-    return float(roc_auc_score(y, np.r_[m, n]))
+    from .evaluate import roc_auc
+
+    return roc_auc(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n])
 
 
 def forget_quality(model_stat, retrain_stat) -> float:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from e2urec_fast.evaluate import ctr_metrics, jsd_l2
+from e2urec_fast.evaluate import ctr_metrics, jsd_l2, roc_auc
 
 
 def test_ctr_metrics_match_sklearn():
@@ -14,6 +14,51 @@ def test_ctr_metrics_match_sklearn():
     assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert m["acc"] == pytest.approx(accuracy_score(y, p > 0.5), abs=1e-12)
     assert m["logloss"] == pytest.approx(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15)), abs=1e-12)
+
+
+@pytest.mark.parametrize("levels", [3, 20, None])
+def test_our_auc_is_sklearns_with_ties(levels):
+    """Scores rounded to a few levels (many ties), and losses as the audit gives them."""
+    rng = np.random.default_rng(levels or 7)
+    for n in (2, 9, 400):
+        y = rng.integers(0, 2, n)
+        y[0], y[-1] = 0, 1
+        s = rng.normal(size=n) + y
+        if levels:
+            s = np.round(s * levels / 4) / levels
+        assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5 and roc_auc([0, 1], [0.2, 0.1]) == 0.0
+
+
+def test_floor_logreg_is_sklearns():
+    """The CTR floor's Newton fit reaches scikit-learn's lbfgs optimum (same model, same penalty),
+    a constant feature included."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from e2urec_fast.floor import fit_logreg
+
+    rng = np.random.default_rng(3)
+    x = np.c_[rng.normal(3, 1, (3000, 3)), np.full(3000, 2.0), rng.exponential(2, 3000)]
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(x[:, 0] - 3 - 0.5 * x[:, 4])))).astype(int)
+    te = rng.normal(3, 1, (500, 5))
+    ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, tol=1e-10)).fit(x, y).predict_proba(te)[:, 1]
+    ours = fit_logreg(x, y)(te)
+    assert np.abs(ours - ref).max() < 1e-6
+    assert ctr_metrics(y[:500], ours)["auc"] == pytest.approx(roc_auc_score(y[:500], ref), abs=1e-9)
+
+
+def test_a_request_imports_no_scikit_learn():
+    """scikit-learn cost a request about a second of start-up; the runtime computes its
+    metrics itself (the tests above hold them to scikit-learn's)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, e2urec_fast.unlearn, e2urec_fast.evaluate, e2urec_fast.audit, e2urec_fast.floor, e2urec_fast.api; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_jsd_l2_match_float64_definition():
