@@ -9,8 +9,9 @@
    not timed.
 3. Per seed (it draws the users): a 5-user request, `python -m e2urec_fast.unlearn --original
    BASE --forget-users ... --no-retrain --device D --dtype T`, each in its own process (start-up
-   included), on the default path and on the cached boundary (`--lora-scope decoder --aug-mode
-   lora`), interleaved. Wall clock, the report's flat stages, test AUC and the audit's LOSS AUC.
+   included), with LoRA everywhere (`--lora-scope all`) and on the cached boundary (`--lora-scope
+   decoder --aug-mode lora`, a request's default on t5), interleaved; both named explicitly.
+   Wall clock, the report's flat stages, test AUC and the audit's LOSS AUC.
 
 Writes OUT/device_request.json: every row, the medians per path, the device's name. No figure
 is estimated: this runs where it is run, and the JSON names the device it ran on.
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-PATHS = dict(default=(), boundary=("--lora-scope", "decoder", "--aug-mode", "lora"))
+PATHS = dict(all=("--lora-scope", "all"), boundary=("--lora-scope", "decoder", "--aug-mode", "lora"))
 
 
 def main(argv=None) -> int:

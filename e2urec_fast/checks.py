@@ -58,6 +58,8 @@ def _check_scope(cfg: Config) -> None:
     from .models.backbone import PRESETS
     from .models.boundary import ENC_DEC, parse_scope, scope_conflicts
 
+    if str(cfg.student.lora_scope).strip() == "auto":  # resolved to what the family and the settings allow (boundary.py)
+        return
     scope = parse_scope(cfg.student.lora_scope)  # its fit to the backbone's family: here for presets, at load time otherwise
     name = cfg.backbone_name
     fam = PRESETS[name].family if name in PRESETS else None

@@ -161,13 +161,15 @@ class StudentConfig:
     lora_dropout: float = opt(0.05, "LoRA dropout", lo=0.0, hi=1.0, hi_open=True)
     aug_lr: float = opt(1e-4, "learning rate of the augmented model (Original fine-tuned on D_f)", lo=0.0, lo_open=True, hi=1.0)
     aug_epochs: int = opt(1, "epochs of the augmented model over D_f", lo=1)
-    aug_mode: str = opt("full", "augmented model: full fine-tune (the authors' code) or a LoRA adapter merged into a copy",
-                        choices=("full", "lora"))
+    aug_mode: str = opt("auto", "augmented model: full fine-tune (the authors' code) or a LoRA adapter merged into a copy; "
+                        "auto: lora where --lora-scope auto chose the cached boundary, full otherwise",
+                        choices=("auto", "full", "lora"))
     kl_scope: str = opt("yesno", "fast path: KL over the Yes/No pair or the full vocabulary at the answer position",
                         choices=("yesno", "full"))
-    lora_scope: str = opt("all", "fast path: where the student's LoRA sits. all: every q/v projection (the authors' code); "
+    lora_scope: str = opt("auto", "fast path: where the student's LoRA sits. all: every q/v projection (the authors' code); "
                           "decoder (t5, bart): the decoder only, the encoder's output computed once per sample and cached; "
-                          "top:K (causal, masked): the top K layers, the states entering them cached")
+                          "top:K (causal, masked): the top K layers, the states entering them cached; auto: decoder (with "
+                          "a LoRA augmented model) for a deletion request on t5/bart, all for the benchmark and other families")
     load_in_8bit: bool = opt(False, "the student's frozen base in bitsandbytes int8 (T5's wo and lm_head stay fp32); LoRA on top")
     keep_artifacts: bool = opt(False, "keep the augmented model and the D_f teacher logits (derived from the forgotten data)")
     unlearn_weight_decay: float = opt(0.0, "AdamW weight decay of the student and the augmented model (the authors: 0.01)",

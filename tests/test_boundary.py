@@ -241,3 +241,27 @@ def test_evaluation_from_the_cached_boundary_and_its_store(tmp_path, monkeypatch
     rows_built.clear()
     e2urec.unlearn(job, other, args, "fast", store=store)
     assert len(list((store / "boundary").glob("*.safetensors"))) == 2 and set(rows_built) & set(prep.index("retain").tolist())
+
+
+def test_auto_scope_is_the_cached_boundary_for_a_request_only():
+    """`--lora-scope auto` (the default): the cached boundary with a LoRA augmented model for a
+    deletion request on the fast path of t5/bart; the authors' layout everywhere else; an
+    explicit scope or aug mode is kept as given."""
+    from e2urec_fast.models.boundary import aug_is_lora, resolve_scope
+
+    req = dict(forget_users="1,2")
+    for fam, want in (("t5", "decoder"), ("bart", "decoder"), ("causal", "all"), ("masked", "all")):
+        c = cfg(**req)
+        s = resolve_scope(c, fam)
+        assert str(s) == want and aug_is_lora(c, s) == (want == "decoder")
+    bench = cfg()
+    assert str(resolve_scope(bench, "t5")) == "all" and not aug_is_lora(bench, resolve_scope(bench, "t5"))
+    assert str(resolve_scope(cfg(**req), "t5", impl="reference")) == "all"
+    for off in (dict(no_teacher_cache=True), dict(compile=True)):  # what a cached boundary cannot go with
+        assert str(resolve_scope(cfg(**req, **off), "t5")) == "all"
+    c = cfg(**req, lora_scope="all")
+    assert str(resolve_scope(c, "t5")) == "all" and not aug_is_lora(c, resolve_scope(c, "t5"))
+    c = cfg(lora_scope="decoder")  # explicit decoder keeps the full augmented model unless asked
+    assert str(resolve_scope(c, "t5")) == "decoder" and not aug_is_lora(c, resolve_scope(c, "t5"))
+    assert aug_is_lora(cfg(lora_scope="decoder", aug_mode="lora"), resolve_scope(c, "t5"))
+    assert aug_is_lora(cfg(aug_mode="lora"), resolve_scope(bench, "t5"))

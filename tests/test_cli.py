@@ -78,7 +78,7 @@ def test_end_to_end_report(data, tmp_path):
     (["--methods", "original,bogus"], "unknown method(s) bogus"),
     (["--backbone", "/nonexistent/model"], "/nonexistent/model: backbone not found"),
     (["--lora-scope", "top:2"], "--lora-scope top:2: the tiny preset is a t5 model; use decoder"),
-    (["--lora-scope", "encoder"], "--lora-scope 'encoder': give all, decoder or top:K"),
+    (["--lora-scope", "encoder"], "--lora-scope 'encoder': give auto, all, decoder or top:K"),
 ])
 def test_bad_arguments_exit_2(args, msg, tmp_path, data):
     if "--data-dir" not in args and "--dataset" not in args:

@@ -29,7 +29,7 @@ def test_device_check_dry_run(tmp_path):
     assert (out / "teacher_kl.csv").read_text().count("bfloat16") >= 2
     assert json.loads((out / "student_step.json").read_text())["results"]
     req = json.loads((out / "request" / "device_request.json").read_text())
-    assert req["dry_run"] and {r["path"] for r in req["rows"]} == {"default", "boundary"} and all(r["wall_s"] > 0 for r in req["rows"])
+    assert req["dry_run"] and {r["path"] for r in req["rows"]} == {"all", "boundary"} and all(r["wall_s"] > 0 for r in req["rows"])
 
 
 def test_device_check_records_a_failing_part_and_goes_on(tmp_path):

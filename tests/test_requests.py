@@ -113,6 +113,9 @@ def test_sequential_request(world):
     imp = r2.report["details"]["retain_cache_imported"]
     assert imp["rows"] > 0 and imp["source"].startswith(str(r1.out))
     assert r2.report["details"]["e2urec_fast"]["teacher_cache"]["retain"] in ("reused", "extended")
+    for r in (world["r1"], r2):  # a request on a t5 Original: the cached boundary by default (--lora-scope auto)
+        d = r.report["details"]["e2urec_fast"]
+        assert d["lora_scope"] == "decoder" and d["aug_mode"] == "lora" and d["teacher_cache"]["boundary"]["rows"] > 0
     # request 2's model descends from request 1's merged model; its remembering teacher is the first Original
     assert r2.report["request"]["original"] == str(r1.merged.resolve())
     assert json.loads((r2.merged / "e2urec.json").read_text())["root_original"] == str(world["base"].original)

@@ -39,7 +39,18 @@ from ..errors import UserError
 from ..evaluate import predict_logits
 from ..files import load_safetensors, save_safetensors_atomic
 from ..models.backbone import Backbone
-from ..models.boundary import BoundarySource, Scope, build_table, check_scope, parse_scope, scope_conflicts, shared_boundary, target_modules
+from ..models.boundary import (
+    BoundarySource,
+    Scope,
+    aug_is_lora,
+    build_table,
+    check_scope,
+    parse_scope,
+    resolve_scope,
+    scope_conflicts,
+    shared_boundary,
+    target_modules,
+)
 from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode, inject_lora, merge_and_unload, save_adapter
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, yes_no_rows
@@ -52,11 +63,13 @@ from .losses import LiveRows, combine, fast_terms, reference_terms
 __all__ = ["combine", "fast_terms", "reference_terms", "schedule", "student_batches", "unlearn", "make_augmented", "run_key"]
 
 
-def make_augmented(job: Job, orig: Backbone, cfg: Config, dropout: bool = True, targets=None, boundary=None) -> tuple[Backbone, float]:
+def make_augmented(job: Job, orig: Backbone, cfg: Config, dropout: bool = True, targets=None, boundary=None,
+                   lora: bool | None = None) -> tuple[Backbone, float]:
     """Original fine-tuned further on D_f (aug_epochs; the authors' finetune_aug.py). Without
     `dropout` (the fast path's default) the model trains in eval mode: no dropout masks, and
     attention runs in its fused kernel. With aug_mode lora: an adapter on `targets` (default:
-    every q/v), trained from the cached `boundary` states when given, merged and unloaded."""
+    every q/v), trained from the cached `boundary` states when given, merged and unloaded.
+    `lora`: the plan's resolved choice (None: `--aug-mode lora` only)."""
     s = cfg.student
     t0 = time.perf_counter()
     mode = None if dropout else (lambda m: m.eval())
@@ -64,7 +77,7 @@ def make_augmented(job: Job, orig: Backbone, cfg: Config, dropout: bool = True, 
     torch.manual_seed(job.seed + 1)
     tc = TrainConfig(lr=s.aug_lr, batch_size=job.batch_size, epochs=s.aug_epochs, weight_decay=s.unlearn_weight_decay,
                      grad_clip=s.aug_grad_clip)
-    if s.aug_mode == "lora":
+    if s.aug_mode == "lora" if lora is None else lora:
         inject_lora(aug.model, LoraConfig(s.lora_r, s.lora_alpha, s.lora_dropout, targets or DEFAULT_TARGETS[orig.family]))
         finetune(job, aug, job.prepared.index("forget"), tc, desc="augment (LoRA)", full=False, train_mode=mode, boundary=boundary)
         merge_and_unload(aug.model)
@@ -114,7 +127,7 @@ def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str)
     s = cfg.student
     if s.student_steps < 1:
         raise UserError("--student-steps must be at least 1")
-    scope = check_scope(parse_scope(s.lora_scope), orig)
+    scope = check_scope(resolve_scope(cfg, orig.family, impl), orig)
     if impl != "fast":  # the reference path mirrors the authors' code: LoRA on every q/v
         scope = parse_scope("all")
     scope_conflicts(scope, cfg)
@@ -127,7 +140,7 @@ def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str)
     use_cache = impl == "fast" and not cfg.speed.no_teacher_cache
     r_idx, f_idx = visited(job, sched, bucket, parts) if use_cache else (None, None)
     return Plan(impl, tuple(parts), name, scope, run_key(job, orig, cfg, impl, parts), sched, bucket, use_cache, need_aug,
-                need_aug and s.aug_mode == "lora", job.out / "work", job.out / "cache", r_idx, f_idx)
+                need_aug and aug_is_lora(cfg, scope), job.out / "work", job.out / "cache", r_idx, f_idx)
 
 
 def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, store=None):
@@ -179,7 +192,7 @@ def augment_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, aug, targets, 
         aug.model.eval()
         return aug, time.perf_counter() - t0
     aug, sec = make_augmented(job, orig, cfg, dropout=p.impl == "reference" or cfg.speed.aug_dropout, targets=targets,
-                              boundary=train_bd)
+                              boundary=train_bd, lora=p.aug_lora)
     save_safetensors_atomic(aug.model.state_dict(), path)
     return aug, sec
 
@@ -313,7 +326,8 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
                 forget_steps=p.sched.forget_steps if p.need_aug else 0, final_loss=res.loss_history[-1],
                 loss_head=res.loss_history[:5], adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept,
                 resumed_at_step=res.resumed_at, samples_per_s=res.samples / max(stages["student"], 1e-9),
-                base_model_bytes=nbytes, peak_rss_mib=peak_rss_mib())
+                base_model_bytes=nbytes, peak_rss_mib=peak_rss_mib(), lora_scope=str(p.scope),
+                aug_mode=("lora" if p.aug_lora else "full") if p.need_aug else None)
     return student, info
 
 
