@@ -286,6 +286,10 @@ def timing(a) -> int:
         before.mkdir()
         arch = subprocess.run(["git", "-C", str(here), "archive", a.before], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(before)], input=arch, check=True)
+        if (before / "kernels").is_dir() and not (before / "e2urec_fast" / "kernels").exists():
+            # revisions before the move installed `kernels/` as `e2urec_fast.kernels` (setup.py's package_dir); on the
+            # path as a top-level folder it shadows the PyPI `kernels` that transformers imports: put it where it installs
+            (before / "kernels").rename(before / "e2urec_fast" / "kernels")
     rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     prep = prepare(dataset, data_dir, cache, max_samples, 0.2, 42)
     train_users = sorted(set(prep.users[prep.split == SPLIT_TRAIN].tolist()))
