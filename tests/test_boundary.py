@@ -265,3 +265,20 @@ def test_auto_scope_is_the_cached_boundary_for_a_request_only():
     assert str(resolve_scope(c, "t5")) == "decoder" and not aug_is_lora(c, resolve_scope(c, "t5"))
     assert aug_is_lora(cfg(lora_scope="decoder", aug_mode="lora"), resolve_scope(c, "t5"))
     assert aug_is_lora(cfg(aug_mode="lora"), resolve_scope(bench, "t5"))
+
+
+def test_frozen_fingerprint_follows_the_encoder_only(tmp_path):
+    """A decoder-scope store is keyed by what the states depend on: a model whose decoder
+    alone changed (a merged decoder adapter) shares it; an encoder change does not."""
+    from e2urec_fast.models.boundary import frozen_fingerprint
+
+    job = tiny_job(tmp_path, n_users=8, per_user=6)
+    a, scope = job.fresh(), parse_scope("decoder")
+    b = a.clone()
+    with torch.no_grad():
+        b.model.get_decoder().block[0].layer[0].SelfAttention.v.weight.add_(0.01)
+    assert a.fingerprint() != b.fingerprint() and frozen_fingerprint(a, scope) == frozen_fingerprint(b, scope)
+    with torch.no_grad():
+        b.model.get_encoder().block[0].layer[0].SelfAttention.v.weight.add_(0.01)
+    assert frozen_fingerprint(a, scope) != frozen_fingerprint(b, scope)
+    assert frozen_fingerprint(a, parse_scope("all")) == a.fingerprint()

@@ -116,6 +116,9 @@ def test_sequential_request(world):
     for r in (world["r1"], r2):  # a request on a t5 Original: the cached boundary by default (--lora-scope auto)
         d = r.report["details"]["e2urec_fast"]
         assert d["lora_scope"] == "decoder" and d["aug_mode"] == "lora" and d["teacher_cache"]["boundary"]["rows"] > 0
+    # the chain shares one store of encoder states: r2's base (r1's merged model) differs from r1's in the decoder only
+    stores = list((world["tmp"] / "cache" / "boundary").glob("*.safetensors"))
+    assert len(stores) == 1, stores
     # request 2's model descends from request 1's merged model; its remembering teacher is the first Original
     assert r2.report["request"]["original"] == str(r1.merged.resolve())
     assert json.loads((r2.merged / "e2urec.json").read_text())["root_original"] == str(world["base"].original)

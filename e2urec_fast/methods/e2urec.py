@@ -45,6 +45,7 @@ from ..models.boundary import (
     aug_is_lora,
     build_table,
     check_scope,
+    frozen_fingerprint,
     parse_scope,
     resolve_scope,
     scope_conflicts,
@@ -152,7 +153,7 @@ def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, store=None):
         return None, None, None, None, None
     t0, prep = time.perf_counter(), job.prepared
     gone = prep.index("forget_all")  # every forgotten user's rows: never in the store
-    bfp = dict(orig=orig.fingerprint(), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
+    bfp = dict(orig=frozen_fingerprint(orig, p.scope), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
                scope=str(p.scope), family=orig.family, prefix=orig.prefix.tolist()) | cache_tag(job.dtype)
     n_total, rebuild = len(prep.labels), not cfg.speed.no_cache_rebuild
     name = hashlib.sha256(json.dumps(bfp, sort_keys=True).encode()).hexdigest()[:16]

@@ -61,6 +61,29 @@ def scope_conflicts(scope: Scope, cfg) -> None:
         raise UserError(f"--lora-scope {scope} does not go with --compile (the cached states change the forward every step)")
 
 
+META_KEYS = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "_commit_hash")
+
+
+def frozen_fingerprint(bb: Backbone, scope: Scope) -> str:
+    """What a model's cached states depend on. `decoder`: the encoder's weights (its embedding
+    included), the config and the tokenizer, so the states are shared by every model whose
+    decoder alone differs: a request's merged model (its LoRA sat in the decoder) and the
+    model it came from, i.e. every request of a chain. `top:K`: the whole model's fingerprint."""
+    if scope.kind != "decoder":
+        return bb.fingerprint()
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for k, v in sorted(bb.model.get_encoder().state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    conf = {k: v for k, v in bb.model.config.to_dict().items() if k not in META_KEYS}
+    h.update(json.dumps(conf, sort_keys=True, default=str).encode())
+    h.update(json.dumps(bb.tokenizer.get_vocab(), sort_keys=True).encode())
+    return "enc-" + h.hexdigest()[:16]
+
+
 def resolve_scope(cfg, family: str, impl: str = "fast") -> Scope:
     """The student's scope. `auto` (the default): the cached boundary (`decoder`) for a
     deletion request on the fast path of an encoder-decoder model, where #26 measured it
