@@ -53,9 +53,7 @@ def run_guarded(cfg: Config) -> ForgetResult:
     with out_lock(out):  # a second run on a busy OUT is refused here, before it could clean anything
         try:
             dist.check_launch(cfg)
-            if cfg.bench.seeds is None:
-                return run(cfg)
-            return _run_seeds(cfg)
+            return run(cfg) if cfg.bench.seeds is None else _run_seeds(cfg)
         except UserError:
             clean_created(out, snap)  # a divergence or an interrupt keeps <out>/work/ on purpose: the run resumes from it
             raise
@@ -213,6 +211,7 @@ def references(st: State) -> None:
     from .floor import floor_row
     from .methods.common import n_params
     from .methods.retrain import train_on
+    from .methods.states import original_states
     from .models import load_backbone
     from .models.export import save_hf_folder
     from .report import below_floor
@@ -249,7 +248,7 @@ def references(st: State) -> None:
         if got:
             st.extra["retain_cache_imported"] = got
             log(f"reused {got['rows']} D_r teacher rows from {got['source']} (the newly forgotten users' rows left out)")
-    orig_m, orig_full = st.ev(st.orig, "Original")
+    orig_m, orig_full = st.ev(st.orig, "Original", states=original_states(st.job, st.orig, cfg, methods, model_cache, st.out))
     if needs_retrain(cfg, methods):
         st.stage("Retrain: fine-tuning on D_r (or reusing it from the model cache) ...")
         retr, retr_s, st.extra["retrain"] = train_on(st.job, "retain", st.ft, model_cache, "Retrain")

@@ -57,7 +57,7 @@ def mia_auc(member_scores, nonmember_scores) -> float:
     m, n = np.asarray(member_scores, dtype=np.float64), np.asarray(nonmember_scores, dtype=np.float64)
     if not len(m) or not len(n):
         return float("nan")
-    from .evaluate import roc_auc
+    from .metrics import roc_auc
 
     return roc_auc(np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n])
 

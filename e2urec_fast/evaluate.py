@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .batching import pad
+from .metrics import binary_log_loss, roc_auc  # noqa: F401 (roc_auc: part of this module's interface)
 from .models.scoring import answer_logits, yes_no_rows
 
 EPS = 1e-12
@@ -60,34 +61,6 @@ def predict_logits(bb, model, seqs: list[torch.Tensor], idx: torch.Tensor, batch
 
 def p_yes(yes_no_logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(yes_no_logits.double(), -1)[:, 1].numpy()
-
-
-def roc_auc(labels, scores) -> float:
-    """Area under the ROC curve: the Mann-Whitney U of the scores' average ranks (ties count
-    one half), the figure `sklearn.metrics.roc_auc_score` gives; nan with a single class. Ours,
-    in numpy: importing scikit-learn cost a deletion request a second of start-up."""
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if not n_pos or not n_neg:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    first = np.r_[True, sorted_s[1:] != sorted_s[:-1]]  # where each run of equal scores starts
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], len(s)]
-    avg = (starts + ends + 1) / 2.0  # the 1-based average rank of each run
-    ranks = np.empty(len(s))
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def binary_log_loss(labels, prob) -> float:
-    """Mean cross-entropy of binary labels under p(1) = prob, prob clipped to [1e-15, 1 - 1e-15]."""
-    y = np.asarray(labels).astype(bool).ravel()
-    p = np.clip(np.asarray(prob, dtype=np.float64).ravel(), 1e-15, 1 - 1e-15)
-    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
 
 
 def ctr_metrics(labels, prob) -> dict:
@@ -206,14 +179,22 @@ class Evaluator:
         lg = predict_logits(bb, bb.model, seqs, torch.arange(len(seqs)), job.eval_batch_size, job.device)
         return float(p_yes(lg).mean())
 
-    def __call__(self, bb, name: str):
+    def __call__(self, bb, name: str, states=None):
+        """`states`: a BoundarySource the model runs from for this evaluation only (the
+        Original of a request on the cached boundary: methods/states.py)."""
         import time
 
         from .audit import answer_losses
         from .models.scoring import yes_no
 
         t0 = time.perf_counter()
-        yn, full, h_yn = self._predict_cached(bb, name)
+        if states is not None:
+            bb.states = states
+        try:
+            yn, full, h_yn = self._predict_cached(bb, name)
+        finally:
+            if states is not None:
+                bb.states = None
         f_yn = yes_no(bb, full)
         unseen = answer_losses(h_yn, self.holdout_labels) if self.nonmembers == "holdout" else answer_losses(yn, self.test_labels)
         self.losses[name] = (answer_losses(f_yn, self.forget_labels), unseen)

@@ -10,6 +10,7 @@ import torch
 from e2urec_fast.errors import UserError
 from e2urec_fast.evaluate import predict_logits
 from e2urec_fast.methods import e2urec
+from e2urec_fast.methods import states as states_mod
 from e2urec_fast.models.boundary import BoundaryTable, build_table, check_scope, from_states, parse_scope, target_modules
 from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, lora_modules, save_adapter
 from e2urec_fast.models.scoring import answer_logits, lm_loss, yes_no_rows
@@ -223,13 +224,13 @@ def test_evaluation_from_the_cached_boundary_and_its_store(tmp_path, monkeypatch
     assert set(prep.index("test").tolist()) <= set(held.tolist())
     assert not set(held.tolist()) & set(prep.index("forget_all").tolist())
     rows_built = []
-    real = e2urec.build_table
+    real = states_mod.build_table
 
     def counting(bb_, model, seqs, idx, *a, **k):
         rows_built.extend(idx.tolist())
         return real(bb_, model, seqs, idx, *a, **k)
 
-    monkeypatch.setattr(e2urec, "build_table", counting)
+    monkeypatch.setattr(states_mod, "build_table", counting)
     bb2, _ = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast", store=store)
     m3, _ = Evaluator(job)(bb2, "E2URec")
     # the next run on the same Original builds D_f's states only: D_r's and test's come from the store
@@ -282,3 +283,28 @@ def test_frozen_fingerprint_follows_the_encoder_only(tmp_path):
         b.model.get_encoder().block[0].layer[0].SelfAttention.v.weight.add_(0.01)
     assert frozen_fingerprint(a, scope) != frozen_fingerprint(b, scope)
     assert frozen_fingerprint(a, parse_scope("all")) == a.fingerprint()
+
+
+def test_the_original_is_evaluated_from_its_states_and_hands_d_f_to_the_student(tmp_path, monkeypatch):
+    """A request on the cached boundary evaluates the Original from its frozen states (its full
+    forward's logits), building D_f's once into the output's cache, where the student's
+    boundary stage reads them back instead of building them again."""
+    from e2urec_fast.evaluate import Evaluator
+    from e2urec_fast.methods.states import state_source
+
+    job = tiny_job(tmp_path, n_users=16, per_user=10)
+    orig, store, local = job.fresh(), tmp_path / "store", job.out / "cache" / "boundary.safetensors"
+    args = cfg(student_steps=4, forget_epochs=1, quiet=True, lora_scope="decoder", aug_mode="lora")
+    ev = Evaluator(job)
+    m_full, f_full = ev(orig, "Original")
+    m_st, f_st = ev(orig, "Original", states=state_source(job, orig, parse_scope("decoder"), args, store, local=local))
+    assert orig.states is None  # for that evaluation only
+    assert torch.allclose(f_full, f_st, atol=1e-5) and abs(m_full["auc"] - m_st["auc"]) < 1e-6
+    assert local.is_file() and len(list((store / "boundary").glob("*.safetensors"))) == 1  # D_f local, test in the store
+    rows_built = []
+    real = states_mod.build_table
+    monkeypatch.setattr(states_mod, "build_table", lambda bb_, model, seqs, idx, *a, **k: rows_built.extend(idx.tolist())
+                        or real(bb_, model, seqs, idx, *a, **k))
+    _, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast", store=store)
+    assert not set(rows_built) & set(job.prepared.index("forget_all").tolist())  # D_f read back, not built
+    assert info["teacher_cache"]["boundary"]["rows"] > 0 and not local.exists()  # D_f's states go with the run

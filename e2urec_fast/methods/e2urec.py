@@ -40,12 +40,9 @@ from ..evaluate import predict_logits
 from ..files import load_safetensors, save_safetensors_atomic
 from ..models.backbone import Backbone
 from ..models.boundary import (
-    BoundarySource,
     Scope,
     aug_is_lora,
-    build_table,
     check_scope,
-    frozen_fingerprint,
     parse_scope,
     resolve_scope,
     scope_conflicts,
@@ -60,6 +57,7 @@ from ..teachers import cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, Schedule, finetune, n_params, schedule, sized_steps, student_batches, visited
 from .losses import LiveRows, combine, fast_terms, reference_terms
+from .states import state_source, state_store
 
 __all__ = ["combine", "fast_terms", "reference_terms", "schedule", "student_batches", "unlearn", "make_augmented", "run_key"]
 
@@ -153,32 +151,19 @@ def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, store=None):
         return None, None, None, None, None
     t0, prep = time.perf_counter(), job.prepared
     gone = prep.index("forget_all")  # every forgotten user's rows: never in the store
-    bfp = dict(orig=frozen_fingerprint(orig, p.scope), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
-               scope=str(p.scope), family=orig.family, prefix=orig.prefix.tolist()) | cache_tag(job.dtype)
     n_total, rebuild = len(prep.labels), not cfg.speed.no_cache_rebuild
-    name = hashlib.sha256(json.dumps(bfp, sort_keys=True).encode()).hexdigest()[:16]
-    path = None if store is None else Path(store) / "boundary" / f"{name}.safetensors"
-
-    def build(idx):
-        return build_table(orig, orig.model, job.seqs, idx, p.scope, n_total, job.eval_batch_size, job.device,
-                           dtype=torch.bfloat16 if job.dtype == "bf16" else None, max_gib=cfg.speed.boundary_max_gib,
-                           desc=None if not job.progress else "boundary cache")
-
+    path, bfp, build = state_store(job, orig, p.scope, cfg, store)
     private = torch.unique(torch.cat([p.f_idx] + ([prep.index("forget")] if p.aug_lora else [])))
     table, got = shared_boundary(path, p.cache_dir / "boundary.safetensors", bfp, build, torch.unique(p.r_idx), private, gone, n_total,
                                  rebuild, job.device)
     info = dict(got, scope=str(p.scope), rows=len(table.idx), bytes=table.nbytes(), seconds=time.perf_counter() - t0,
                 store=str(path) if path else None)
 
-    def fetch(idx):  # the evaluation's rows (test, D_h: through the store; D_f: built)
-        dropped = torch.isin(idx, gone)
-        return shared_boundary(path, None, bfp, build, idx[~dropped], idx[dropped], gone, n_total, rebuild, job.device)[0]
-
     aug_targets = aug_bd = None
     if p.aug_lora:  # the augmented model's adapter above the same boundary, so its D_f states are these
         aug_targets = target_modules(orig, p.scope, DEFAULT_TARGETS[orig.family])
         aug_bd = (table, p.scope) if orig.family != "causal" else None  # a causal LM loss reads the target's own states
-    return (table, p.scope), info, aug_targets, aug_bd, BoundarySource(table, p.scope, fetch, n_total)
+    return (table, p.scope), info, aug_targets, aug_bd, state_source(job, orig, p.scope, cfg, store, table=table)
 
 
 def augment_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, aug, targets, train_bd) -> tuple[Backbone | None, float]:
