@@ -141,12 +141,18 @@ class Backbone:
 
     def fingerprint(self) -> str:
         """Hash of the weights and tokenizer (for caches keyed by the model)."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes())
-        h.update(json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode())
-        return h.hexdigest()[:16]
+        return weights_hash(self.model, json.dumps(self.tokenizer.get_vocab(), sort_keys=True))
+
+
+def weights_hash(module: torch.nn.Module, *extra: str) -> str:
+    """16 hex digits of sha256 over a module's weights (sorted by name), then `extra`."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    for e in extra:
+        h.update(e.encode())
+    return h.hexdigest()[:16]
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, family: str):

@@ -71,17 +71,13 @@ def frozen_fingerprint(bb: Backbone, scope: Scope) -> str:
     model it came from, i.e. every request of a chain. `top:K`: the whole model's fingerprint."""
     if scope.kind != "decoder":
         return bb.fingerprint()
-    import hashlib
     import json
 
-    h = hashlib.sha256()
-    for k, v in sorted(bb.model.get_encoder().state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes())
+    from .backbone import weights_hash
+
     conf = {k: v for k, v in bb.model.config.to_dict().items() if k not in META_KEYS}
-    h.update(json.dumps(conf, sort_keys=True, default=str).encode())
-    h.update(json.dumps(bb.tokenizer.get_vocab(), sort_keys=True).encode())
-    return "enc-" + h.hexdigest()[:16]
+    return "enc-" + weights_hash(bb.model.get_encoder(), json.dumps(conf, sort_keys=True, default=str),
+                                 json.dumps(bb.tokenizer.get_vocab(), sort_keys=True))
 
 
 def resolve_scope(cfg, family: str, impl: str = "fast") -> Scope:
