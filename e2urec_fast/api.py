@@ -20,6 +20,7 @@ resolve models, references (Original, Retrain), methods (methods/registry.py), a
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,20 @@ from . import dist
 from .checks import Plan, check, needs_retrain
 from .config import Config, from_fields, max_samples, replace_fields, split_seed
 from .errors import UserError
-from .files import clean_created, finish_work, out_lock, snapshot
+from .files import clean_created, finish_work, out_lock, snapshot, sweep_temporaries
 from .progress import job_stages, log
 from .result import ForgetResult
 
 __all__ = ["ForgetResult", "forget", "run", "run_guarded"]
 
+# Jobs in one process run one at a time: torch's thread count, transformers' loading (which
+# patches global initialisation) and the native op's build are process-wide. Calls in threads
+# on different OUTs wait here and give what sequential calls give; on the same OUT the second
+# is refused by out_lock before it waits.
+_ONE_JOB = threading.Lock()
 
-def forget(out: str | os.PathLike | None = None, config: Config | None = None, **fields) -> ForgetResult:
+
+def forget(out: str | os.PathLike | None = None, config: Config | str | None = None, **fields) -> ForgetResult:
     """Run one job; `fields` replace those of `config` (default: the default preset, or the one
     named by `preset=`; see config.from_fields). Raises UserError on bad input."""
     return run_guarded(from_fields(config, **fields, **({"out": str(out)} if out is not None else {})))
@@ -50,7 +57,9 @@ def run_guarded(cfg: Config) -> ForgetResult:
     transformers.utils.logging.disable_progress_bar()
     out = Path(cfg.run.out)
     snap = snapshot(out)
-    with out_lock(out):  # a second run on a busy OUT is refused here, before it could clean anything
+    with out_lock(out), _ONE_JOB:  # a second run on a busy OUT is refused here, before it could clean anything
+        for p in sweep_temporaries(out, ours=True) + sweep_temporaries(Path(os.path.expanduser(cfg.data.cache_dir)), ours=False):
+            log(f"removed {p}: a temporary an interrupted run left (it may hold rows of a D_f)")
         try:
             dist.check_launch(cfg)
             return run(cfg) if cfg.bench.seeds is None else _run_seeds(cfg)
@@ -139,7 +148,7 @@ def _stages(cfg: Config, plan: Plan, key: str = "") -> ForgetResult:
 def prepare_stage(st: State) -> None:
     """The prepared data (cached), the request's D_f and the lineage of earlier requests."""
     from .data import prepare
-    from .request import apply_holdout, apply_request, lineage_of, resolve_users
+    from .request import apply_holdout, apply_request, earlier_forgotten, lineage_of, resolve_users
 
     cfg, users = st.cfg, st.plan.users
     st.lineage, st.model_dir, st.prev_rep = lineage_of(cfg)
@@ -155,7 +164,7 @@ def prepare_stage(st: State) -> None:
     if users is not None:
         st.plan.users = users = resolve_users(st.prep, cfg.data.dataset, users)
         held = resolve_users(st.prep, cfg.data.dataset, st.plan.holdout or [], "--holdout-users")
-        apply_request(st.prep, cfg.data.dataset, users, {x for r in st.history for x in r.get("users_sha256", [])})
+        apply_request(st.prep, cfg.data.dataset, users, earlier_forgotten(st.lineage, cfg.data.dataset))
         apply_holdout(st.prep, cfg.data.dataset, held)  # the split's holdout: its tokenizer corpus only
     c = st.prep.manifest["counts"]
     st.stage(f"data {cfg.data.dataset}: {c['samples_after_filter']} samples after the history filter, using the last {c['samples']}: "
@@ -315,7 +324,7 @@ def report_stage(st: State, aud: dict) -> ForgetResult:
     from .methods.common import n_params
     from .models.export import merged_backbone, save_hf_folder
     from .report import env_info, markdown_table, settings_of, write_report
-    from .request import new_lineage, user_hash
+    from .request import new_lineage
 
     cfg, out, prep = st.cfg, st.out, st.prep
     lin = new_lineage(cfg, prep, st.lineage, st.history, st.plan.users, st.orig.folder, out)
@@ -328,8 +337,8 @@ def report_stage(st: State, aud: dict) -> ForgetResult:
         settings_key=st.settings_key,  # a single run into OUT/seed-N is a finished seed of a --seeds run with these settings
         backbone_params=n_params(st.job.backbone().model, False),
         counts=prep.manifest["counts"],
-        # which users were forgotten (this request and every earlier one), hashed, never in clear
-        forgotten_users_sha256=sorted(user_hash(cfg.data.dataset, u) for u in prep.users[prep.index("forget_all")].unique().tolist()),
+        # how many users were forgotten (this request and every earlier one); who: only the operator's record (request.py)
+        forgotten_users=len(prep.users[prep.index("forget_all")].unique()),
         audit=dict(reference=aud["reference"], members="D_f (every request so far)", nonmembers=NONMEMBERS[aud["nonmembers"]],
                    nonmember_kind=aud["nonmembers"], models=aud["models"]), scenario=prep.manifest.get("scenario"),
         # what was handed out, and every deletion request served so far (users hashed)

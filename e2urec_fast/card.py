@@ -1,6 +1,6 @@
 """Model cards: the README.md of each folder we hand out (adapter/, merged/), in Hugging
 Face's format (YAML front matter: base_model, library_name, tags), saying what was
-forgotten (counts and hashed users, dates), the request history, the test metrics, the
+forgotten (counts and dates, never the users), the request history, the test metrics, the
 audit, and the command that made it.
 
 `COMMAND` is set by the command line (unlearn.main); through the Python API the card says so.
@@ -41,8 +41,8 @@ def model_card(kind: str, base_model: str, family: str, report: dict, audit_md: 
         n = last["n_users"]
         forgot = (f"This request forgot **{n} user{'s' if n != 1 else ''}** ({last['forget_samples']} train samples), served "
                   f"{last.get('date', '?')}; with the earlier requests on this model's line, "
-                  f"{len(report.get('forgotten_users_sha256', []))} users in all. Users are recorded only as SHA-256 "
-                  "hashes of `dataset:id` (`e2urec.json`, report.json's `forgotten_users_sha256`), never in clear.")
+                  f"{report.get('forgotten_users', '?')} users in all. Who they are is recorded nowhere in this folder, "
+                  "nor in the report: only in the operator's private record beside the request's outputs.")
         hist = ["| # | date | users | D_f samples | D_r samples |", "|---|---|---|---|---|"]
         hist += [f"| {i} | {r.get('date', '?')} | {r.get('n_users', '?')} | {r.get('forget_samples', '?')} | "
                  f"{r.get('retain_samples', '?')} |" for i, r in enumerate(reqs, 1)]
@@ -50,7 +50,7 @@ def model_card(kind: str, base_model: str, family: str, report: dict, audit_md: 
     else:
         forgot = (f"A benchmark split: **{c.get('forget_users')} users** of {c.get('train_users')} "
                   f"({c.get('forget')} train samples, scenario `{report.get('settings', {}).get('scenario', 'random')}`) "
-                  "forgotten; users recorded only as SHA-256 hashes (report.json's `forgotten_users_sha256`).")
+                  "forgotten; the users are named nowhere in this folder nor in the report.")
         history = "No deletion request before this one (a benchmark run)."
     rows = [r for r in report["rows"] if r["method"] in SHOWN]
     auto = AUTO.get(family, "AutoModel")

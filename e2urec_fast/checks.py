@@ -62,7 +62,8 @@ def _check_scope(cfg: Config) -> None:
         return
     scope = parse_scope(cfg.student.lora_scope)  # its fit to the backbone's family: here for presets, at load time otherwise
     name = cfg.backbone_name
-    fam = PRESETS[name].family if name in PRESETS else None
+    given = cfg.run.backbone is None and (cfg.request.original is not None or cfg.request.previous is not None)
+    fam = PRESETS[name].family if name in PRESETS and not given else None  # a given Original's family: checked at load
     if fam and ((scope.kind == "decoder") != (fam in ENC_DEC)) and scope.cached:
         raise UserError(f"--lora-scope {scope}: the {name} preset is a {fam} model; "
                         + ("use decoder" if fam in ENC_DEC else "use top:K (decoder is for t5 and bart)"))
@@ -119,6 +120,12 @@ def _check_paths(cfg: Config, methods: list[str]) -> None:
     from .models.backbone import FETCHED, PRESETS, check_model_folder, probe_model_folder
 
     r = cfg.request
+    if cfg.data.data_dir is not None:
+        d = Path(cfg.data.data_dir)
+        if not d.exists():
+            raise fail(d, "--data-dir: data folder not found")
+        if not (d.is_dir() or d.is_file()):
+            raise fail(d, "--data-dir is neither a folder nor a file (a device or a socket?)")
     writable_dir(Path(os.path.expanduser(cfg.data.cache_dir)), "--cache-dir")
     writable_dir(Path(cfg.run.out), "--out")
     if r.previous is not None and r.original is not None:
@@ -155,13 +162,42 @@ def _check_overlap(cfg: Config) -> None:
              ("--data-dir", cfg.data.data_dir)]
     if cfg.run.backbone is not None and Path(cfg.run.backbone).exists():
         owned.append(("--backbone", cfg.run.backbone))
+    for flag, spec in (("--forget-users", r.forget_users), ("--holdout-users", r.holdout_users)):
+        if spec is not None and str(spec).startswith("@"):
+            owned.append((flag, str(spec)[1:]))
+    owned += _lineage_folders(cfg)
     for flag, p in owned:
         if p is None:
             continue
         q = Path(p).resolve()
-        if q == out or q.is_relative_to(out) or (out.is_relative_to(q) and flag != "--previous"):
+        if q == out or q.is_relative_to(out) or out.is_relative_to(q):
             raise UserError(f"--out {cfg.run.out} and {flag} {p} overlap: the run would write into (or over) a folder it reads; "
                             "give --out a folder of its own")
+
+
+def _lineage_folders(cfg: Config) -> list[tuple[str, str]]:
+    """What a request reads through its history: the first Original (every later request's
+    remembering teacher), the previous request's model, adapter and merged folder. Also checks,
+    before any work, that the history is readable and its record of forgotten users is there."""
+    from .request import earlier_forgotten, lineage_of
+
+    r = cfg.request
+    if r.previous is None and r.original is None:
+        return []
+    lineage, model_dir, prev = lineage_of(cfg)
+    earlier_forgotten(lineage, cfg.data.dataset)  # a missing or foreign record: refused here, not after the work
+    found = [("the first Original of this model's history", lineage.get("root_original"))]
+    if prev is not None:
+        req = prev.get("request") or {}
+        if not req.get("adapter") and not req.get("merged"):
+            raise fail(Path(r.previous) / "report.json", "--previous: this output handed out no adapter (a benchmark without "
+                                                         "E2URec?); give the output of a deletion request")
+        if model_dir is None and not (Path(str(req.get("original"))) / "config.json").is_file():
+            raise fail(Path(str(req.get("original"))), f"--previous {r.previous}: the model its adapter applies to is gone "
+                                                       "(moved or deleted); restore it, or give --original OUT1/merged")
+        found += [("--previous's Original", req.get("original")), ("--previous's adapter", req.get("adapter")),
+                  ("--previous's merged model", req.get("merged"))]
+    return [(f, p) for f, p in found if p]
 
 
 def writable_dir(path: Path, flag: str) -> None:

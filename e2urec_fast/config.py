@@ -156,7 +156,7 @@ class StudentConfig:
                                 "least 20 joint steps, --student-steps at most; auto: sized for a deletion request, fixed for "
                                 "the benchmark (its tables were measured so)", choices=("auto", "fixed", "sized"))
     joint_epochs: int = opt(1, "--student-schedule sized: epochs of joint steps over D_f", lo=1)
-    lora_r: int = opt(16, "LoRA rank", lo=1)
+    lora_r: int = opt(16, "LoRA rank", lo=1, hi=4096)
     lora_alpha: float = opt(32.0, "LoRA alpha (scaling alpha/r)", lo=0.0, lo_open=True)
     lora_dropout: float = opt(0.05, "LoRA dropout", lo=0.0, hi=1.0, hi_open=True)
     aug_lr: float = opt(1e-4, "learning rate of the augmented model (Original fine-tuned on D_f)", lo=0.0, lo_open=True, hi=1.0)
@@ -343,8 +343,14 @@ def from_fields(base: Config | None = None, **fields) -> Config:
     and fields by name, as `forget(**fields)` and the command line give them: `forget_users`
     may be a list, `authors_settings=True` means `preset="authors"`, `no_batch_fusion=True`
     means `batch_fusion="off"`; `seed` beside `seeds` is refused."""
-    if isinstance(fields.get("forget_users"), (list, tuple, set)):
-        fields["forget_users"] = ",".join(str(u) for u in fields["forget_users"])
+    if isinstance(base, str):  # forget(config="authors"): a preset by name
+        base, fields["preset"] = None, base
+    for k in ("forget_users", "holdout_users"):
+        if isinstance(fields.get(k), (list, tuple, set)):
+            fields[k] = ",".join(str(u) for u in fields[k])
+    for k, v in fields.items():  # paths as pathlib.Path (or any os.PathLike), as text
+        if isinstance(v, os.PathLike):
+            fields[k] = os.fspath(v)
     if fields.pop("authors_settings", False):
         fields.setdefault("preset", "authors")
     if fields.pop("no_batch_fusion", False):
@@ -385,6 +391,8 @@ def check_fields(cfg: Config) -> None:
             continue
         if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
             raise UserError(f"{flag} must be an integer, got {v!r}")
+        if kind is int and not -(2**31) <= v < 2**31:  # seeds, counts, steps: numpy's and torch's generators take 32 bits
+            raise UserError(f"{flag} must be below 2**31 in size, got {v}")
         if kind is float:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise UserError(f"{flag} must be a number, got {v!r}")

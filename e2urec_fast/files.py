@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from . import dist
@@ -49,7 +50,7 @@ def atomic_path(path: str | os.PathLike):
             shutil.rmtree(scratch, ignore_errors=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -128,7 +129,7 @@ def staged_dir(final: str | os.PathLike):
             shutil.rmtree(scratch, ignore_errors=True)
         return
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}-", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: a model server under another account could not read the folder
@@ -170,6 +171,34 @@ _OUR_STATE = re.compile(r".*-[0-9a-f]{16}\.safetensors$|^\..*\.tmp$")  # resumab
 
 
 LOCK = ".e2urec.lock"
+# a temporary of ours: `.<name>.<pid>-<8 random>` (+ `.tmp` for a file), from atomic_path/staged_dir;
+# before the pid was in the name: `.<name>.<8 random>[.tmp]`
+_TEMP = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]{8}(\.tmp)?$")
+_OLD_TEMP = re.compile(r"^\.(merged|original|adapter|.+\.safetensors|.+\.json|report\.\w+)\.[A-Za-z0-9_]{8}(\.tmp)?$")
+
+
+def sweep_temporaries(root: Path, ours: bool) -> list[Path]:
+    """Remove the temporaries that a killed run left under `root` (a staged `.merged.*` folder,
+    a half-written `.boundary.safetensors.*.tmp`: they can hold D_f rows). Under an output
+    folder this run holds the lock of (`ours`), every temporary of ours is stale; under a
+    shared folder (the cache) only those whose writer's pid is gone. Returns what went."""
+    gone = []
+    if not dist.is_main() or not root.is_dir():
+        return gone
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            m = _TEMP.match(name)
+            if m:
+                pid = int(m.group(1))
+                stale = pid != os.getpid() and (ours or not _alive(pid))
+            else:
+                stale = ours and _OLD_TEMP.match(name) is not None
+            if stale:
+                p = Path(dirpath) / name
+                _remove(p)
+                gone.append(p)
+        dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).exists()]
+    return gone
 
 
 def _alive(pid: int) -> bool:
@@ -182,15 +211,42 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_HELD: set[str] = set()  # the output folders this process's threads hold
+_HELD_GUARD = threading.Lock()
+
+
+def _busy(out: Path, who: str) -> UserError:
+    return UserError(f"{out}: another run ({who}) is writing this output folder; wait for it to finish, or give another "
+                     f"--out (if no run is writing it, remove {out / LOCK})")
+
+
 @contextlib.contextmanager
 def out_lock(out: Path):
     """One run at a time per output folder: `OUT/.e2urec.lock` holds the writer's pid, taken
-    with O_EXCL; a lock whose process is gone is taken over. Under torchrun rank 0 holds it for
-    all ranks. A folder we cannot create is left to the checks (they name the problem)."""
+    with O_EXCL; a lock whose process is gone is taken over. Within one process the folders
+    held are kept in a set, so a second thread on the same OUT is refused too. Under torchrun
+    rank 0 holds it for all ranks. A folder we cannot create is left to the checks (they name
+    the problem)."""
     if os.environ.get("RANK", "0") != "0":
         yield
         return
+    key = str(out.resolve())
+    with _HELD_GUARD:
+        if key in _HELD:
+            raise _busy(out, "another thread of this process")
+        _HELD.add(key)
     try:
+        with _file_lock(out):
+            yield
+    finally:
+        with _HELD_GUARD:
+            _HELD.discard(key)
+
+
+@contextlib.contextmanager
+def _file_lock(out: Path):
+    try:
+        parents = _created_parents(out)
         out.mkdir(parents=True, exist_ok=True)
     except OSError:
         yield
@@ -205,8 +261,7 @@ def out_lock(out: Path):
             except (OSError, ValueError):
                 pid = 0
             if pid and pid != os.getpid() and _alive(pid):
-                raise UserError(f"{out}: another run (pid {pid}) is writing this output folder; wait for it to finish, or "
-                                f"give another --out (a stale {LOCK} of a dead run is taken over)") from None
+                raise _busy(out, f"pid {pid}") from None
             lock.unlink(missing_ok=True)  # stale: its run is gone
             continue
         with os.fdopen(fd, "w") as f:
@@ -218,6 +273,19 @@ def out_lock(out: Path):
         with contextlib.suppress(OSError):
             if lock.read_text().strip() == me:
                 lock.unlink()
+        for p in parents:  # the folders above OUT that this run created, when nothing else came into them
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def _created_parents(out: Path) -> list[Path]:
+    """The folders above `out` that do not exist yet (deepest first): a run that ends with
+    OUT removed removes them too."""
+    made, p = [], out.parent
+    while not p.exists() and p.parent != p:
+        made.append(p)
+        p = p.parent
+    return made
 
 
 def snapshot(out: Path):

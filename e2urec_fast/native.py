@@ -5,8 +5,10 @@ torch.utils.cpp_extension.load builds each source once (about 30 s) into the tor
 extensions cache, in a folder named by the source's hash, the flags and the torch version
 (two checkouts never rebuild each other's); a build lock left by a killed build is waited
 on for at most E2UREC_NATIVE_LOCK_TIMEOUT seconds (300), then the op falls back with one
-warning instead of hanging. Later imports reuse the build. Without a compiler (nvcc for the CUDA one), or
-with E2UREC_NO_NATIVE=1, `available()` is False and ops.teacher_kl falls back to another
+warning instead of hanging; a lock whose builder was one of our processes, now gone
+(`e2urec.owner` beside it names the pid), is removed at once and the op built again.
+Later imports reuse the build. Without a compiler (nvcc for the CUDA one), or with
+E2UREC_NO_NATIVE=1, `available()` is False and ops.teacher_kl falls back to another
 backend with a warning.
 """
 
@@ -44,13 +46,39 @@ def build_name(base: str, source: Path, flags: dict) -> str:
     return f"{base}_{h.hexdigest()[:12]}"
 
 
+OWNER = "e2urec.owner"  # beside torch's build lock: the pid of our process that builds (torch's lock names none)
+
+
+def _owner_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _wait_for_lock(build_dir: Path, what: str) -> str | None:
     """torch's build lock: another process is building, or a killed build left it behind.
     Wait at most E2UREC_NATIVE_LOCK_TIMEOUT seconds (default 300), then give up (None: go on)."""
-    lock = build_dir / "lock"
+    lock, owner = build_dir / "lock", build_dir / OWNER
     limit = float(os.environ.get("E2UREC_NATIVE_LOCK_TIMEOUT", "300"))
     t0 = time.monotonic()
     while lock.exists():
+        pid = _owner_pid(owner)
+        if pid is not None and not _alive(pid):  # our build was killed (SIGTERM, SIGKILL) holding torch's lock
+            warnings.warn(f"{lock}: left by a killed build (pid {pid}); removed, building again", stacklevel=3)
+            lock.unlink(missing_ok=True)
+            owner.unlink(missing_ok=True)
+            break
         if time.monotonic() - t0 >= limit:
             return (f"{lock} is still held after {limit:.0f} s (another build running, or a killed build left it: delete the "
                     f"file to rebuild)")
@@ -70,10 +98,17 @@ def _build(missing: str | None, name: str, source: str, what: str, **flags):
 
         src = _source(source)
         name = build_name(name, src, flags)
-        stuck = _wait_for_lock(Path(_get_build_directory(name, False)), what)
+        bdir = Path(_get_build_directory(name, False))
+        stuck = _wait_for_lock(bdir, what)
         if stuck:
             raise TimeoutError(stuck)
-        return _load(name=name, sources=[str(src)], verbose=False, **flags), None
+        bdir.mkdir(parents=True, exist_ok=True)
+        (bdir / OWNER).write_text(str(os.getpid()))
+        try:
+            return _load(name=name, sources=[str(src)], verbose=False, **flags), None
+        finally:
+            if _owner_pid(bdir / OWNER) == os.getpid():
+                (bdir / OWNER).unlink(missing_ok=True)
     except Exception as e:  # a failed build falls back to another backend
         why = f"{type(e).__name__}: {str(e)[:300]}"
         warnings.warn(f"native {what} teacher_kl op could not be built ({why}); using another backend", stacklevel=3)

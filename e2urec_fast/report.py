@@ -297,8 +297,12 @@ def settings_of(cfg, methods: list[str], backbone_dir, lr: float) -> dict:
     """A report's settings: the config's own fields, with the defaults this run resolved (the
     methods, the backbone, the full fine-tunes' learning rate `lr`, ...)."""
     from .config import max_samples, split_seed
+    from .request import _count_of
 
     flat = {k: v for k, v in cfg.flat().items() if k != "out"}
+    for k in ("forget_users", "holdout_users"):  # who asked to be forgotten is the operator's record only (request.py)
+        if flat.get(k) is not None:
+            flat[k] = _count_of(flat[k])
     request = cfg.is_request
     return flat | dict(backbone=cfg.run.backbone or ("tiny" if not request else Path(backbone_dir).name),
                        backbone_dir=str(backbone_dir), max_samples=max_samples(cfg), split_seed=split_seed(cfg),

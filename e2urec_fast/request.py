@@ -1,7 +1,12 @@
 """A deletion request: D_f made exactly the named users' train samples, and the request
 history (lineage) that travels with every model handed out.
 
-Users are recorded hashed (`user_hash`), never in clear. The lineage names the first
+Who was forgotten is the operator's secret. The lineage (in report.json and in every model
+folder handed out) carries counts, sample counts and dates, never an id nor a digest of one
+(a hash of a small id space is reversed by hashing every id). The ids live only in the
+operator's record, `OUT/private/forgotten_users.json` (0600, outside every model folder),
+cumulative over the chain: the next request reads it (the lineage names its path) to refuse a
+user twice and to keep every earlier forgotten user out of D_r. The lineage names the first
 Original (the remembering teacher of every later request), its D_r teacher cache, the
 prepared data's hash and every request served so far.
 """
@@ -16,9 +21,87 @@ from .config import Config
 from .errors import UserError, fail
 from .files import read_json_object
 
+RECORD = Path("private") / "forgotten_users.json"
+
 
 def user_hash(dataset: str, user) -> str:
+    """The plain digest earlier versions wrote into the lineage (`users_sha256`): read, to honour
+    those histories, never written."""
     return hashlib.sha256(f"{dataset}:{user}".encode()).hexdigest()
+
+
+def earlier_forgotten(lineage: dict, dataset: str) -> tuple[set[str], set[str]]:
+    """(ids forgotten by earlier requests, as the data set names them, from the operator's
+    record; plain digests of a history written before the record existed)."""
+    legacy = {h for r in lineage.get("requests", []) for h in r.get("users_sha256", []) or []}
+    n_before = sum(int(r.get("n_users") or 0) for r in lineage.get("requests", []))
+    rec = lineage.get("record")
+    if not rec:
+        if n_before and not legacy:
+            raise UserError(f"the model's request history counts {n_before} forgotten user(s) but names no record of who they "
+                            "are; start from the folder of the request that made it (--previous)")
+        return set(), legacy
+    rec = Path(rec)
+    if not rec.is_file():
+        raise fail(rec, f"the operator's record of the {n_before} user(s) forgotten before is missing (it keeps them out of "
+                        "D_r and refuses them twice); restore it from your backup")
+    obj = read_json_object(rec, "unreadable record of forgotten users")
+    users, old = obj.get("users"), obj.get("legacy_sha256") or []
+    legacy |= set(old) if isinstance(old, list) else set()
+    if obj.get("dataset") != dataset or not isinstance(users, list) or len(users) + len(legacy) < n_before:
+        raise fail(rec, f"not the record of this model's requests (dataset {obj.get('dataset')!r}, {len(users or [])} users; "
+                        f"the history counts {n_before} on {dataset})")
+    return {str(u) for u in users}, legacy
+
+
+def write_record(out: Path, dataset: str, before: set[str], names: list[str], legacy: set[str] = frozenset()) -> Path:
+    """The operator's record: every user forgotten on this model's line, in clear, readable by
+    the owner only (the folder 0700, the file 0600)."""
+    import json
+    import os
+
+    from .files import atomic_path
+
+    path = out / RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    body = dict(note="PRIVATE: who asked to be forgotten. Keep it with the operator; never ship it with a model.",
+                dataset=dataset, users=sorted(before) + [n for n in names if n not in before],
+                this_request=list(names), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if legacy:  # users of a history written before this record existed: only their plain digests are known
+        body["legacy_sha256"] = sorted(legacy)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o600)
+    os.chmod(path, 0o600)
+    return path
+
+
+def redact_users(argv: list[str]) -> list[str]:
+    """The command line with the ids of --forget-users/--holdout-users replaced by a count
+    (what the model cards and reports echo)."""
+    out, i = [], 0
+    flags = ("--forget-users", "--holdout-users")
+    while i < len(argv):
+        a = argv[i]
+        flag, val = (a.split("=", 1) + [None])[:2] if a.startswith(flags) and "=" in a else (a, None)
+        if flag in flags:
+            if val is None and i + 1 < len(argv):
+                i += 1
+                val = argv[i]
+            out += [flag, _count_of(val)]
+        else:
+            out.append(a)
+        i += 1
+    return out
+
+
+def _count_of(spec) -> str:
+    spec = "" if spec is None else str(spec)
+    if spec.startswith("@"):
+        return "<ids from a file>"
+    n = len([t for t in spec.split(",") if t.strip()])
+    return f"<{n} user{'s' if n != 1 else ''}>"
 
 
 def resolve_users(prep, dataset: str, tokens: list, flag: str = "--forget-users") -> list[int]:
@@ -36,15 +119,22 @@ def resolve_users(prep, dataset: str, tokens: list, flag: str = "--forget-users"
     return [int(t) for t in tokens]
 
 
+def names_of(prep, users) -> list[str]:
+    """Users as the data set names them (string ids), as the operator's record keeps them."""
+    names = {c: n for n, c in prep.user_codes.items()} if prep.user_codes is not None else {}
+    return [str(names.get(u, u)) for u in users]
+
+
 def shown(prep, users) -> str:
     """Users as the data set names them (UCSD GoodReads: its string ids), for messages."""
     names = {c: n for n, c in prep.user_codes.items()} if prep.user_codes is not None else {}
     return ", ".join(names.get(u, str(u)) for u in users)
 
 
-def apply_request(prep, dataset: str, users: list[int], forgotten: set[str]) -> dict:
-    """Make D_f exactly `users`' train samples; users forgotten by earlier requests (their
-    hashes in `forgotten`) leave D_r too. Errors name the offending ids."""
+def apply_request(prep, dataset: str, users: list[int], forgotten: tuple[set[str], set[str]]) -> dict:
+    """Make D_f exactly `users`' train samples; users forgotten by earlier requests (their ids,
+    or a legacy history's plain digests, in `forgotten`: earlier_forgotten) leave D_r too.
+    Errors name the offending ids."""
     import torch
 
     from .data.prepare import SPLIT_TRAIN
@@ -60,10 +150,15 @@ def apply_request(prep, dataset: str, users: list[int], forgotten: set[str]) -> 
     if no_train:
         raise UserError(f"--forget-users: user id(s) {shown(prep, no_train)} have no train samples (only valid/test), "
                         "nothing to forget")
-    again = [u for u in users if user_hash(dataset, u) in forgotten]
+    names, legacy = forgotten
+
+    def gone(u) -> bool:
+        return names_of(prep, [u])[0] in names or (bool(legacy) and user_hash(dataset, u) in legacy)
+
+    again = [u for u in users if gone(u)]
     if again:
         raise UserError(f"--forget-users: user id(s) {shown(prep, again)} were already forgotten by an earlier request")
-    prev = [u for u in in_train if user_hash(dataset, u) in forgotten]
+    prev = [u for u in in_train if gone(u)]
     req = torch.tensor(users)
     prep.forget = tr & torch.isin(prep.users, req)
     prep.excluded = (tr & torch.isin(prep.users, torch.tensor(prev, dtype=torch.long))) if prev else None
@@ -117,16 +212,19 @@ def lineage_of(cfg: Config) -> tuple[dict, Path | None, dict | None]:
 
 
 def new_lineage(cfg: Config, prep, lineage: dict, history: list, users, orig_folder: Path, out: Path) -> dict:
-    """The lineage after this run: the earlier one plus this request (users hashed)."""
-    this = None
+    """The lineage after this run: the earlier one plus this request (counts, no ids); a request
+    writes the operator's record of every user forgotten so far and names its path."""
+    this, record = None, lineage.get("record")
     if users is not None:
         c = prep.manifest["counts"]
-        this = dict(n_users=len(users), users_sha256=sorted(user_hash(cfg.data.dataset, u) for u in users),
-                    forget_samples=c["forget"], retain_samples=c["retain"], out=str(out.resolve()),
+        this = dict(n_users=len(users), forget_samples=c["forget"], retain_samples=c["retain"], out=str(out.resolve()),
                     date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        before, legacy = earlier_forgotten(lineage, cfg.data.dataset)
+        record = str(write_record(out, cfg.data.dataset, before, names_of(prep, users), legacy).resolve())
+    history = [{k: v for k, v in r.items() if k != "users_sha256"} for r in history]  # a legacy history's digests go
     lin = dict(dataset=cfg.data.dataset, data_hash=prep.manifest["content_hash"],
                root_original=lineage.get("root_original") or str(orig_folder), retain_cache=lineage.get("retain_cache"),
-               requests=history + ([this] if this else []))
+               record=record, requests=history + ([this] if this else []))
     if (out / "cache" / "teacher_retain.safetensors").exists():
         lin["retain_cache"] = str((out / "cache" / "teacher_retain.safetensors").resolve())
     return lin

@@ -255,7 +255,9 @@ def parse_seeds(spec: str) -> list[int]:
 
 def settings_key(cfg) -> str:
     """What decides a seed's run (not where it is written, nor how it reports progress)."""
-    flat = {k: v for k, v in sorted(cfg.flat().items()) if k not in ("out", "quiet", "threads", "seeds", "seed_axis")}
+    # not the users of a request (a digest of a few small ids is reversed by trying them; requests run no seeds)
+    flat = {k: v for k, v in sorted(cfg.flat().items())
+            if k not in ("out", "quiet", "threads", "seeds", "seed_axis", "forget_users", "holdout_users")}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import GROUPS, PRESETS, all_fields, from_fields, parse_assignments, parse_value, preset
 from .errors import EXIT_USER_ERROR, UserError
+from .request import redact_users
 
 DESCRIPTION = ("Make an LLM recommender forget the forgetting users' training data with E2URec (LoRA student, remembering and "
                "forgetting teachers) and compare it with Original and Retrain.")
@@ -58,8 +59,17 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
             groups[group].add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
         else:
             groups[group].add_argument(flag, dest=name, type=_typed(name), choices=m["choices"], metavar=m["metavar"],
-                                       default=argparse.SUPPRESS, help=text)
+                                       default=argparse.SUPPRESS, help=text, action=_Once)
     return ap
+
+
+class _Once(argparse.Action):
+    """A setting given twice is refused (argparse would keep the last value without a word)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if hasattr(namespace, self.dest):
+            raise UserError(f"{option_string} given twice ({getattr(namespace, self.dest)!r} and {values!r}); give it once")
+        setattr(namespace, self.dest, values)
 
 
 def _typed(name: str):
@@ -100,7 +110,8 @@ def main(argv=None) -> int:
         from . import card
         from .api import run_guarded
 
-        card.COMMAND = "python -m e2urec_fast.unlearn " + shlex.join(argv)  # for the model cards of what is handed out
+        # for the model cards of what is handed out: the users as a count (who asked is the operator's record only)
+        card.COMMAND = "python -m e2urec_fast.unlearn " + shlex.join(redact_users(argv))
         try:
             run_guarded(cfg)
         finally:

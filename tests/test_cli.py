@@ -55,8 +55,7 @@ def test_end_to_end_report(data, tmp_path):
     assert abs(sum(fs.values()) - rep["total_s"]) < 1e-6 and fs["student"] == e2u["stages"]["student"] and fs["other_methods"] > 0
     c = rep["counts"]
     assert c["samples"] == 200 and (c["train"], c["valid"], c["test"]) == (120, 40, 40)
-    hashes = rep["forgotten_users_sha256"]
-    assert len(hashes) == c["forget_users"] and all(len(h) == 64 for h in hashes)
+    assert rep["forgotten_users"] == c["forget_users"] > 0  # a count: who is nowhere in the report (#38)
     md = (out / "report.md").read_text()
     assert "| E2URec |" in md and "| E2URec |" in r.stdout and "**" in md and "![D_f JSD" in md
     csv_lines = (out / "report.csv").read_text().splitlines()

@@ -1,5 +1,6 @@
-"""The shape the redesign promised (#24), held: functions a reader can hold, the three
-central modules short, the library free of argparse, no import circle inside the package."""
+"""The shape the redesign promised (#24), held: functions a reader can hold, the library
+free of argparse, no import circle inside the package. No per-file line cap (#39): a file cap
+invited squeezing; the function cap and the import graph say what matters."""
 
 import ast
 import re
@@ -12,15 +13,13 @@ def _modules():
     return sorted(PKG.rglob("*.py"))
 
 
-def test_no_function_over_80_lines_and_short_central_modules():
+def test_no_function_over_80_lines():
     long = []
     for p in _modules():
         for n in ast.walk(ast.parse(p.read_text())):
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80:
                 long.append(f"{p.relative_to(PKG)}:{n.name} ({n.end_lineno - n.lineno + 1} lines)")
     assert not long, long
-    for name in ("api.py", "unlearn.py", "methods/e2urec.py"):
-        assert len((PKG / name).read_text().splitlines()) < 350, name
 
 
 def test_only_the_cli_knows_argparse():

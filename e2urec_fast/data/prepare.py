@@ -149,6 +149,18 @@ def _sha(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
+def _files_sha(paths: list[Path]) -> str:
+    """sha256 over each file's name and bytes, in order, read in 1 MiB chunks (a large
+    unrelated file in --data-dir costs time, not its size in memory)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def _source_files(dataset: str, data_dir, cache_dir) -> list[Path]:
     if dataset == "ml-100k" and data_dir is None:
         return [fetch_recbole_wheel(cache_dir)]
@@ -159,6 +171,8 @@ def _source_files(dataset: str, data_dir, cache_dir) -> list[Path]:
         raise fail(d, "data folder not found")
     if d.is_file():
         return [d]
+    if not d.is_dir():
+        raise fail(d, "--data-dir is neither a folder nor a file (a device or a socket?)")
     return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
@@ -189,7 +203,7 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
         params["shilling"] = 2  # 2: fillers drawn around their mean; the probes (data/scenarios.py)
     if any(p.name.startswith("goodreads_interactions") for p in sources):
         params["user_ids"] = "raw"  # the UCSD layout's string ids are kept (users.json)
-    src_hash = _sha(*[p.name.encode() + p.read_bytes() for p in sources])
+    src_hash = _files_sha(sources)
     key = _sha(json.dumps(params, sort_keys=True).encode(), src_hash.encode())[:16]
     folder = cache_dir / "prepared" / f"{dataset}-{key}"
     if (folder / "manifest.json").exists():

@@ -46,6 +46,25 @@ def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _cached(job: Job, path: Path):
+    """A cached fine-tune (bb, seconds, info), or None when the file is unreadable (a truncated
+    write, a full disk at the time): it is removed and the model trained again."""
+    from safetensors import safe_open
+
+    from ..progress import log
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "seconds" in meta:
+            bb = job.with_weights(load_safetensors(path, job.device))
+            return bb, float(meta["seconds"]), dict(cached=str(path), steps=int(meta.get("steps", 0)))
+    except Exception as e:  # UserError, or one of the several types safetensors raises for a corrupt file
+        log(f"{path}: unreadable cached model ({type(e).__name__}); removed, training it again")
+        path.unlink(missing_ok=True)
+    return None
+
+
 def train_on(job: Job, part: str, cfg: TrainConfig, cache_dir: Path | None, desc: str, idx=None):
     """Fine-tune the pretrained backbone on `part` ('train' or 'retain'), or on the sample
     indices `idx` (shards; `part` then names them); returns (bb, seconds, info)."""
@@ -56,13 +75,9 @@ def train_on(job: Job, part: str, cfg: TrainConfig, cache_dir: Path | None, desc
         path = Path(cache_dir) / "models" / f"{desc.lower()}-{_key(job, part, cfg, idx)}.safetensors"
         dist.barrier()  # torchrun: every rank sees the cache as rank 0 left it
         if path.exists():
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            if "seconds" in meta:
-                bb = job.with_weights(load_safetensors(path, job.device))
-                return bb, float(meta["seconds"]), dict(cached=str(path), steps=int(meta.get("steps", 0)))
+            got = _cached(job, path)
+            if got is not None:
+                return got
     bb = job.fresh()
     torch.manual_seed(job.seed)
     res = finetune(job, bb, job.prepared.index(part) if idx is None else idx, cfg, desc, valid_idx=job.prepared.index("valid"))

@@ -3,7 +3,7 @@
 - `save_hf_folder`: a Backbone's model and tokenizer, loadable with `AutoModel*.from_pretrained`
   (an encoder-only scorer also writes its answer bias to `e2urec_scorer.safetensors`, which
   `load_backbone` reads back), plus `e2urec.json`: the deletion requests this model has
-  served (users hashed) and the first Original it descends from.
+  served (counts and dates; who was forgotten is the operator's record only) and the first Original it descends from.
 - `merged_backbone`: the Original with a trained student's LoRA deltas added to its weights
   (works for an 8-bit student too: the deltas go onto the fp32 Original).
 """
@@ -50,7 +50,7 @@ def read_manifest(folder) -> dict:
     elif any(not isinstance(r, dict) or not isinstance(r.get("users_sha256", []), list) for r in m.get("requests", [])):
         problem = "a 'requests' entry is not an object with a list 'users_sha256'"
     else:
-        problem = next((f"'{k}' is not a string" for k in ("root_original", "retain_cache", "data_hash")
+        problem = next((f"'{k}' is not a string" for k in ("root_original", "retain_cache", "data_hash", "record")
                         if m.get(k) is not None and not isinstance(m[k], str)), None)
     if problem:
         raise fail(p, f"unreadable request history ({problem})")
