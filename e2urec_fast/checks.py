@@ -27,6 +27,8 @@ def check(cfg: Config) -> Plan:
     """Fields (types, ranges, choices), their conflicts, the device, the methods and every path."""
     check_fields(cfg)
     _check_scope(cfg)
+    if cfg.student.lora_r > 4096:
+        raise UserError(f"--lora-r must be at most 4096, got {cfg.student.lora_r}")
     if cfg.data.paper_scale and cfg.data.max_samples is not None:
         raise UserError("--paper-scale and --max-samples conflict: --paper-scale means --max-samples 100000")
     _check_device(str(cfg.run.device))
@@ -123,7 +125,7 @@ def _check_paths(cfg: Config, methods: list[str]) -> None:
     if cfg.data.data_dir is not None:
         d = Path(cfg.data.data_dir)
         if not d.exists():
-            raise fail(d, "--data-dir: data folder not found")
+            raise fail(d, "data folder not found")
         if not (d.is_dir() or d.is_file()):
             raise fail(d, "--data-dir is neither a folder nor a file (a device or a socket?)")
     writable_dir(Path(os.path.expanduser(cfg.data.cache_dir)), "--cache-dir")

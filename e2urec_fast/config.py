@@ -156,7 +156,7 @@ class StudentConfig:
                                 "least 20 joint steps, --student-steps at most; auto: sized for a deletion request, fixed for "
                                 "the benchmark (its tables were measured so)", choices=("auto", "fixed", "sized"))
     joint_epochs: int = opt(1, "--student-schedule sized: epochs of joint steps over D_f", lo=1)
-    lora_r: int = opt(16, "LoRA rank", lo=1, hi=4096)
+    lora_r: int = opt(16, "LoRA rank (at most 4096)", lo=1)
     lora_alpha: float = opt(32.0, "LoRA alpha (scaling alpha/r)", lo=0.0, lo_open=True)
     lora_dropout: float = opt(0.05, "LoRA dropout", lo=0.0, hi=1.0, hi_open=True)
     aug_lr: float = opt(1e-4, "learning rate of the augmented model (Original fine-tuned on D_f)", lo=0.0, lo_open=True, hi=1.0)

@@ -131,7 +131,7 @@ def shown(prep, users) -> str:
     return ", ".join(names.get(u, str(u)) for u in users)
 
 
-def apply_request(prep, dataset: str, users: list[int], forgotten: tuple[set[str], set[str]]) -> dict:
+def apply_request(prep, dataset: str, users: list[int], forgotten: tuple[set[str], set[str]] | set[str]) -> dict:
     """Make D_f exactly `users`' train samples; users forgotten by earlier requests (their ids,
     or a legacy history's plain digests, in `forgotten`: earlier_forgotten) leave D_r too.
     Errors name the offending ids."""
@@ -150,7 +150,7 @@ def apply_request(prep, dataset: str, users: list[int], forgotten: tuple[set[str
     if no_train:
         raise UserError(f"--forget-users: user id(s) {shown(prep, no_train)} have no train samples (only valid/test), "
                         "nothing to forget")
-    names, legacy = forgotten
+    names, legacy = forgotten if isinstance(forgotten, tuple) else (set(forgotten), set())
 
     def gone(u) -> bool:
         return names_of(prep, [u])[0] in names or (bool(legacy) and user_hash(dataset, u) in legacy)

@@ -59,12 +59,13 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
             groups[group].add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
         else:
             groups[group].add_argument(flag, dest=name, type=_typed(name), choices=m["choices"], metavar=m["metavar"],
-                                       default=argparse.SUPPRESS, help=text, action=_Once)
+                                       default=argparse.SUPPRESS, help=text,
+                                       action=_Once if name in ("forget_users", "holdout_users") else "store")
     return ap
 
 
 class _Once(argparse.Action):
-    """A setting given twice is refused (argparse would keep the last value without a word)."""
+    """A list of users given twice is refused (argparse would keep the last list without a word)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if hasattr(namespace, self.dest):

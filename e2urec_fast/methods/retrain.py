@@ -49,9 +49,9 @@ def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
 def _cached(job: Job, path: Path):
     """A cached fine-tune (bb, seconds, info), or None when the file is unreadable (a truncated
     write, a full disk at the time): it is removed and the model trained again."""
-    from safetensors import safe_open
+    import sys
 
-    from ..progress import log
+    from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
@@ -60,7 +60,7 @@ def _cached(job: Job, path: Path):
             bb = job.with_weights(load_safetensors(path, job.device))
             return bb, float(meta["seconds"]), dict(cached=str(path), steps=int(meta.get("steps", 0)))
     except Exception as e:  # UserError, or one of the several types safetensors raises for a corrupt file
-        log(f"{path}: unreadable cached model ({type(e).__name__}); removed, training it again")
+        print(f"{path}: unreadable cached model ({type(e).__name__}); removed, training it again", file=sys.stderr)
         path.unlink(missing_ok=True)
     return None
 
