@@ -221,3 +221,9 @@ def test_a_causal_original_takes_its_documented_scope(tmp_path):
     _check_scope(from_fields(original=str(tmp_path), forget_users="1", lora_scope="top:1"))
     with pytest.raises(UserError, match="use decoder"):
         _check_scope(from_fields(forget_users="1", lora_scope="top:1"))
+
+
+def test_a_failed_run_removes_the_parent_folders_it_created(tmp_path):
+    with pytest.raises(UserError, match="--forget-ratio"):
+        forget(out=tmp_path / "a" / "b" / "OUT", forget_ratio=2.0)
+    assert not (tmp_path / "a").exists()
