@@ -227,3 +227,30 @@ def test_a_failed_run_removes_the_parent_folders_it_created(tmp_path):
     with pytest.raises(UserError, match="--forget-ratio"):
         forget(out=tmp_path / "a" / "b" / "OUT", forget_ratio=2.0)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_truncated_cached_model_is_trained_again_not_a_traceback(tmp_path):
+    from e2urec_fast.methods.retrain import _cached
+
+    path = tmp_path / "original-0123456789abcdef.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # a write cut short
+    assert _cached(None, path) is None and not path.exists()
+
+
+def test_a_killed_native_builds_lock_is_removed_at_once(tmp_path, monkeypatch):
+    import time
+
+    from e2urec_fast import native
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "lock").write_text("")
+    (tmp_path / native.OWNER).write_text(str(dead.pid))
+    monkeypatch.setenv("E2UREC_NATIVE_LOCK_TIMEOUT", "30")
+    t0 = time.monotonic()
+    with pytest.warns(UserWarning, match="left by a killed build"):
+        assert native._wait_for_lock(tmp_path, "CPU") is None
+    assert time.monotonic() - t0 < 5 and not (tmp_path / "lock").exists()
+    (tmp_path / "lock").write_text("")  # a lock with no owner of ours: waited on, up to the limit
+    monkeypatch.setenv("E2UREC_NATIVE_LOCK_TIMEOUT", "0.2")
+    assert "still held" in native._wait_for_lock(tmp_path, "CPU")
