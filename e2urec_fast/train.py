@@ -223,13 +223,16 @@ class _Best:
 
 
 def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckpt=None, desc: str = "train",
-        progress: bool = True, train_mode=None, resume: Resume | None = None, hook=None) -> TrainResult:
+        progress: bool = True, train_mode=None, resume: Resume | None = None, hook=None, snapshot_every: int = 0) -> TrainResult:
     """Train the parameters of `model` that require grad. See the module docstring.
 
     `train_mode(model)` puts the model in training mode (default `model.train()`); the
     fast E2URec student uses it to keep its frozen base in eval mode. `resume`: see the
     module docstring (not combined with `valid`). `hook(steps, seconds)` runs after every
-    step (the benchmarks evaluate there); its time is left out of `seconds`.
+    step (the benchmarks evaluate there); its time is left out of `seconds`. A method steers
+    the loop through it: returning "stop" ends training after this step; ("rewind", j) ends it
+    with the trainable weights as they were after step j (a stopping or rewind rule, SCRUB+R),
+    which `snapshot_every` (keep the weights every that many steps, in memory) must cover.
     """
     if resume is not None and valid is not None:
         raise ValueError("resumable runs take no validation")
@@ -253,7 +256,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             bar.update(res.steps)
             if cfg.max_steps and res.steps >= cfg.max_steps:
                 start_epoch = cfg.epochs  # already complete
-    stop = False
+    stop, snaps = False, {}
     for epoch in range(start_epoch, cfg.epochs):
         train_mode(model)
         in_epoch = 0
@@ -271,12 +274,17 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             bar.update(1)
             if len(losses.pending) >= cfg.sync_every:
                 losses.flush()
+            if snapshot_every and res.steps % snapshot_every == 0:
+                snaps[res.steps] = {k: p.detach().clone() for k, p in params.items()}
             if hook is not None:
                 th = time.perf_counter()
-                hook(res.steps, th - losses.t0)
+                said = hook(res.steps, th - losses.t0)
                 train_mode(model)
                 res.hook_seconds += time.perf_counter() - th
                 losses.t0 += time.perf_counter() - th
+                if said is not None:
+                    stop = True
+                    _steer(said, snaps, params, res, losses)
             if resume is not None and (res.steps % resume.every == 0 or res.steps == cfg.max_steps):
                 losses.flush()
                 _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - losses.t0)
@@ -295,6 +303,24 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             res.stopped_early = True
             break
     return _finish(model, params, res, best, losses, bar, valid, ckpt, desc)
+
+
+def _steer(said, snaps: dict, params: dict, res: TrainResult, losses) -> None:
+    """A hook's "stop", or ("rewind", j): the weights after step j put back, the step count
+    and losses cut to j."""
+    if said == "stop":
+        return
+    if not (isinstance(said, tuple) and len(said) == 2 and said[0] == "rewind"):
+        raise ValueError(f"a training hook returns None, 'stop' or ('rewind', step); got {said!r}")
+    j = int(said[1])
+    if j not in snaps:
+        raise ValueError(f"cannot rewind to step {j}: no snapshot there (kept: {sorted(snaps)[:10]}; snapshot_every)")
+    losses.flush()
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(snaps[j][k])
+    res.steps = j
+    del res.loss_history[j:]
 
 
 def _finish(model, params: dict, res: TrainResult, best: _Best, losses: _Losses, bar, valid, ckpt, desc: str) -> TrainResult:

@@ -378,3 +378,26 @@ def test_a_second_run_on_a_busy_out_is_refused_and_the_first_keeps_its_files(tmp
     with pytest.raises(UserError, match="--forget-ratio"):
         forget(out=out, forget_ratio=2.0)
     assert not (out / LOCK).exists() and (out / "work" / "state-0123456789abcdef.safetensors").exists()
+
+
+def test_a_hook_stops_or_rewinds_fit_to_a_plain_run_of_that_many_steps():
+    """#39 item 2: a method steers the loop (a stopping or rewind rule): bit for bit a plain run."""
+    def run(max_steps=None, hook=None, every=0):
+        m = _toy()
+        torch.manual_seed(7)
+        cfg = TrainConfig(lr=1e-2, epochs=3, grad_clip=None, max_steps=max_steps)
+        res = fit(m, _batches, lambda x: (m(x).pow(2).mean(), len(x)), cfg, progress=False, hook=hook, snapshot_every=every)
+        return m, res
+
+    def same(a, b):
+        return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+    plain4, _ = run(max_steps=4)
+    plain9, r9 = run(max_steps=9)
+    full, _ = run()
+    stopped, rs = run(hook=lambda k, sec: "stop" if k == 9 else None)
+    assert rs.steps == 9 and same(stopped, plain9) and not same(stopped, full) and rs.loss_history == r9.loss_history
+    rewound, rr = run(hook=lambda k, sec: ("rewind", 4) if k == 11 else None, every=2)
+    assert rr.steps == 4 and same(rewound, plain4) and len(rr.loss_history) == 4
+    with pytest.raises(ValueError, match="no snapshot"):
+        run(hook=lambda k, sec: ("rewind", 3) if k == 5 else None, every=2)
