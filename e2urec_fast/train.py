@@ -276,15 +276,8 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                 losses.flush()
             if snapshot_every and res.steps % snapshot_every == 0:
                 snaps[res.steps] = {k: p.detach().clone() for k, p in params.items()}
-            if hook is not None:
-                th = time.perf_counter()
-                said = hook(res.steps, th - losses.t0)
-                train_mode(model)
-                res.hook_seconds += time.perf_counter() - th
-                losses.t0 += time.perf_counter() - th
-                if said is not None:
-                    stop = True
-                    _steer(said, snaps, params, res, losses)
+            if hook is not None and _call_hook(hook, model, train_mode, res, losses, snaps, params):
+                stop = True
             if resume is not None and (res.steps % resume.every == 0 or res.steps == cfg.max_steps):
                 losses.flush()
                 _save_state(resume, params, opt, res, epoch, in_epoch, time.perf_counter() - losses.t0)
@@ -303,6 +296,19 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
             res.stopped_early = True
             break
     return _finish(model, params, res, best, losses, bar, valid, ckpt, desc)
+
+
+def _call_hook(hook, model, train_mode, res: TrainResult, losses, snaps: dict, params: dict) -> bool:
+    """The hook after a step, its time left out of the training's; True when it ends training."""
+    th = time.perf_counter()
+    said = hook(res.steps, th - losses.t0)
+    train_mode(model)
+    res.hook_seconds += time.perf_counter() - th
+    losses.t0 += time.perf_counter() - th
+    if said is None:
+        return False
+    _steer(said, snaps, params, res, losses)
+    return True
 
 
 def _steer(said, snaps: dict, params: dict, res: TrainResult, losses) -> None:
