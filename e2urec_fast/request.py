@@ -62,7 +62,11 @@ def write_record(out: Path, dataset: str, before: set[str], names: list[str], le
 
     from .files import atomic_path
 
+    from . import dist
+
     path = out / RECORD
+    if not dist.is_main():  # torchrun: rank 0 writes it
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     body = dict(note="PRIVATE: who asked to be forgotten. Keep it with the operator; never ship it with a model.",
