@@ -122,6 +122,7 @@ class State:
     retrain_full: object = None  # Retrain's D_f logits (JSD, L2)
     rows: list = field(default_factory=list)  # the report's rows
     extra: dict = field(default_factory=dict)  # the report's details
+    calibration: dict = field(default_factory=dict)  # how much each method forgot, and why (calibrate.py)
     handed: dict = field(default_factory=dict)  # what is handed out: original, adapter, merged
     student: object = None  # E2URec's student (merged with --merge)
     stage: object = None  # progress.Stages: "[k/N] ..." lines
@@ -147,6 +148,8 @@ def _stages(cfg: Config, plan: Plan, key: str = "") -> ForgetResult:
 
 def prepare_stage(st: State) -> None:
     """The prepared data (cached), the request's D_f and the lineage of earlier requests."""
+    import torch
+
     from .data import prepare
     from .request import apply_holdout, apply_request, earlier_forgotten, lineage_of, resolve_users
 
@@ -167,10 +170,15 @@ def prepare_stage(st: State) -> None:
         apply_request(st.prep, cfg.data.dataset, users, earlier_forgotten(st.lineage, cfg.data.dataset))
         apply_holdout(st.prep, cfg.data.dataset, held)  # the split's holdout: its tokenizer corpus only
     c = st.prep.manifest["counts"]
+    if c.get("holdout"):  # D_h split by user: calibration (a request may tune on it) and audit (only the audit reads it)
+        for part in ("calib", "audit"):
+            idx = st.prep.index(part)
+            c[f"{part}_users"], c[part] = len(torch.unique(st.prep.users[idx])), len(idx)
     st.stage(f"data {cfg.data.dataset}: {c['samples_after_filter']} samples after the history filter, using the last {c['samples']}: "
         f"train {c['train']} / valid {c['valid']} / test {c['test']}; forgetting users {c['forget_users']} of "
         f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}"
-        + (f", held out (D_h) {c['holdout_users']} users / {c['holdout']} samples" if c.get("holdout") else "")
+        + (f", held out (D_h) {c['holdout_users']} users / {c['holdout']} samples (calibration {c['calib_users']} users, audit "
+           f"{c['audit_users']})" if c.get("holdout") else "")
         + (f" ({c['earlier_forgotten_users']} users forgotten by earlier requests left out of both)" if c.get("earlier_forgotten_users") else ""))
 
 
@@ -280,7 +288,7 @@ def run_methods(st: State) -> None:
 
     cfg = st.cfg
     ctx = Context(st.job, st.orig, cfg, st.ft, None if cfg.finetune.no_model_cache else st.cache, rem=st.root,
-                  log=log)
+                  log=log, calibrate=calibrator(st))
     for name in st.plan.methods:
         if METHODS[name].run is None:
             continue
@@ -296,8 +304,40 @@ def run_methods(st: State) -> None:
                 continue
             m, full = st.ev(o.model, o.label)
             o.model.states = None  # its cached states are no longer needed
+            cal = o.info.get("calibration")
+            if cal:
+                st.calibration.setdefault("methods", {})[o.label] = cal
             st.rows.append(dict(method=o.label, kind=o.kind, **m, **jsd_l2(st.retrain_full, full), time_s=o.info["time_s"],
-                                trainable_params=o.info["trainable_params"], **o.row))
+                                trainable_params=o.info["trainable_params"], **o.row,
+                                **(dict(strength=cal["strength"]) if cal else {})))
+
+
+def calibrator(st: State):
+    """The calibration every unlearning method gets (calibrate.py), or None: off, or no
+    calibration users (a request without --holdout-users; the report says so at its top)."""
+    import torch
+
+    c = st.cfg.calibration
+    n = len(torch.unique(st.prep.users[st.prep.index("calib")]))
+    st.calibration = dict(mode=c.calibrate, target=c.calib_target, max_drop=c.calib_max_drop,
+                          max_strength=c.calib_max_strength, calib_users=n)
+    if c.calibrate == "off":
+        st.calibration["note"] = "NOTE: calibration off (--calibrate off): every update is applied as trained"
+        return None
+    if not n:
+        st.calibration["note"] = (
+            "NOTE: no calibration users (a request without --holdout-users, or a holdout of one user): how much to forget "
+            "was not decided from non-members; every update is applied as trained (the fixed schedule), and the audit "
+            + ("compares D_f with the later test samples" if not len(st.prep.index("holdout")) else "reads the one held-out user"))
+        return None
+
+    def run(model, base):
+        from .calibrate import calibrate
+
+        got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log)
+        return None if got is None else got.to_dict()
+
+    return run
 
 
 def audit_stage(st: State) -> dict:
@@ -307,7 +347,7 @@ def audit_stage(st: State) -> dict:
     st.stage("audit and report ...")
     t0 = time.perf_counter()
     ref = "Retrain" if "Retrain" in st.ev.losses else None
-    aud = audit(st.ev.losses, reference=ref)
+    aud = audit(st.ev.losses, reference=ref, groups=st.ev.groups)
     for r in st.rows:
         if r["method"] in aud:
             a = aud[r["method"]]
@@ -339,6 +379,7 @@ def report_stage(st: State, aud: dict) -> ForgetResult:
         counts=prep.manifest["counts"],
         # how many users were forgotten (this request and every earlier one); who: only the operator's record (request.py)
         forgotten_users=len(prep.users[prep.index("forget_all")].unique()),
+        calibration=st.calibration,
         audit=dict(reference=aud["reference"], members="D_f (every request so far)", nonmembers=NONMEMBERS[aud["nonmembers"]],
                    nonmember_kind=aud["nonmembers"], models=aud["models"]), scenario=prep.manifest.get("scenario"),
         # what was handed out, and every deletion request served so far (users hashed)

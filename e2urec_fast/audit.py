@@ -73,15 +73,51 @@ def forget_quality(model_stat, retrain_stat) -> float:
     return float(ks_2samp(a, b).pvalue)
 
 
-def audit(losses: dict, reference: str | None = None) -> dict:
+def bootstrap_auc(member_scores, nonmember_scores, member_groups, nonmember_groups, n: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float]:
+    """The attack AUC's interval from a bootstrap over users (a user's samples are drawn
+    together: they are not independent), members and non-members resampled apart."""
+    m, u = np.asarray(member_scores, dtype=np.float64), np.asarray(nonmember_scores, dtype=np.float64)
+    gm, gu = np.asarray(member_groups), np.asarray(nonmember_groups)
+    if not len(m) or not len(u):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    um, uu = np.unique(gm), np.unique(gu)
+    rows_m = [np.flatnonzero(gm == g) for g in um]
+    rows_u = [np.flatnonzero(gu == g) for g in uu]
+    got = []
+    for _ in range(n):
+        im = np.concatenate([rows_m[k] for k in rng.integers(0, len(um), len(um))])
+        iu = np.concatenate([rows_u[k] for k in rng.integers(0, len(uu), len(uu))])
+        got.append(mia_auc(m[im], u[iu]))
+    lo, hi = np.quantile(got, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def verdict(lo: float, hi: float) -> str:
+    """What the interval says: can the audit tell D_f from the audit non-members?"""
+    if lo > 0.5:
+        return "tells D_f apart (remembered)"
+    if hi < 0.5:
+        return "D_f less familiar than non-members (over-forgotten)"
+    return "cannot tell D_f from non-members"
+
+
+def audit(losses: dict, reference: str | None = None, groups=None) -> dict:
     """`losses = {model name: (loss on D_f, loss on non-members)}`; `reference` names the
-    model that never saw D_f (Retrain) or None. Returns {model name: {loss_auc, ref_auc,
-    privleak, forget_quality, forget_loss, unseen_loss}}."""
+    model that never saw D_f (Retrain) or None; `groups` = (users of D_f's rows, users of the
+    non-members' rows): the LOSS AUC gets a bootstrap interval over users and a verdict.
+    Returns {model name: {loss_auc, loss_auc_ci, verdict, ref_auc, privleak, forget_quality,
+    forget_loss, unseen_loss, gap_closed}}; gap_closed (with a reference and an 'Original'):
+    the share of the Original-to-Retrain LOSS-AUC gap the model closes."""
     out = {}
     ref = losses.get(reference) if reference else None
     for name, (lf, ln) in losses.items():
         row = dict(loss_auc=mia_auc(-lf, -ln), ref_auc=None, privleak=None, forget_quality=None,
                    forget_loss=float(np.mean(lf)), unseen_loss=float(np.mean(ln)), n_forget=len(lf), n_unseen=len(ln))
+        if groups is not None and len(groups[0]) == len(lf) and len(groups[1]) == len(ln):
+            row["loss_auc_ci"] = list(bootstrap_auc(-lf, -ln, *groups))
+            row["verdict"] = verdict(*row["loss_auc_ci"])
         if ref is not None:
             row["forget_quality"] = forget_quality(lf, ref[0])
         if ref is not None and name != reference:
@@ -89,8 +125,11 @@ def audit(losses: dict, reference: str | None = None) -> dict:
         out[name] = row
     if ref is not None:
         r = out[reference]["loss_auc"]
+        o = (out.get("Original") or {}).get("loss_auc")
         for row in out.values():
             row["privleak"] = 100.0 * (row["loss_auc"] - r) / r
+            if o is not None and abs(o - r) > 1e-12:
+                row["gap_closed"] = (o - row["loss_auc"]) / (o - r)
     return out
 
 
@@ -104,15 +143,18 @@ def weak_setup(result: dict) -> str | None:
 
 
 def audit_markdown(result: dict, reference: str | None, nonmembers: str = "test") -> str:
-    lines = ["| Model | LOSS attack AUC | reference-calibrated AUC | privleak | forget quality (KS p) | mean loss D_f | "
-             "mean loss non-members |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| Model | LOSS attack AUC [95% CI over users] | verdict | share of the gap closed | reference-calibrated AUC | "
+             "privleak | forget quality (KS p) | mean loss D_f | mean loss non-members |",
+             "|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, d=4):
         return "-" if v is None else f"{v:.{d}f}"
 
     for name, r in result.items():
-        lines.append(f"| {name} | {f(r['loss_auc'])} | {f(r['ref_auc'])} | {f(r['privleak'], 2)} | "
+        ci = r.get("loss_auc_ci")
+        auc = f(r["loss_auc"]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        gap = "-" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%"
+        lines.append(f"| {name} | {auc} | {r.get('verdict', '-')} | {gap} | {f(r['ref_auc'])} | {f(r['privleak'], 2)} | "
                      f"{f(r.get('forget_quality'), 3)} | {f(r['forget_loss'])} | {f(r['unseen_loss'])} |")
     note = ("reference = Retrain (never saw D_f or the non-members)" if reference else
             "no Retrain (--no-retrain): no reference-calibrated score, privleak or forget quality; compare the LOSS AUC "

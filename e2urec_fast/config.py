@@ -59,8 +59,10 @@ class DataConfig:
     scenario: str = opt("random", "what is forgotten: random (the paper's: a random --forget-ratio of the train users), "
                         "memorize (privacy: the same split on the last 3000 samples, Original and Retrain fine-tuned 15 epochs, "
                         "so the Original memorizes its D_f) or shilling (utility: 20 fake users of the average attack promoting 5 target "
-                        "items injected into the train period are D_f; same recipe as memorize). A scenario's recipe fills only the fields not "
-                        "given (config.SCENARIO_RECIPES)", shown=True, choices=("random", "memorize", "shilling"))
+                        "items injected into the train period are D_f; same recipe as memorize) or canary (privacy by construction: 40 users "
+                        "whose stars are coin flips, half D_f, half held out as the audit's non-members; memorize's recipe). A "
+                        "scenario's recipe fills only the fields not given (config.SCENARIO_RECIPES)", shown=True,
+                        choices=("random", "memorize", "shilling", "canary"))
     holdout_ratio: float = opt(0.1, "the benchmark: share of train users held out of every model's training (drawn like the "
                                "forget users, after them); their train-period samples D_h are the audit's same-pool "
                                "non-members. 0: the audit falls back to the (later, time-shifted) test samples",
@@ -220,8 +222,23 @@ class BaselineConfig:
                              "attention over the shards", choices=("mean", "attention"))
 
 
+@dataclass(frozen=True)
+class CalibConfig:
+    """How much to forget, decided per request from same-pool non-members (calibrate.py)."""
+
+    calibrate: str = opt("auto", "auto: the strength of each unlearning update (E2URec's adapter, NegGrad/NegKL/Bad-T's weight "
+                         "change) chosen so that the LOSS attack cannot tell D_f from the calibration half of the held-out "
+                         "users (forward passes only; needs a holdout: --holdout-ratio, or --holdout-users in a request); "
+                         "off: the update as trained", shown=True, choices=("auto", "off"))
+    calib_target: float = opt(0.5, "the attack AUC (D_f vs the calibration users) calibration brings D_f to", lo=0.0, hi=1.0)
+    calib_max_strength: float = opt(4.0, "the largest strength calibration may give an update (1: as trained)", lo=0.0,
+                                    lo_open=True, hi=100.0)
+    calib_max_drop: float = opt(0.02, "the utility guard: how far below the Original's the validation AUC may fall", lo=0.0,
+                                hi=1.0)
+
+
 GROUPS = dict(data=DataConfig, request=RequestConfig, run=RunConfig, bench=BenchConfig, finetune=FinetuneConfig,
-              student=StudentConfig, speed=SpeedConfig, baselines=BaselineConfig)
+              student=StudentConfig, speed=SpeedConfig, baselines=BaselineConfig, calibration=CalibConfig)
 
 
 @dataclass(frozen=True)
@@ -234,6 +251,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    calibration: CalibConfig = field(default_factory=CalibConfig)
     preset: str = "default"
 
     def flat(self) -> dict:
@@ -320,7 +338,7 @@ AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000
                # the authors' scripts: torch.optim.AdamW(lr=...) (weight decay 0.01, no clipping) for every unlearning run,
                # and the steps of train_ga.sh / train_rl.sh (NegKL has no script there: NegGrad's)
                unlearn_weight_decay=0.01, aug_grad_clip=None, baseline_weight_decay=0.01, baseline_grad_clip=None,
-               baseline_steps=3000, badt_steps=2400)
+               baseline_steps=3000, badt_steps=2400, calibrate="off")  # the paper's methods as published: uncalibrated
 PRESETS = dict(default={}, authors=AUTHORS)
 # where each preset differs from the default, field by field (the authors' alpha, retain weight
 # and forget-only epoch are our defaults: the preset sets them, so a flag changing them conflicts)
@@ -329,7 +347,7 @@ PRESET_DIFF = {"authors": {k: v for k, v in AUTHORS.items() if k not in ("alpha"
 
 # the recipe of each scenario: the fields it sets unless they are given (data/scenarios.py)
 MEMORIZE = dict(max_samples=3000, epochs=15, patience=15, holdout_ratio=0.2)  # 0.2: as many D_h users as D_f
-SCENARIO_RECIPES = dict(random={}, memorize=MEMORIZE, shilling=MEMORIZE)
+SCENARIO_RECIPES = dict(random={}, memorize=MEMORIZE, shilling=MEMORIZE, canary=MEMORIZE | dict(holdout_ratio=0.0))
 
 
 def with_scenario(cfg: Config, given) -> Config:

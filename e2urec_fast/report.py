@@ -193,6 +193,9 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
         warns.append("NOTE: the audit's non-members are the test samples, a later period than D_f: its attacks also detect "
                      "the time shift (no holdout in this run)")
     scen = report.get("scenario")
+    calib = report.get("calibration") or {}
+    if calib.get("note"):
+        warns.append(calib["note"])
     parts = [
         f"# E2URec unlearning report: {s['dataset']}, backbone {s['backbone']}"
         + (f", scenario {s['scenario']}" if s.get("scenario", "random") != "random" else ""),
@@ -200,7 +203,12 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
         *[x for w in warns for x in (f"**{w}.**", "")],
         *([f"Shilling scenario: {scen['n_fake']} fake users ({scen['fake_samples']} samples, D_f) promote items "
            f"{', '.join(map(str, scen['targets']))}; Target p(yes): the targets' mean p(yes) over every real test user "
-           f"({scen.get('probes', '?')} probes: each user's latest test prompt asked about each target; the attack's effect).", ""] if scen else []),
+           f"({scen.get('probes', '?')} probes: each user's latest test prompt asked about each target; the attack's effect).", ""]
+          if scen and scen.get("n_fake") else []),
+        *([f"Canary scenario: {scen['n_users']} canary users whose stars are coin flips ({scen['canary_samples']} samples); half "
+           "of them are D_f, the other half held out (D_h): members and non-members from one pool, so only memorization "
+           "separates them.", ""] if scen and scen.get("name") == "canary" else []),
+        *calibration_lines(calib),
         "AUC, ACC, LogLoss on test; JSD (the authors' symmetric KL) and L2 on D_f against Retrain; all x100.",
         "Time(s): unlearning wall-clock (Retrain, SISA, RecEraser: their training time). #Params: trainable parameters.",
         "Bold: the best value of a column among the unlearning methods (Original, Retrain and the CTR floor take no part).",
@@ -210,8 +218,10 @@ def render_markdown(report: dict, plot: str | None = None) -> str:
         f"Samples after the history filter: {c['samples_after_filter']}; used: {c['samples']} "
         f"(train {c['train']}, valid {c['valid']}, test {c['test']}); forgetting users {c['forget_users']} of "
         f"{c['train_users']}; |D_f| = {c['forget']}, |D_r| = {c['retain']}"
-        + (f"; held out (D_h, the audit's non-members) {c['holdout_users']} users, {c['holdout']} samples." if c.get("holdout")
-           else "."),
+        + (f"; held out (D_h) {c['holdout_users']} users, {c['holdout']} samples, split by user into a calibration part "
+           f"({c.get('calib_users', 0)} users, {c.get('calib', 0)} samples: what a request may tune its forgetting on) and the "
+           f"audit's non-members ({c.get('audit_users', c['holdout_users'])} users, {c.get('audit', c['holdout'])} samples)."
+           if c.get("holdout") else "."),
         "",
         f"Backbone {s['backbone']} ({report.get('backbone_params', 0):,} parameters). Device {e['device']}, torch {e['torch']}, "
         f"transformers {e.get('transformers', '?')}, Python {e.get('python', '?')}, seed {s['seed']}, git {e['git']}, "
@@ -270,6 +280,18 @@ def flat_stages(report: dict) -> dict | None:
     return dict(load=ss.get("prepare", 0.0) + ss.get("models", 0.0), references=ss.get("references", 0.0) - refs, **parts,
                 other_methods=max(other, 0.0), evaluation=sum(ev.values()), audit=d.get("audit_s", 0.0),
                 write=max(report["total_s"] - sum(ss.values()) - d.get("audit_s", 0.0), 0.0))
+
+
+def calibration_lines(calib: dict) -> list[str]:
+    """The report's paragraph on how much each method forgot, and why (calibrate.py)."""
+    per = calib.get("methods") or {}
+    if not per:
+        return []
+    out = [f"Calibration (how much to forget, from {calib.get('calib_users', '?')} held-out users no audit reads; target: "
+           f"LOSS-attack AUC {calib.get('target', 0.5)} on D_f vs them, validation AUC at most {calib.get('max_drop')} below "
+           "the Original's):", ""]
+    out += [f"- {name}: {c['verdict']} ({c['passes']} forward passes, {c['seconds']:.1f} s)." for name, c in per.items()]
+    return out + [""]
 
 
 def write_report(out: Path, report: dict, audit_md: str, title: str, with_retrain: bool) -> bool:

@@ -60,9 +60,8 @@ def write_record(out: Path, dataset: str, before: set[str], names: list[str], le
     import json
     import os
 
-    from .files import atomic_path
-
     from . import dist
+    from .files import atomic_path
 
     path = out / RECORD
     if not dist.is_main():  # torchrun: rank 0 writes it

@@ -26,11 +26,13 @@ from .errors import UserError
 from .files import write_json_atomic, write_text_atomic
 
 METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak", "forget_quality",
-           "target_p_yes", "target_p_yes_test", "target_p_yes_forget"]
+           "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "strength"]
 SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1,
-         "privleak": 1, "forget_quality": 1, "target_p_yes": 1, "target_p_yes_test": 1, "target_p_yes_forget": 1}
+         "privleak": 1, "forget_quality": 1, "target_p_yes": 1, "target_p_yes_test": 1, "target_p_yes_forget": 1, "strength": 1}
 # the Original-to-Retrain gaps a method is asked to close: (O - M) / (O - R), seed by seed
-GAPS = ("jsd", "mia_loss_auc", "target_p_yes")
+GAPS = ("jsd", "mia_loss_auc", "mia_ref_auc", "target_p_yes")
+# where Retrain's own value is fixed: JSD to itself 0, its reference-calibrated AUC against itself 0.5
+GAP_IDEAL = {"jsd": 0.0, "mia_ref_auc": 0.5}
 REF = "E2URec"
 
 
@@ -99,7 +101,7 @@ def gaps_closed(by: list[dict], order: list[str]) -> dict:
             continue
         out[m] = {}
         for k in GAPS:
-            vals = [_gap_share(b.get("Original", {}).get(k), b[m].get(k), 0.0 if k == "jsd" else b.get("Retrain", {}).get(k))
+            vals = [_gap_share(b.get("Original", {}).get(k), b[m].get(k), GAP_IDEAL[k] if k in GAP_IDEAL else b.get("Retrain", {}).get(k))
                     for b in by if m in b]
             out[m][k] = summarize(vals)
     return out
@@ -109,9 +111,10 @@ def original_vs_retrain(by: list[dict]) -> dict:
     """Is there something to forget: Original - Retrain, seed by seed, per audit metric (the
     JSD row of Original is already that gap), and the Original's forget quality."""
     out = {}
-    for k in ("mia_loss_auc", "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "auc"):
-        d = [b["Original"][k] - b["Retrain"][k] for b in by if "Original" in b and "Retrain" in b
-             and b["Original"].get(k) is not None and b["Retrain"].get(k) is not None]
+    for k in ("mia_loss_auc", "mia_ref_auc", "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "auc"):
+        ideal = GAP_IDEAL.get(k)
+        d = [b["Original"][k] - (ideal if ideal is not None else b["Retrain"][k]) for b in by if "Original" in b and "Retrain" in b
+             and b["Original"].get(k) is not None and (ideal is not None or b["Retrain"].get(k) is not None)]
         out[k] = summarize(d)
     return out
 
@@ -158,6 +161,8 @@ def markdown(agg: dict) -> str:
     cols = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2"), ("time_s", "Time(s)")]
     audit = [("mia_loss_auc", "LOSS-attack AUC", 4), ("mia_ref_auc", "ref-calibrated AUC", 4),
              ("forget_quality", "forget quality", 3)]
+    if any(r.get("strength") for r in agg["rows"]):
+        audit.append(("strength", "strength (calibrated)", 2))
     if any(r.get("target_p_yes") for r in agg["rows"]):
         audit.append(("target_p_yes", "Target p(yes)", 3))
     n = len(agg["seeds"])
@@ -175,7 +180,8 @@ def markdown(agg: dict) -> str:
         lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {'-' if not p else (f'{p:.2e}' if p >= 1e5 else p)} |")
     ovr = agg.get("original_vs_retrain") or {}
     if any(ovr.values()):
-        names = dict(mia_loss_auc=("LOSS-attack AUC", 4), target_p_yes=("Target p(yes), every real test user (probes)", 3),
+        names = dict(mia_loss_auc=("LOSS-attack AUC", 4), mia_ref_auc=("ref-calibrated AUC (Retrain's: 0.5)", 4),
+                     target_p_yes=("Target p(yes), every real test user (probes)", 3),
                      target_p_yes_test=("Target p(yes), real test samples about a target", 3),
                      target_p_yes_forget=("Target p(yes) on D_f", 3), auc=("test AUC (x100)", 2))
         lines += ["", "Something to forget? Original - Retrain, seed by seed (mean [95% interval]; `*`: excludes 0):", ""]
@@ -194,7 +200,7 @@ def markdown(agg: dict) -> str:
     if closed:
         lines += ["", "Share of the Original-to-Retrain gap closed, % (1 - (M - Retrain)/(Original - Retrain); 100 = "
                   "Retrain, 0 = untouched, below 0 = further away than the Original):", "",
-                  "| Method | JSD | LOSS-attack AUC | Target p(yes) |", "|---|---|---|---|"]
+                  "| Method | JSD | LOSS-attack AUC | ref-calibrated AUC | Target p(yes) |", "|---|---|---|---|---|"]
         for m, d in closed.items():
             lines.append(f"| {m} | " + " | ".join(_cell(d.get(k), 100, 1) for k in GAPS) + " |")
     g = agg["jsd_gap_closed"]

@@ -24,7 +24,8 @@ DESCRIPTION = ("Make an LLM recommender forget the forgetting users' training da
                "forgetting teachers) and compare it with Original and Retrain.")
 TITLES = dict(data="data", request="deletion request (without these: the paper's benchmark on a random --forget-ratio of users)",
               run="model and run", bench="seeds", finetune="Original / Retrain training", student="E2URec",
-              speed="speed switches of the fast path", baselines="baselines")
+              speed="speed switches of the fast path", baselines="baselines",
+              calibration="calibration: how much to forget, from held-out users (calibrate.py)")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -198,17 +198,3 @@ def test_latent_factor_data_sets_load_and_follow_the_star_shares(tmp_path, fmt):
     assert all((d / f).read_bytes() == (again / f).read_bytes() for f in (p.name for p in d.iterdir()))
     samples = build_samples(inter)  # and the pipeline takes it: labels of both kinds
     assert {s.label for s in samples} == {0, 1}
-
-
-def test_floor_feature_aucs_read_the_signal_of_a_data_set(tmp_path):
-    """benchmarks/floor_features.py: on a data set whose label is the item (every third item
-    liked), the item's train rate separates test samples and the history stars do less."""
-
-    from conftest import bench_module
-    from e2urec_fast.data.synthetic import make_ml1m
-
-    mod = bench_module("floor_features")
-    d = make_ml1m(tmp_path / "d", n_users=40, per_user=20, taste=False)
-    aucs = mod.feature_aucs(prepare("ml-1m", d, tmp_path / "cache", None, 0.2, 0))
-    assert list(aucs) == mod.NAMES
-    assert aucs["item train positive rate"] > 0.9 > aucs["history mean stars"]

@@ -122,18 +122,3 @@ def test_reference_predictions_are_cached_and_rebuilt(tmp_path, monkeypatch):
     assert len(calls) == n1 - 1 and ev.parts_from_cache["Original"] == ["test"] and "Original" not in ev.from_cache
     assert m3 == m1  # the test metrics are the same model's on the same rows
     assert len(list((cache / "predictions").iterdir())) == 3 * n1 + 1  # orig, another model, bf16: every part; the new D_f
-
-
-def test_aug_strength_p_true_by_hand():
-    """benchmarks/aug_strength.py: the mean probability of the true answer within [No, Yes]."""
-    import importlib.util
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    spec = importlib.util.spec_from_file_location("aug_strength", Path(__file__).resolve().parent.parent / "benchmarks" / "aug_strength.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    bb = SimpleNamespace(no_id=2, yes_id=0)  # the answer rows anywhere in the vocabulary
-    logits = torch.tensor([[np.log(3.0), 5.0, 0.0], [0.0, -7.0, 0.0]])  # p(yes) = 3/4, then 1/2 (column 1 is ignored)
-    assert mod.p_true(bb, logits, torch.tensor([1, 0])) == pytest.approx((0.75 + 0.5) / 2)
-    assert mod.p_true(bb, logits, torch.tensor([0, 0])) == pytest.approx((0.25 + 0.5) / 2)

@@ -99,26 +99,6 @@ def test_a_recommender_below_the_ctr_floor_is_flagged_first(tmp_path):
     assert plot_jsd_time(bad["rows"], tmp_path / "p.png") and (tmp_path / "p.png").stat().st_size > 0
 
 
-def test_sweep_grid_and_choice_rule(tmp_path):
-    """benchmarks/sweep_e2urec.py: the grid's product, and the table marks what it chose."""
-
-    from conftest import bench_module
-
-    mod = bench_module("sweep_e2urec")
-    g = mod.parse_grid("student_steps=300,1000; alpha=2")
-    assert g == [dict(student_steps="300", alpha="2"), dict(student_steps="1000", alpha="2")]
-    assert mod.fields(g[1]) == dict(student_steps=1000, alpha=2.0)  # typed by the config
-    s = lambda m, ci=None: dict(n=3, mean=m, std=None, ci95=ci, values=[m])  # noqa: E731
-    row = lambda jsd, dv: dict(valid_auc=s(0.7), valid_logloss=s(0.6), jsd=s(jsd), l2=s(0.1), test_auc=s(0.7),  # noqa: E731
-                               d_valid_auc_vs_original=s(dv, 0.001), jsd_gap_closed=s(0.2))
-    summary = dict(Original=row(0.02, 0), Retrain=row(0, 0), a=row(0.001, -0.02), b=row(0.01, 0), c=row(0.015, -0.004))
-    eligible, chosen = mod.choose(summary, ["a", "b", "c"])
-    assert eligible == ["b", "c"] and chosen == "b"  # a forgets most but loses 2 valid AUC points
-    res = dict(seeds=[1, 2, 3], base="", total_s=60, rule="r", eligible=eligible, chosen=chosen, summary=summary)
-    md = mod.markdown(res)
-    assert "| b **(chosen)** |" in md and "| a (loses valid AUC) |" in md
-
-
 def test_bench_unlearn_summary_over_seeds(tmp_path):
     """benchmarks/bench_unlearn.py --summarize: per-seed ratios, their median and range; a seed
     whose fast path never reached the target counts as not reached, not as a number."""
@@ -164,30 +144,3 @@ def test_plot_labels_of_coinciding_points_do_not_overlap():
     boxes = [t.get_window_extent(r) for t in ax.texts]
     assert not boxes[0].overlaps(boxes[1]) and ax.texts[2].xyann == (5, 4)
     plt.close(fig)
-
-
-def test_paths_in_scenario_pairs_variants_by_seed(tmp_path):
-    """benchmarks/paths_in_scenario.py: rows of several runs paired by seed, hand-checked."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("pis", Path(__file__).resolve().parent.parent / "benchmarks" / "paths_in_scenario.py")
-    pis = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pis)
-
-    def rows(e2u_jsd, t):
-        return [dict(method="Original", auc=0.7, jsd=0.1), dict(method="Retrain", auc=0.7, jsd=0.0),
-                dict(method="E2URec", auc=0.7, jsd=e2u_jsd, l2=0.1, time_s=t, mia_loss_auc=0.5, mia_ref_auc=0.5, forget_quality=0.5)]
-
-    for run, vals in (("a", [(0.08, 10.0), (0.06, 20.0)]), ("b", [(0.05, 2.0), (0.05, 5.0)])):
-        for s, (j, t) in zip((1, 2), vals):
-            (tmp_path / run / f"seed-{s}").mkdir(parents=True)
-            (tmp_path / run / f"seed-{s}" / "report.json").write_text(json.dumps(dict(rows=rows(j, t), env=dict(git="x"))))
-    pis.main(["--seeds", "1,2", "--run", f"A={tmp_path / 'a'}:E2URec", "--run", f"B={tmp_path / 'b'}:E2URec", "--ref", "A",
-              "--out", str(tmp_path / "o")])
-    res = json.loads((tmp_path / "o" / "report.json").read_text())
-    d = res["paired_vs_ref"]["diffs"]["B"]["jsd"]
-    assert d["values"] == pytest.approx([-0.03, -0.01]) and d["mean"] == pytest.approx(-0.02)
-    assert res["summary"]["A"]["jsd_gap_closed"]["values"] == pytest.approx([0.2, 0.4])
-    assert res["time_ratio_vs"]["ratios"]["B"] == pytest.approx([4.0, 5.0])

@@ -29,6 +29,18 @@ PREP_VERSION = 2  # 2: ML-1M occupation 0 reads 'other or not specified' (the au
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = 0, 1, 2
 
 
+def calib_users(users) -> list[int]:
+    """The calibration half of the held-out users D_h (by user, never by sample): the users in
+    order of id, shuffled by a fixed seed, the first floor(n/2). The rest are the audit's: the
+    two never share a user, so what a request tunes on is not what the audit scores it on.
+    Fewer than 2 users: no calibration part."""
+    import random
+
+    held = sorted(set(int(u) for u in users))
+    random.Random(0).shuffle(held)
+    return sorted(held[: len(held) // 2])
+
+
 @dataclass
 class Prepared:
     folder: Path
@@ -71,10 +83,15 @@ class Prepared:
     def index(self, part: str) -> torch.Tensor:
         """Sample indices of 'train' (what the Original trains on: the train period minus
         D_h), 'valid', 'test', 'forget' (this request's D_f), 'retain' (D_r: train minus every
-        forgotten user), 'forget_all' (the cumulative D_f of every request so far) or
-        'holdout' (D_h)."""
-        if part == "holdout":
-            return ((self.split == SPLIT_TRAIN) & self.holdout).nonzero().flatten()
+        forgotten user), 'forget_all' (the cumulative D_f of every request so far),
+        'holdout' (D_h), and D_h split by user (calib_users): 'calib' (what a request may
+        calibrate its forgetting on) and 'audit' (what only the audit reads)."""
+        if part in ("holdout", "calib", "audit"):
+            h = (self.split == SPLIT_TRAIN) & self.holdout
+            if part != "holdout":
+                c = torch.isin(self.users, torch.tensor(calib_users(self.users[h].tolist()), dtype=torch.long))
+                h &= c if part == "calib" else ~c
+            return h.nonzero().flatten()
         tr = (self.split == SPLIT_TRAIN) & ~self.holdout
         gone = self.forget if self.excluded is None else (self.forget | self.excluded)
         sel = {
@@ -201,6 +218,8 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
         params |= dict(holdout_ratio=holdout_ratio, scenario="shilling" if shilling else "random")
     if shilling:
         params["shilling"] = 2  # 2: fillers drawn around their mean; the probes (data/scenarios.py)
+    if scenario == "canary":
+        params |= dict(scenario="canary", canary=1)
     if any(p.name.startswith("goodreads_interactions") for p in sources):
         params["user_ids"] = "raw"  # the UCSD layout's string ids are kept (users.json)
     src_hash = _files_sha(sources)
@@ -218,6 +237,8 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
     scen = None
     if shilling:
         sp, scen = _with_shilling(sp, inter, samples, max_samples, seed, holdout_ratio, min_history, k)
+    elif scenario == "canary":
+        sp, scen = _with_canaries(sp, inter, seed, min_history, k)
     all_s = sp.train + sp.valid + sp.test
     prompts = [render_prompt(s, inter) for s in all_s]
     n_tr, n_va = len(sp.train), len(sp.valid)
@@ -241,8 +262,10 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
         ),
     )
     probe_lines = None
-    if scen is not None:
+    if scen is not None and scen["name"] == "shilling":
         probe_lines, manifest["scenario"] = _probes(sp, inter, scen)
+    elif scen is not None:
+        manifest["scenario"] = {k: v for k, v in scen.items() if k not in ("members", "nonmembers")}
     with staged_dir(folder) as tmp:
         (tmp / "prompts.jsonl").write_text(lines, encoding="utf-8")
         if probe_lines is not None:
@@ -301,3 +324,18 @@ def _with_shilling(sp: Split, inter, samples, max_samples, seed: int, holdout_ra
     return Split(train, sp.valid, sp.test, info["fake_users"], [s.user in fake_users for s in train], sp.n_after_filter,
                  sorted(held), [s.user in held for s in train]), info
 
+
+
+def _with_canaries(sp: Split, inter, seed: int, min_history: int, k: int):
+    """The split with the canary users' samples added to train (in time order): the first half
+    of them D_f, the second half D_h (data/scenarios.py). The real users are neither."""
+    from .scenarios import inject_canaries
+
+    try:
+        can, info = inject_canaries(inter, sp.train, seed, min_history=min_history, k=k)
+    except ValueError as e:
+        raise fail(None, f"--scenario canary: {e}; give more --max-samples") from None
+    members, held = set(info["members"]), set(info["nonmembers"])
+    train = sorted(sp.train + can, key=lambda s: (s.ts, s.user, s.item))
+    return Split(train, sp.valid, sp.test, info["members"], [s.user in members for s in train], sp.n_after_filter,
+                 info["nonmembers"], [s.user in held for s in train]), info

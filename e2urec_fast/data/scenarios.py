@@ -13,7 +13,15 @@
   target instead (`probe_samples`), so it does not hang on the few test samples that happen to
   be about a target.
 
-`inject_shilling` is deterministic in its seed; the fake users get ids above every real one,
+- `canary` (privacy, by construction): canary users whose labels only memorization can fit
+  (each rates items of the train period's 100 most popular with stars drawn uniformly from
+  {1, 2, 4, 5}, so a 'yes' is a coin flip independent of the item, the history and the
+  profile; the secret-sharer canaries of Carlini et al. 2019). Half of them are D_f, the other
+  half D_h, held out of every model: members and non-members come from one pool by
+  construction, so Retrain's attack AUC is 0.5 up to noise and the Original's excess is
+  memorization alone.
+
+`inject_shilling` and `inject_canaries` are deterministic in their seed; the fake users get ids above every real one,
 a real user's profile (copied), and train-period timestamps only: they never reach valid or
 test.
 """
@@ -28,7 +36,7 @@ from dataclasses import dataclass, replace
 from .loaders import Interactions
 from .samples import Sample, build_samples
 
-SCENARIOS = ("random", "memorize", "shilling")
+SCENARIOS = ("random", "memorize", "shilling", "canary")
 
 
 @dataclass(frozen=True)
@@ -103,3 +111,40 @@ def inject_shilling(inter: Interactions, train: list[Sample], test: list[Sample]
     info = dict(name="shilling", kind="average attack", targets=targets, fake_users=fake_users, fillers_pool=len(fillers_pool),
                 n_fake=shill.n_fake, n_targets=shill.n_targets, n_fillers=shill.n_fillers, fake_samples=len(fake))
     return fake, info
+
+
+@dataclass(frozen=True)
+class Canaries:
+    n_users: int = 40  # canary users: the first half D_f, the second half held out (D_h)
+    n_ratings: int = 20  # ratings per canary user (min_history of them only form a history: 15 samples each)
+    pool: int = 100  # drawn from the train period's most popular items
+
+
+CANARY_STARS = (1, 2, 4, 5)  # a 'yes' (stars > 3) is a fair coin, whatever the item
+
+
+def inject_canaries(inter: Interactions, train: list[Sample], seed: int, can: Canaries = Canaries(),
+                    min_history: int = 5, k: int = 10) -> tuple[list[Sample], dict]:
+    """Canary users' samples (to add to train) and the scenario's description; `inter` gains
+    their profiles (each a real user's, copied). Ids above every real one, train-period
+    timestamps only (they never reach valid or test)."""
+    rng = random.Random(f"canary:{seed}")
+    pop = Counter(s.item for s in train)
+    pool = [i for i, _ in sorted(pop.items(), key=lambda kv: (-kv[1], kv[0]))][: can.pool]
+    if len(pool) < can.n_ratings:
+        raise ValueError(f"only {len(pool)} items in the popular pool, fewer than the {can.n_ratings} ratings of a canary")
+    t_lo, t_hi = min(s.ts for s in train), max(s.ts for s in train)
+    real = sorted(inter.users) or sorted({s.user for s in train})
+    first = max([*real, *(s.user for s in train)]) + 1
+    users, ratings = [first + j for j in range(can.n_users)], []
+    for u in users:
+        if inter.users:
+            inter.users[u] = replace(inter.users[rng.choice(real)])
+        items = rng.sample(pool, can.n_ratings)
+        ts = sorted(rng.randint(t_lo, t_hi) for _ in items)
+        ratings += [(u, i, rng.choice(CANARY_STARS), t) for i, t in zip(items, ts)]
+    samples = build_samples(Interactions(inter.name, inter.kind, inter.users, inter.titles, ratings), min_history=min_history, k=k)
+    half = can.n_users // 2
+    info = dict(name="canary", members=users[:half], nonmembers=users[half:], pool=len(pool), n_users=can.n_users,
+                n_ratings=can.n_ratings, stars=list(CANARY_STARS), canary_samples=len(samples))
+    return samples, info

@@ -266,7 +266,7 @@ def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, run
 
 
 def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Backbone | None = None, parts=("rem", "fgt"),
-            name: str = "e2urec", probe=None, rem: Backbone | None = None, store=None):
+            name: str = "e2urec", probe=None, rem: Backbone | None = None, store=None, calibrate=None):
     """Run E2URec; returns (student backbone with its adapter, info dict).
 
     `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
@@ -278,6 +278,8 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     student's base is the previous request's model, D_r is remembered from the first Original).
     `store`: the folder where a cached boundary's D_r and evaluation states outlive the run
     (the model cache; None: they go with it).
+    `calibrate(student)`: sets the adapter's strength from the calibration users before it is
+    written (calibrate.py); its record goes into the info, its seconds into the time.
     """
     rem = orig if rem is None else rem
     t_all = time.perf_counter()
@@ -306,6 +308,11 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     stages["student"] = res.seconds
     student.model.eval()
     student.states = source  # its evaluation starts from the frozen part's states (its rows: evaluate.py)
+    calib = None
+    if calibrate is not None:
+        t0 = time.perf_counter()
+        calib = calibrate(student)
+        stages["calibrate"] = time.perf_counter() - t0
     time_s = time.perf_counter() - t_all - res.hook_seconds  # probes (benchmarks) are not unlearning
     adapter_dir, kept = write_stage(job, orig, cfg, p, student, aug, boundary)
     info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,
@@ -313,7 +320,7 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
                 loss_head=res.loss_history[:5], adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept,
                 resumed_at_step=res.resumed_at, samples_per_s=res.samples / max(stages["student"], 1e-9),
                 base_model_bytes=nbytes, peak_rss_mib=peak_rss_mib(), lora_scope=str(p.scope),
-                aug_mode=("lora" if p.aug_lora else "full") if p.need_aug else None)
+                aug_mode=("lora" if p.aug_lora else "full") if p.need_aug else None, calibration=calib)
     return student, info
 
 

@@ -48,7 +48,7 @@ def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict
         with torch.no_grad():
             v, _ = logits(orig, fb)
             v_aug, _ = logits(aug, fb)
-        out["kl_f"] = ce_kl(v - alpha * F.relu(v_aug - v), s_f)
+        out["kl_f"] = ce_kl(ops.forgetting_teacher(v, v_aug, alpha), s_f)  # the one definition (ops.py)
     if rb is not None:
         s_r, tgt = logits(student.model, rb)
         with torch.no_grad():

@@ -31,6 +31,9 @@ class Context:
     model_cache: object  # folder of the trained-model cache, or None
     rem: Backbone | None = None  # the remembering teacher when it is not the Original (sequential requests)
     log: Callable[[str], None] = print
+    # calibrate(model, base weights or None) -> the calibration's record (calibrate.py) or None:
+    # sets how much of an update the model keeps, from the calibration users (None: off)
+    calibrate: Callable[[Backbone, dict | None], dict | None] | None = None
 
 
 @dataclass
@@ -57,7 +60,8 @@ def _e2urec(ctx: Context) -> list[Outcome]:
     out = []
     for i in (["reference", "fast"] if impl == "both" else [impl]):
         ctx.log(f"E2URec ({i} path) ...")
-        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache)
+        bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache,
+                                  calibrate=None if ctx.calibrate is None else lambda m: ctx.calibrate(m, None))
         out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
                            detail=f"e2urec_{i}", adapter=i == "fast" or impl == "reference"))
     return out
@@ -79,12 +83,18 @@ def _baseline(name: str, module):
         key = e2urec.run_key(ctx.job, ctx.orig, ctx.cfg, name, ("baseline",))
         resume = Resume(ctx.job.out / "work" / f"{name}-{key}.safetensors", key, ctx.cfg.speed.checkpoint_every)
         bb, info = module.unlearn(ctx.job, ctx.orig, ctx.cfg, resume=resume)
+        if ctx.calibrate is not None and not info.get("diverged"):  # the same calibration as E2URec's: a strength on the update
+            import time
+
+            t0 = time.perf_counter()
+            info["calibration"] = ctx.calibrate(bb, ctx.orig.model.state_dict())
+            info["time_s"] += time.perf_counter() - t0
         return [Outcome(METHODS[name].label, bb, info, detail=name)]
 
     return run
 
 
-RETRAIN_AGAIN_OFFSET = 100  # the second Retrain's training seed: the job's + this (benchmarks/seed_floor.py's --other 100)
+RETRAIN_AGAIN_OFFSET = 100  # the second Retrain's training seed: the job's + this
 
 
 def _retrain_again(ctx: Context) -> list[Outcome]:

@@ -1,0 +1,197 @@
+"""How much to forget, decided per request from same-pool non-members (issue #37).
+
+An unlearning update (E2URec's LoRA adapter, a baseline's weight change) is applied with a
+strength lambda: the adapter's B scaled by lambda (`W0 + lambda * B A`, written so into the
+adapter: PEFT loads it as it is), a full fine-tune interpolated, `theta0 + lambda * (theta1 -
+theta0)` (model mixing, arXiv 2406.09179; task-arithmetic negation, arXiv 2212.04089).
+lambda = 0 is the Original, 1 the update as trained.
+
+The strength is chosen with forward passes only: the LOSS attack's AUC of this request's D_f
+against the calibration part of the non-members (`Prepared.index("calib")`; the audit part is
+never read here) is brought to `target` (0.5: the attack cannot tell D_f from data the model
+never saw), the smallest lambda that reaches it (no more forgetting than the non-members
+show), found on a grid and refined by bisection. A utility guard bounds the cost: the
+validation AUC may drop at most `max_drop` below the Original's; where reaching the target
+would cost more, lambda is the largest the guard allows and the request is "not forgotten to
+the non-member level" (said in the report, never passed silently). Where the Original's D_f
+already reads as non-members (AUC <= target), lambda = 0: there is nothing to forget.
+
+Caveat (U-LiRA, arXiv 2403.01218): a population attack matched is not every example
+forgotten; the audit scores the result on users calibration never saw, with a second attack.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+@dataclass
+class Calibration:
+    strength: float
+    target: float
+    calib_auc: float  # the attack's AUC on D_f vs the calibration users at the chosen strength
+    original_auc: float  # at strength 0 (the Original)
+    trained_auc: float | None  # at strength 1 (the update as trained)
+    reached: bool  # the target reached inside the guard
+    valid_auc: float | None = None
+    original_valid_auc: float | None = None
+    max_drop: float = 0.0
+    curve: list = field(default_factory=list)  # [(strength, calib AUC)] in the order evaluated
+    seconds: float = 0.0
+    passes: int = 0
+    verdict: str = ""
+    rows: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float = 4.0, max_drop: float = 0.02,
+                    bisect: int = 5) -> Calibration:
+    """`auc_at(s)`: the attack AUC on D_f vs calibration users at strength s; `valid_at(s)`:
+    the validation AUC (None: no guard). Returns the chosen strength and how it was found."""
+    t0 = time.perf_counter()
+    curve: dict[float, float] = {}
+
+    def auc(s):
+        if s not in curve:
+            curve[s] = float(auc_at(s))
+        return curve[s]
+
+    a0 = auc(0.0)
+    v0 = valid_at(0.0) if valid_at is not None else None
+
+    def ok(s):  # the utility guard
+        return v0 is None or s == 0.0 or valid_at(s) >= v0 - max_drop
+
+    if not a0 > target:
+        c = Calibration(0.0, target, a0, a0, None, True, v0, v0, max_drop)
+        c.verdict = f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
+        return _done(c, curve, t0)
+    lo, hi = 0.0, None
+    for s in (g for g in GRID if g <= max_strength):
+        if auc(s) <= target:
+            hi = s
+            break
+        lo = s
+    reached = hi is not None
+    if reached:
+        for _ in range(bisect):  # the smallest strength that reaches the target: no more forgetting than needed
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if auc(mid) <= target else (mid, hi)
+        s = hi
+    else:
+        s = lo
+    guarded = not ok(s)
+    if guarded:  # the largest strength the guard allows
+        good, bad = 0.0, s
+        for _ in range(bisect + 1):
+            mid = (good + bad) / 2
+            good, bad = (mid, bad) if ok(mid) else (good, mid)
+        s, reached = good, False
+    c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, valid_at(s) if valid_at is not None else None, v0, max_drop)
+    if reached:
+        c.verdict = f"forgotten to the non-member level: strength {s:.3g}, calibration attack AUC {a0:.3f} -> {c.calib_auc:.3f}"
+    else:
+        why = (f"more forgetting would drop the validation AUC by over {max_drop}" if guarded
+               else f"even strength {s:.3g} leaves the attack AUC above {target}")
+        c.verdict = (f"not forgotten to the non-member level: {why}; kept strength {s:.3g} (calibration attack AUC "
+                     f"{a0:.3f} -> {c.calib_auc:.3f})")
+    return _done(c, curve, t0)
+
+
+def _done(c: Calibration, curve: dict, t0: float) -> Calibration:
+    c.curve = [[s, a] for s, a in curve.items()]
+    c.passes = len(curve)
+    c.seconds = time.perf_counter() - t0
+    return c
+
+
+class Strength:
+    """Sets an update's strength on a model in place: the LoRA modules' scaling, or for a full
+    fine-tune the weights interpolated from the Original's (`base`: its state dict)."""
+
+    def __init__(self, model: torch.nn.Module, base: dict | None = None):
+        from .models.lora import LoRALinear
+
+        self.model = model
+        self.lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+        self.scaling = [m.scaling for m in self.lora]
+        self.full = {}
+        if not self.lora:
+            if base is None:
+                raise ValueError("a model without LoRA modules needs the Original's weights to set a strength")
+            for n, p in model.named_parameters():
+                if n in base and base[n].shape == p.shape and not torch.equal(base[n].to(p.device, p.dtype), p.detach()):
+                    self.full[n] = (base[n].to(p.device, p.dtype).clone(), p.detach().clone())
+        self.current = 1.0
+
+    @torch.no_grad()
+    def set(self, s: float) -> None:
+        if self.lora:
+            for m, sc in zip(self.lora, self.scaling):
+                m.scaling = sc * s
+        else:
+            params = dict(self.model.named_parameters())
+            for n, (w0, w1) in self.full.items():
+                params[n].copy_(w0 + s * (w1 - w0))
+        self.current = s
+
+    @torch.no_grad()
+    def bake(self) -> None:
+        """Keep the current strength for good: the LoRA B matrices scaled by it and the
+        scaling restored (so a saved adapter carries it under its own lora_alpha / r)."""
+        if self.lora:
+            for m, sc in zip(self.lora, self.scaling):
+                m.lora_B.weight.mul_(self.current)
+                m.scaling = sc
+        self.current = 1.0
+
+
+def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 4.0,
+              max_drop: float = 0.02, log=None) -> Calibration | None:
+    """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
+    model) on this request's D_f and the calibration users, with the validation guard; None
+    where the data has no calibration users (the caller says so). `ev`: the job's Evaluator."""
+    from .audit import answer_losses, mia_auc
+    from .evaluate import ctr_metrics, p_yes
+
+    prep = ev.job.prepared
+    f_idx, c_idx, v_idx = prep.index("forget"), prep.index("calib"), prep.index("valid")
+    if not len(c_idx) or not len(f_idx):
+        return None
+    f_lab, c_lab, v_lab = (prep.labels[i].numpy() for i in (f_idx, c_idx, v_idx))
+    st = Strength(bb.model, base)
+    both = torch.cat([f_idx, c_idx])
+
+    def auc_at(s):
+        st.set(s)
+        lg = ev._predict_part(bb, both, False)
+        loss = answer_losses(lg, np.r_[f_lab, c_lab])
+        return mia_auc(-loss[: len(f_idx)], -loss[len(f_idx):])
+
+    valid = {}
+
+    def valid_at(s):
+        if s not in valid:
+            st.set(s)
+            valid[s] = ctr_metrics(v_lab, p_yes(ev._predict_part(bb, v_idx, False)))["auc"]
+        return valid[s]
+
+    try:
+        c = choose_strength(auc_at, valid_at if len(v_idx) else None, target, max_strength, max_drop)
+    finally:
+        st.set(1.0)
+    st.set(c.strength)
+    st.bake()
+    c.passes += len(valid)
+    c.rows = dict(forget=len(f_idx), calib=len(c_idx), valid=len(v_idx))
+    if log:
+        log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
+    return c

@@ -1,0 +1,152 @@
+"""Calibrated forgetting (issue #37): the calibration/audit split, the canary scenario, the
+strength search and the strength an adapter carries."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_ml1m
+from e2urec_fast.calibrate import Strength, choose_strength
+from e2urec_fast.data import prepare
+from e2urec_fast.data.loaders import load_ml1m
+from e2urec_fast.data.prepare import calib_users
+from e2urec_fast.data.samples import build_samples, split_samples
+from e2urec_fast.data.scenarios import CANARY_STARS, Canaries, inject_canaries
+
+
+def test_calibration_and_audit_users_are_disjoint_and_out_of_training(tmp_path):
+    d = make_ml1m(tmp_path / "ml1m", n_users=40, per_user=14)
+    p = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=3, holdout_ratio=0.3)
+    h, c, a = (set(p.index(k).tolist()) for k in ("holdout", "calib", "audit"))
+    assert c and a and not c & a and c | a == h
+    cu, au = set(p.users[p.index("calib")].tolist()), set(p.users[p.index("audit")].tolist())
+    assert not cu & au and len(cu) == len(set(p.users[p.index("holdout")].tolist())) // 2  # split by user, half each
+    for part in ("train", "retain", "forget", "forget_all", "valid", "test"):
+        assert not set(p.index(part).tolist()) & h, part
+    assert not {p.prompts[i] for i in h} & set(p.pretrain_prompts())  # nor the tokenizer's corpus
+    assert calib_users([5, 3, 9, 3]) == calib_users([9, 5, 3]) and calib_users([7]) == []
+
+
+def test_canaries_are_deterministic_coin_flips_in_the_train_period(tmp_path):
+    d = make_ml1m(tmp_path / "ml1m", n_users=40, n_items=60, per_user=14)
+    inter = load_ml1m(d)
+    sp = split_samples(build_samples(inter), None, 0.25, 3)
+    can = Canaries(n_users=10, n_ratings=12, pool=30)
+    s1, info = inject_canaries(load_ml1m(d), sp.train, seed=4, can=can)
+    s2, info2 = inject_canaries(load_ml1m(d), sp.train, seed=4, can=can)
+    assert info == info2 and [(s.user, s.item, s.stars, s.ts) for s in s1] == [(s.user, s.item, s.stars, s.ts) for s in s2]
+    s3, _ = inject_canaries(load_ml1m(d), sp.train, seed=5, can=can)
+    assert [s.stars for s in s3] != [s.stars for s in s1]
+    assert min(info["members"] + info["nonmembers"]) > max(inter.users) and len(info["members"]) == len(info["nonmembers"]) == 5
+    assert {s.stars for s in s1} <= set(CANARY_STARS) and len(s1) == 10 * (12 - 5)
+    t_lo, t_hi = min(s.ts for s in sp.train), max(s.ts for s in sp.train)
+    assert all(t_lo <= s.ts <= t_hi for s in s1)
+
+
+def test_canary_labels_are_independent_of_the_item():
+    """The draw: over many canaries, every item's share of 'yes' is a fair coin (a chi-square
+    over items), so no model can fit them but by memorizing them."""
+    from e2urec_fast.data.loaders import Interactions
+    from e2urec_fast.data.samples import Sample
+
+    train = [Sample(u, i, 3, 0, 1000 + u * 7 + i, 5, []) for u in range(50) for i in range(40)]
+    inter = Interactions("t", "movie", {}, {i: f"m{i}" for i in range(40)}, [])
+    samples, _ = inject_canaries(inter, train, seed=1, can=Canaries(n_users=800, n_ratings=25, pool=40))
+    yes, n = np.zeros(40), np.zeros(40)
+    for s in samples:
+        yes[s.item] += s.label
+        n[s.item] += 1
+    chi2 = float((((yes - n / 2) ** 2) / (n / 4)).sum())  # 39 degrees of freedom: mean 39, sd 8.8
+    assert 10 < chi2 < 80, chi2
+    assert abs(yes.sum() / n.sum() - 0.5) < 0.02
+
+
+def test_canary_scenario_forgets_half_and_holds_out_half(tmp_path):
+    d = make_ml1m(tmp_path / "ml1m", n_users=40, n_items=150, per_user=30)
+    p = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=3, scenario="canary")
+    members = set(p.users[p.index("forget")].tolist())
+    held = set(p.users[p.index("holdout")].tolist())
+    assert len(members) == len(held) == 20 and not members & held and min(members | held) > 40
+    is_can = torch.isin(p.users, torch.tensor(sorted(members | held)))
+    assert not is_can[p.index("valid")].any() and not is_can[p.index("test")].any()
+    assert torch.equal(is_can & ~p.holdout, p.forget)  # the members' samples are exactly D_f
+    assert p.manifest["scenario"]["name"] == "canary"
+
+
+def test_strength_search_by_hand():
+    """A hand-built attack curve: AUC(s) = 0.8 - 0.2 s, validation AUC falling 0.01 per unit."""
+    c = choose_strength(lambda s: 0.8 - 0.2 * s, lambda s: 0.75 - 0.01 * s, target=0.5, max_drop=0.05)
+    assert c.reached and abs(c.strength - 1.5) < 0.02 and c.calib_auc <= 0.5 and "forgotten to the non-member" in c.verdict
+    assert c.original_auc == pytest.approx(0.8) and c.trained_auc == pytest.approx(0.6)
+    # the guard: a drop of 0.01 allowed stops at strength 1, short of the target, and says so
+    g = choose_strength(lambda s: 0.8 - 0.2 * s, lambda s: 0.75 - 0.01 * s, target=0.5, max_drop=0.01)
+    assert not g.reached and g.strength <= 1.0 + 1e-9 and g.strength > 0.9 and "not forgotten" in g.verdict
+    # too weak an update: the largest strength, not reached
+    w = choose_strength(lambda s: 0.8 - 0.01 * s, None, target=0.5, max_strength=4.0)
+    assert not w.reached and w.strength == 4.0 and "above 0.5" in w.verdict
+    # nothing to forget
+    z = choose_strength(lambda s: 0.48, None)
+    assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
+
+
+def test_strength_on_lora_is_baked_into_b_and_on_a_full_model_interpolates():
+    from e2urec_fast.models.lora import LoraConfig, inject_lora
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(dict(q=torch.nn.Linear(4, 4)))
+    inject_lora(model, LoraConfig(2, 4, 0.0, ("q",)))
+    with torch.no_grad():
+        model.q.lora_B.weight.normal_()
+    x = torch.randn(3, 4)
+    y0, y1 = model.q.base(x), model.q(x)
+    st = Strength(model)
+    st.set(0.5)
+    assert torch.allclose(model.q(x), y0 + 0.5 * (y1 - y0), atol=1e-6)
+    st.bake()
+    assert torch.allclose(model.q(x), y0 + 0.5 * (y1 - y0), atol=1e-6) and st.current == 1.0
+    full = torch.nn.Linear(4, 4)
+    base = {k: v.clone() for k, v in full.state_dict().items()}
+    with torch.no_grad():
+        full.weight.add_(1.0)
+    f = Strength(full, base)
+    f.set(0.25)
+    assert torch.allclose(full.weight, base["weight"] + 0.25) and torch.equal(full.bias, base["bias"])
+    with pytest.raises(ValueError):
+        Strength(torch.nn.Linear(2, 2))
+
+
+def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path):
+    """A benchmark with a holdout: E2URec and NegGrad are calibrated on the calibration users
+    (the report's rows carry the strength, the calibration its curve); the adapter written
+    carries the strength (PEFT, loaded as it is, gives E2URec's test AUC); a request without
+    non-members says at the top of its report that nothing was calibrated."""
+    pytest.importorskip("peft")
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    from e2urec_fast import forget
+    from e2urec_fast.evaluate import ctr_metrics, p_yes, predict_logits
+    from e2urec_fast.models import load_backbone
+
+    data = make_ml1m(tmp_path / "ml1m", n_users=24, per_user=14)
+    common = dict(dataset="ml-1m", max_samples=None, epochs=1, batch_size=8, student_steps=8, forget_epochs=1, quiet=True, seed=4,
+                  data_dir=str(data), cache_dir=str(tmp_path / "cache"))
+    r = forget(tmp_path / "b", methods="original,retrain,e2urec,neggrad", holdout_ratio=0.3, baseline_steps=4, **common)
+    cal = r.report["calibration"]
+    assert cal["calib_users"] >= 1 and set(cal["methods"]) == {"E2URec", "NegGrad"}
+    for name, c in cal["methods"].items():
+        assert r.metrics(name)["strength"] == c["strength"] and c["curve"][0][0] == 0.0 and c["passes"] >= 1
+        assert c["verdict"] in (r.out / "report.md").read_text()
+    c = r.report["counts"]
+    assert c["calib_users"] + c["audit_users"] == c["holdout_users"] and c["audit"] == r.audit["Original"]["n_unseen"]
+    assert r.audit["Original"]["loss_auc_ci"][0] <= r.audit["Original"]["loss_auc"] <= r.audit["Original"]["loss_auc_ci"][1]
+    bb = load_backbone(r.original)
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(r.adapter))
+    prep = prepare("ml-1m", data, tmp_path / "cache", max_samples=None, forget_ratio=0.2, seed=4, holdout_ratio=0.3)
+    seqs = prep.tokens(bb.tokenizer, bb.tokenizer_key(), suffix=bb.suffix)
+    idx = prep.index("test")
+    auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
+    assert abs(auc - r.metrics("E2URec")["auc"]) < 1e-6
+    users = sorted(set(prep.users[prep.index("train")].tolist()))
+    q = forget(tmp_path / "q", original=str(r.original), forget_users=users[:2], no_retrain=True, **common)
+    assert "NOTE: no calibration users" in (q.out / "report.md").read_text() and not q.report["calibration"].get("methods")
