@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Calibration:
         return asdict(self)
 
 
-def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float = 4.0, max_drop: float = 0.02,
+def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float = 8.0, max_drop: float = 0.02,
                     bisect: int = 5) -> Calibration:
     """`auc_at(s)`: the attack AUC on D_f vs calibration users at strength s; `valid_at(s)`:
     the validation AUC (None: no guard). Returns the chosen strength and how it was found."""
@@ -154,7 +154,7 @@ class Strength:
         self.current = 1.0
 
 
-def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 4.0,
+def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 8.0,
               max_drop: float = 0.02, log=None) -> Calibration | None:
     """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
     model) on this request's D_f and the calibration users, with the validation guard; None
