@@ -193,12 +193,7 @@ def _source_files(dataset: str, data_dir, cache_dir) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_samples: int | None = 100_000,
-            forget_ratio: float = 0.2, seed: int = 42, min_history: int = 5, k: int = 10, holdout_ratio: float = 0.0,
-            scenario: str = "random") -> Prepared:
-    """Build (or reuse) the prepared data set. See the module docstring for the layout.
-    `scenario` 'shilling' injects fake users into the train period (data/scenarios.py); their
-    samples are D_f, and `forget_ratio` is not used."""
+def _check_args(dataset: str, max_samples, forget_ratio: float, holdout_ratio: float, scenario: str) -> None:
     if dataset not in ("ml-100k", "ml-1m", "goodreads"):
         raise fail(None, f"unknown dataset {dataset!r} (choose ml-100k, ml-1m or goodreads)")
     if not 0.0 < forget_ratio < 1.0:
@@ -207,19 +202,26 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
         raise fail(None, f"--holdout-ratio must be in [0, 1), got {holdout_ratio}")
     if scenario not in SCENARIOS:
         raise fail(None, f"unknown scenario {scenario!r} (choose {', '.join(SCENARIOS)})")
-    shilling = scenario == "shilling"
     if max_samples is not None and max_samples < 10:
         raise fail(None, f"--max-samples must be at least 10, got {max_samples}")
+
+
+def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_samples: int | None = 100_000,
+            forget_ratio: float = 0.2, seed: int = 42, min_history: int = 5, k: int = 10, holdout_ratio: float = 0.0,
+            scenario: str = "random") -> Prepared:
+    """Build (or reuse) the prepared data set. See the module docstring for the layout.
+    `scenario` 'shilling' injects fake users into the train period (data/scenarios.py); their
+    samples are D_f, and `forget_ratio` is not used."""
+    _check_args(dataset, max_samples, forget_ratio, holdout_ratio, scenario)
+    shilling = scenario == "shilling"
     cache_dir = Path(os.path.expanduser(str(cache_dir)))
     sources = _source_files(dataset, data_dir, cache_dir)
     params = dict(dataset=dataset, max_samples=max_samples, forget_ratio=forget_ratio, seed=seed,
                   min_history=min_history, k=k, template="simple", version=PREP_VERSION)
     if holdout_ratio or shilling:  # (absent otherwise: the caches of earlier versions stay valid)
         params |= dict(holdout_ratio=holdout_ratio, scenario="shilling" if shilling else "random")
-    if shilling:
-        params["shilling"] = 2  # 2: fillers drawn around their mean; the probes (data/scenarios.py)
-    if scenario == "canary":
-        params |= dict(scenario="canary", canary=1)
+    params |= dict(shilling=2) if shilling else dict(scenario="canary", canary=1) if scenario == "canary" else {}
+    # (shilling 2: fillers drawn around their mean; the probes; data/scenarios.py)
     if any(p.name.startswith("goodreads_interactions") for p in sources):
         params["user_ids"] = "raw"  # the UCSD layout's string ids are kept (users.json)
     src_hash = _files_sha(sources)
@@ -235,10 +237,9 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
     samples = build_samples(inter, min_history=min_history, k=k)
     sp = split_samples(samples, max_samples, forget_ratio, seed, holdout_ratio)
     scen = None
-    if shilling:
-        sp, scen = _with_shilling(sp, inter, samples, max_samples, seed, holdout_ratio, min_history, k)
-    elif scenario == "canary":
-        sp, scen = _with_canaries(sp, inter, seed, min_history, k)
+    if scenario in ("shilling", "canary"):
+        sp, scen = _with_shilling(sp, inter, samples, max_samples, seed, holdout_ratio, min_history, k) if shilling \
+            else _with_canaries(sp, inter, seed, min_history, k)
     all_s = sp.train + sp.valid + sp.test
     prompts = [render_prompt(s, inter) for s in all_s]
     n_tr, n_va = len(sp.train), len(sp.valid)
