@@ -147,6 +147,13 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     idx = prep.index("test")
     auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
     assert abs(auc - r.metrics("E2URec")["auc"]) < 1e-6
+    # a request on the cached boundary, calibrated on its --holdout-users: the same check
     users = sorted(set(prep.users[prep.index("train")].tolist()))
-    q = forget(tmp_path / "q", original=str(r.original), forget_users=users[:2], no_retrain=True, **common)
-    assert "NOTE: no calibration users" in (q.out / "report.md").read_text() and not q.report["calibration"].get("methods")
+    q = forget(tmp_path / "q", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
+               **common)
+    assert set(q.report["calibration"]["methods"]) == {"E2URec"} and q.report["details"]["e2urec_fast"]["lora_scope"] != "all"
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(q.adapter))
+    auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
+    assert abs(auc - q.metrics("E2URec")["auc"]) < 1e-6
+    n = forget(tmp_path / "n", original=str(r.original), forget_users=users[:2], no_retrain=True, **common)
+    assert "NOTE: no calibration users" in (n.out / "report.md").read_text() and not n.report["calibration"].get("methods")
