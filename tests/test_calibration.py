@@ -149,9 +149,12 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     assert abs(auc - r.metrics("E2URec")["auc"]) < 1e-6
     # a request on the cached boundary, calibrated on its --holdout-users: the same check
     users = sorted(set(prep.users[prep.index("train")].tolist()))
+    # (a target no strength reaches and no guard: the strength is the largest allowed, 3, so the
+    # adapter's B must carry a factor 3 for PEFT to give E2URec's figures)
     q = forget(tmp_path / "q", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
-               **common)
+               calib_target=0.0, calib_max_drop=1.0, calib_max_strength=3.0, **common)
     assert set(q.report["calibration"]["methods"]) == {"E2URec"} and q.report["details"]["e2urec_fast"]["lora_scope"] != "all"
+    assert q.metrics("E2URec")["strength"] == 3.0 and "not forgotten to the non-member level" in (q.out / "report.md").read_text()
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(q.adapter))
     auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
     assert abs(auc - q.metrics("E2URec")["auc"]) < 1e-6
