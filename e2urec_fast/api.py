@@ -315,10 +315,8 @@ def run_methods(st: State) -> None:
 def calibrator(st: State):
     """The calibration every unlearning method gets (calibrate.py), or None: off, or no
     calibration users (a request without --holdout-users; the report says so at its top)."""
-    import torch
-
     c = st.cfg.calibration
-    n = len(torch.unique(st.prep.users[st.prep.index("calib")]))
+    n = st.prep.manifest["counts"].get("calib_users", 0)  # (prepare_stage counted them)
     st.calibration = dict(mode=c.calibrate, target=c.calib_target, max_drop=c.calib_max_drop,
                           max_strength=c.calib_max_strength, calib_users=n)
     if c.calibrate == "off":

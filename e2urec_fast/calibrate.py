@@ -172,7 +172,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
 
     def auc_at(s):
         st.set(s)
-        lg = ev._predict_part(bb, both, False)
+        lg = ev.predict_part(bb, both, False)
         loss = answer_losses(lg, np.r_[f_lab, c_lab])
         return mia_auc(-loss[: len(f_idx)], -loss[len(f_idx):])
 
@@ -181,7 +181,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     def valid_at(s):
         if s not in valid:
             st.set(s)
-            valid[s] = ctr_metrics(v_lab, p_yes(ev._predict_part(bb, v_idx, False)))["auc"]
+            valid[s] = ctr_metrics(v_lab, p_yes(ev.predict_part(bb, v_idx, False)))["auc"]
         return valid[s]
 
     try:

@@ -133,7 +133,7 @@ class Evaluator:
         parts = [("test", self.test_idx, False), ("forget_full", self.forget_idx, True)]
         return parts + ([("holdout", self.holdout_idx, False)] if self.nonmembers == "holdout" else [])
 
-    def _predict_part(self, bb, idx, full: bool):
+    def predict_part(self, bb, idx, full: bool):
         """A cached boundary's student (bb.states) runs from the frozen part's states: test's
         and D_h's read back from the store when an earlier run on the same model left them."""
         job = self.job
@@ -161,7 +161,7 @@ class Evaluator:
         got = {}
         for part, idx, full in self._parts():
             if self.cache_dir is None or name not in self.CACHED:
-                got[part] = self._predict_part(bb, idx, full)
+                got[part] = self.predict_part(bb, idx, full)
                 continue
             path = self.cache_dir / "predictions" / f"{name.lower()}-{part}-{self.cache_key(bb, part, idx)}.safetensors"
             if path.is_file():
@@ -171,7 +171,7 @@ class Evaluator:
                     continue
                 except Exception:  # a damaged file: computed again and rewritten
                     pass
-            got[part] = t = self._predict_part(bb, idx, full)
+            got[part] = t = self.predict_part(bb, idx, full)
             if t.numel() * t.element_size() <= self.CACHE_MAX_BYTES:
                 save_safetensors_atomic(dict(logits=t), path)
         if len(self.parts_from_cache.get(name, [])) == len(got):
