@@ -88,8 +88,7 @@ class Evaluator:
 
     `ev(bb, name) -> (metrics, (|D_f|, V) logits)`; `ev.losses[name] = (D_f losses,
     non-member losses)`. The non-members are the audit part of D_h (train-period samples of
-    held-out users; the calibration part's losses are in `ev.calib_losses`) when the data has a
-    holdout, else the test samples (`ev.nonmembers` says which). In the
+    held-out users; calibrate.py reads the calibration part) when the data has a holdout, else the test samples (`ev.nonmembers` says which). In the
     shilling scenario the metrics carry the attack's effect: the targets' mean p(yes) over every
     real test user (`target_p_yes`: the probes, each user's latest test prompt asked about each
     target), on the real test samples that are about a target (`target_p_yes_test`) and on D_f
@@ -106,10 +105,9 @@ class Evaluator:
         self.holdout_idx = prep.index("holdout")
         self.nonmembers = "holdout" if len(self.holdout_idx) else "test"
         self.holdout_labels = prep.labels[self.holdout_idx].numpy()
-        # D_h is predicted whole (one cached part); the audit reads its audit users only, the
-        # calibration part (prepare.calib_users) is a request's to tune on (ev.calib_losses)
+        # D_h is predicted whole (one cached part); the audit reads its audit users only (the
+        # calibration part, prepare.calib_users, is calibrate.py's)
         self.audit_pos = torch.isin(self.holdout_idx, prep.index("audit")).numpy()
-        self.calib_losses: dict = {}
         # the users of the audit's rows (its bootstrap resamples users): D_f's, the non-members'
         nonmember_users = prep.users[self.holdout_idx][torch.from_numpy(self.audit_pos)] if self.nonmembers == "holdout" \
             else prep.users[self.test_idx]
@@ -205,11 +203,8 @@ class Evaluator:
             if states is not None:
                 bb.states = None
         f_yn = yes_no(bb, full)
-        if self.nonmembers == "holdout":
-            h_loss = answer_losses(h_yn, self.holdout_labels)
-            unseen, self.calib_losses[name] = h_loss[self.audit_pos], h_loss[~self.audit_pos]
-        else:
-            unseen = answer_losses(yn, self.test_labels)
+        unseen = answer_losses(h_yn, self.holdout_labels)[self.audit_pos] if self.nonmembers == "holdout" \
+            else answer_losses(yn, self.test_labels)
         self.losses[name] = (answer_losses(f_yn, self.forget_labels), unseen)
         py = p_yes(yn)
         m = ctr_metrics(self.test_labels, py)
