@@ -146,7 +146,7 @@ class StudentConfig:
 
     impl: str = opt("fast", "fast path, the reference path that mirrors the authors' code, or both side by side",
                     choices=("fast", "reference", "both"))
-    student_lr: float = opt(1e-4, "AdamW learning rate of the LoRA student", shown=True, lo=0.0, lo_open=True, hi=1.0)
+    student_lr: float = opt(1e-4, "AdamW learning rate of the LoRA student", lo=0.0, lo_open=True, hi=1.0)
     alpha: float = opt(2.0, "forgetting-teacher strength in v - alpha*relu(v_aug - v)", shown=True, lo=0.0)
     retain_weight: float = opt(0.6, "w in w*(CE_r + KL_r) + (1-w)*KL_f, the paper's 1 - beta (the authors' code: 0.6)",
                                lo=0.0, hi=1.0)
