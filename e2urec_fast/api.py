@@ -287,8 +287,9 @@ def run_methods(st: State) -> None:
     from .methods.registry import METHODS, Context
 
     cfg = st.cfg
+    strength, teacher = calibrator(st)
     ctx = Context(st.job, st.orig, cfg, st.ft, None if cfg.finetune.no_model_cache else st.cache, rem=st.root,
-                  log=log, calibrate=calibrator(st))
+                  log=log, calibrate=strength, calibrate_teacher=teacher)
     for name in st.plan.methods:
         if METHODS[name].run is None:
             continue
@@ -304,38 +305,56 @@ def run_methods(st: State) -> None:
                 continue
             m, full = st.ev(o.model, o.label)
             o.model.states = None  # its cached states are no longer needed
-            cal = o.info.get("calibration")
+            cal, tcal = o.info.get("calibration"), o.info.get("teacher_calibration")
             if cal:
                 st.calibration.setdefault("methods", {})[o.label] = cal
+            if tcal:
+                st.calibration.setdefault("teachers", {})[o.label] = tcal
             st.rows.append(dict(method=o.label, kind=o.kind, **m, **jsd_l2(st.retrain_full, full), time_s=o.info["time_s"],
                                 trainable_params=o.info["trainable_params"], **o.row,
-                                **(dict(strength=cal["strength"]) if cal else {})))
+                                **(dict(strength=cal["strength"]) if cal else {}),
+                                **(dict(teacher_gamma=tcal["gamma"]) if tcal and "gamma" in tcal else {})))
 
 
 def calibrator(st: State):
-    """The calibration every unlearning method gets (calibrate.py), or None: off, or no
-    calibration users (a request without --holdout-users; the report says so at its top)."""
+    """The calibrations every unlearning method gets (calibrate.py), as (strength, teacher):
+    each None where off (--calibrate), or without calibration users (a request without
+    --holdout-users; the report says so at its top)."""
     c = st.cfg.calibration
     n = st.prep.manifest["counts"].get("calib_users", 0)  # (prepare_stage counted them)
-    st.calibration = dict(mode=c.calibrate, target=c.calib_target, max_drop=c.calib_max_drop,
+    mode = "strength" if c.calibrate == "auto" else c.calibrate
+    st.calibration = dict(mode=c.calibrate, resolved=mode, target=c.calib_target, max_drop=c.calib_max_drop,
                           max_strength=c.calib_max_strength, calib_users=n)
-    if c.calibrate == "off":
+    if mode == "off":
         st.calibration["note"] = "NOTE: calibration off (--calibrate off): every update is applied as trained"
-        return None
+        return None, None
     if not n:
         st.calibration["note"] = (
             "NOTE: no calibration users (a request without --holdout-users, or a holdout of one user): how much to forget "
             "was not decided from non-members; every update is applied as trained (the fixed schedule), and the audit "
             + ("compares D_f with the later test samples" if not len(st.prep.index("holdout")) else "reads the one held-out user"))
-        return None
+        return None, None
 
-    def run(model, base):
+    def strength(model, base):
         from .calibrate import calibrate
 
         got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log)
         return None if got is None else got.to_dict()
 
-    return run
+    losses = []
+
+    def teacher(target_yn, labels, original_yn):
+        from .audit import answer_losses
+        from .calibrate import teacher_offset
+
+        if not losses:  # the Original's losses on the calibration users, once
+            idx = st.prep.index("calib")
+            losses.append(answer_losses(st.ev.predict_part(st.orig, idx, False), st.prep.labels[idx].numpy()))
+        got = teacher_offset(target_yn, labels, losses[0], c.calib_target, original_yn)
+        log(f"calibration: {got.verdict}")
+        return got
+
+    return (strength if mode in ("strength", "both") else None), (teacher if mode in ("teacher", "both") else None)
 
 
 def audit_stage(st: State) -> dict:

@@ -16,6 +16,14 @@ would cost more, lambda is the largest the guard allows and the request is "not 
 the non-member level" (said in the report, never passed silently). Where the Original's D_f
 already reads as non-members (AUC <= target), lambda = 0: there is nothing to forget.
 
+The forgetting teacher can be calibrated the same way, before the student trains (`--calibrate
+teacher`, or `both` with the strength after): E2URec's target `v - alpha * relu(v_aug - v)` on
+D_f, its logit of the true answer lowered by gamma (raised where gamma < 0: the augmented
+model overshot), gamma chosen on the cached logits so that the target's per-sample losses on
+D_f read, to the LOSS attack, like the Original's on the calibration users (`teacher_offset`;
+`ops.lowered_teacher` is the one definition; the fused op reads the result as a plain teacher
+table). UNDIAL's adjusted target (arXiv 2402.10052) with its amount set on non-members.
+
 Caveat (U-LiRA, arXiv 2403.01218): a population attack matched is not every example
 forgotten; the audit scores the result on users calibration never saw, with a second attack.
 """
@@ -110,6 +118,60 @@ def _done(c: Calibration, curve: dict, t0: float) -> Calibration:
     c.curve = [[s, a] for s, a in curve.items()]
     c.passes = len(curve)
     c.seconds = time.perf_counter() - t0
+    return c
+
+
+@dataclass
+class TeacherCalibration:
+    gamma: float  # how far the true answer's logit is lowered (< 0: raised)
+    target: float
+    teacher_auc: float  # the attack AUC of E2URec's target's losses on D_f vs the Original's on the calibration users
+    calibrated_auc: float  # the same with gamma applied
+    original_auc: float  # the Original's own losses on D_f
+    reached: bool
+    seconds: float = 0.0
+    verdict: str = ""
+    rows: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def teacher_offset(teacher_yn: torch.Tensor, labels, nonmember_losses, target: float = 0.5, original_yn=None,
+                   bound: float = 30.0, iters: int = 40) -> TeacherCalibration:
+    """The gamma of `ops.lowered_teacher` closest to 0 at which the LOSS attack's AUC of the
+    target's losses on D_f (`teacher_yn`: (N, 2) [No, Yes] logits, `labels` 0/1) against the
+    non-members' losses reaches `target` (the AUC falls as gamma grows: bisection)."""
+    from .audit import answer_losses, mia_auc
+    from .ops import lowered_teacher
+
+    t0 = time.perf_counter()
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    non = -np.asarray(nonmember_losses, dtype=np.float64)
+
+    def auc(g):
+        return mia_auc(-answer_losses(lowered_teacher(teacher_yn, lab, g), lab), non)
+
+    a0 = auc(0.0)
+    orig = mia_auc(-answer_losses(original_yn, lab), non) if original_yn is not None else float("nan")
+    g, ok = 0.0, True
+    if a0 != target:  # a0 > target: lower (g > 0) until the AUC falls to the target; else raise (g < 0) until it climbs
+        sign = 1.0 if a0 > target else -1.0
+
+        def there(g):
+            return auc(g) <= target if sign > 0 else auc(g) >= target
+
+        inside, outside = 0.0, sign * bound  # inside: the target not yet reached
+        ok = there(outside)
+        for _ in range(iters if ok else 0):
+            mid = (inside + outside) / 2
+            inside, outside = (inside, mid) if there(mid) else (mid, outside)
+        g = outside
+    c = TeacherCalibration(float(g), target, a0, auc(g), orig, ok)
+    c.seconds = time.perf_counter() - t0
+    c.rows = dict(forget=len(lab), nonmembers=len(non))
+    c.verdict = (f"forgetting teacher calibrated: the true answer's logit {'lowered' if g >= 0 else 'raised'} by {abs(g):.3g}, "
+                 f"its attack AUC {a0:.3f} -> {c.calibrated_auc:.3f} (the Original's {orig:.3f})")
     return c
 
 

@@ -229,7 +229,10 @@ class CalibConfig:
     calibrate: str = opt("auto", "auto: the strength of each unlearning update (E2URec's adapter, NegGrad/NegKL/Bad-T's weight "
                          "change) chosen so that the LOSS attack cannot tell D_f from the calibration half of the held-out "
                          "users (forward passes only; needs a holdout: --holdout-ratio, or --holdout-users in a request); "
-                         "off: the update as trained", shown=True, choices=("auto", "off"))
+                         "teacher: E2URec's forgetting target lowered (or raised) on the true answer until its D_f losses "
+                         "read like the Original's on the calibration users, before the student trains; both: teacher "
+                         "then strength; strength: as auto; off: the update as trained", shown=True,
+                         choices=("auto", "strength", "teacher", "both", "off"))
     calib_target: float = opt(0.5, "the attack AUC (D_f vs the calibration users) calibration brings D_f to", lo=0.0, hi=1.0)
     calib_max_strength: float = opt(8.0, "the largest strength calibration may give an update (1: as trained)", lo=0.0,
                                     lo_open=True, hi=100.0)

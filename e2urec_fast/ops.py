@@ -27,6 +27,16 @@ def forgetting_teacher(teacher: torch.Tensor, augmented: torch.Tensor | None, al
     return t - alpha * torch.relu(augmented.float() - t)
 
 
+def lowered_teacher(teacher: torch.Tensor, answer_col: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The calibrated forgetting target (calibrate.teacher_offset): the teacher's logit of
+    each row's true answer lowered by `gamma` (raised where gamma < 0), in fp32; UNDIAL's
+    adjusted target (arXiv 2402.10052) with the amount chosen on non-members. `answer_col`:
+    (N,) the column of each row's true answer."""
+    t = teacher.float().clone()
+    t[torch.arange(len(t), device=t.device), answer_col.to(t.device)] -= gamma
+    return t
+
+
 def teacher_kl_ref(student, teacher, augmented=None, alpha: float = 0.0, reduction: str = "mean", upcast: bool = True):
     """Plain PyTorch reference in fp32 (0 log 0 = 0: a teacher -inf entry contributes nothing)."""
     s = student.float() if upcast else student

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import make_ml1m
-from e2urec_fast.calibrate import Strength, choose_strength
+from e2urec_fast import ops
+from e2urec_fast.calibrate import Strength, choose_strength, teacher_offset
 from e2urec_fast.data import prepare
 from e2urec_fast.data.loaders import load_ml1m
 from e2urec_fast.data.prepare import calib_users
@@ -89,6 +90,42 @@ def test_strength_search_by_hand():
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
 
 
+def test_teacher_offset_by_hand():
+    """Members' targets with a margin of 3 nats on the true answer, non-members' losses those of a
+    margin of 0.5: gamma = 2.5 makes both alike (AUC 0.5); an overshooting target (margin -2) is
+    raised instead; a bound no gamma reaches is said."""
+    lab = torch.tensor([0, 1] * 50)
+    margin = torch.linspace(2.5, 3.5, 100)
+    t = torch.zeros(100, 2)
+    t[torch.arange(100), lab] = margin  # the true answer's logit above the other by `margin`
+    non = torch.nn.functional.softplus(-torch.linspace(0.0, 1.0, 100)).numpy()  # losses at margins 0..1
+    c = teacher_offset(t, lab, non, target=0.5, original_yn=t)
+    assert c.reached and c.teacher_auc == 1.0 and abs(c.calibrated_auc - 0.5) < 0.02 and abs(c.gamma - 2.5) < 0.05
+    assert "lowered" in c.verdict and c.original_auc == 1.0
+    low = ops.lowered_teacher(t, lab, c.gamma)
+    assert torch.allclose(low[torch.arange(100), lab], margin - c.gamma) and torch.equal(low[torch.arange(100), 1 - lab], t[torch.arange(100), 1 - lab])
+    r = teacher_offset(-t + 0.0, lab, non, target=0.5)  # every member's loss above every non-member's: raise it
+    assert r.reached and r.gamma < 0 and abs(r.calibrated_auc - 0.5) < 0.02 and "raised" in r.verdict
+    b = teacher_offset(t, lab, non, target=0.5, bound=1.0)
+    assert not b.reached and b.gamma == 1.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_fused_op_reads_the_calibrated_target_as_the_reference_does(backend):
+    """The calibrated table goes into the fused op as teacher and augmented at once (alpha's
+    term zero): the same KL and gradient as the reference on the lowered target."""
+    gen = torch.Generator().manual_seed(3)
+    v, aug, s = (torch.randn(37, 2, generator=gen) * 3 for _ in range(3))
+    lab = torch.randint(0, 2, (37,), generator=gen)
+    t = ops.lowered_teacher(ops.forgetting_teacher(v, aug, 2.0), lab, 1.7)
+    s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+    got = ops.teacher_kl(s1, t, t, 2.0, reduction="none", backend=backend)
+    ref = ops.teacher_kl_ref(s2, t, reduction="none")
+    got.sum().backward()
+    ref.sum().backward()
+    assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(s1.grad, s2.grad, atol=1e-6)
+
+
 def test_strength_on_lora_is_baked_into_b_and_on_a_full_model_interpolates():
     from e2urec_fast.models.lora import LoraConfig, inject_lora
 
@@ -158,5 +195,11 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(q.adapter))
     auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
     assert abs(auc - q.metrics("E2URec")["auc"]) < 1e-6
+    # the forgetting teacher calibrated too (--calibrate both): its offset in the report, then the strength
+    b = forget(tmp_path / "t", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
+               calibrate="both", **common)
+    tc = b.report["calibration"]["teachers"]["E2URec"]
+    assert b.metrics("E2URec")["teacher_gamma"] == tc["gamma"] and tc["rows"]["forget"] == b.report["counts"]["forget"]
+    assert "forgetting teacher calibrated" in (b.out / "report.md").read_text() and "E2URec" in b.report["calibration"]["methods"]
     n = forget(tmp_path / "n", original=str(r.original), forget_users=users[:2], no_retrain=True, **common)
     assert "NOTE: no calibration users" in (n.out / "report.md").read_text() and not n.report["calibration"].get("methods")

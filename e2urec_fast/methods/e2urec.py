@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .. import dist
+from .. import dist, ops
 from ..config import Config
 from ..errors import UserError
 from ..evaluate import predict_logits
@@ -53,7 +53,7 @@ from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, yes_no_rows
 from ..precision import cache_tag, frozen_to_bf16
-from ..teachers import cached_teachers
+from ..teachers import TeacherTable, cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, Schedule, finetune, n_params, schedule, sized_steps, student_batches, visited
 from .losses import LiveRows, combine, fast_terms, reference_terms
@@ -237,6 +237,23 @@ def teacher_stage(job: Job, orig: Backbone, rem: Backbone, aug, cfg: Config, p: 
     return tables, status
 
 
+def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: Plan, choose):
+    """The forgetting target on the D_f rows the schedule visits, its true answer's logit moved
+    by the offset `choose` finds (calibrate.teacher_offset), as one plain teacher table (the
+    fused op reads it with alpha's term zero: relu(t - t) = 0). Returns (tables, record)."""
+    if not p.use_cache:
+        return tables, dict(skipped="the teacher is calibrated on the cached logits: not on the reference path or "
+                                    "under --no-teacher-cache")
+    idx = torch.unique(p.f_idx)
+    v, v_aug = tables["orig_f"][idx].float().cpu(), tables["aug_f"][idx].float().cpu()
+    t = ops.forgetting_teacher(v, v_aug, alpha)
+    cols = torch.tensor([0, 1] if t.shape[1] == 2 else yes_no_rows(orig))
+    labels = job.prepared.labels[idx].long()
+    rec = choose(t[:, cols], labels, v[:, cols])
+    table = TeacherTable(ops.lowered_teacher(t, cols[labels], rec.gamma), idx, len(job.prepared.labels)).to(job.device)
+    return tables | dict(orig_f=table, aug_f=table), rec.to_dict()
+
+
 def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, runner: Backbone, cfg: Config, p: Plan,
             tables, boundary):
     """One student step: (loss, rows) of a ('f'|'j'|'r', D_r batch, D_f batch) item."""
@@ -266,7 +283,8 @@ def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, run
 
 
 def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Backbone | None = None, parts=("rem", "fgt"),
-            name: str = "e2urec", probe=None, rem: Backbone | None = None, store=None, calibrate=None):
+            name: str = "e2urec", probe=None, rem: Backbone | None = None, store=None, calibrate=None,
+            calibrate_teacher=None):
     """Run E2URec; returns (student backbone with its adapter, info dict).
 
     `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
@@ -280,6 +298,8 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     (the model cache; None: they go with it).
     `calibrate(student)`: sets the adapter's strength from the calibration users before it is
     written (calibrate.py); its record goes into the info, its seconds into the time.
+    `calibrate_teacher(target_yn, labels)`: the forgetting target's offset from the calibration
+    users (calibrate.teacher_offset), applied to the cached D_f rows before the student trains.
     """
     rem = orig if rem is None else rem
     t_all = time.perf_counter()
@@ -296,6 +316,11 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
         stages["cache"] = time.perf_counter() - t0 + (bd_info["seconds"] if bd_info else 0.0)
         if bd_info:
             cache_status["boundary"] = bd_info
+    tcal = None
+    if calibrate_teacher is not None and p.need_aug:
+        t0 = time.perf_counter()
+        tables, tcal = calibrated_tables(job, orig, tables, cfg.student.alpha, p, calibrate_teacher)
+        stages["calibrate_teacher"] = time.perf_counter() - t0
     step = step_fn(job, orig, rem, aug, student, runner, cfg, p, tables, boundary)
     torch.manual_seed(job.seed + 3)
     resume = Resume(p.work / f"{name}-{impl}-student-{p.key}.safetensors", p.key, every=cfg.speed.checkpoint_every)
@@ -320,7 +345,8 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
                 loss_head=res.loss_history[:5], adapter=str(adapter_dir), teacher_cache=cache_status, kept_artifacts=kept,
                 resumed_at_step=res.resumed_at, samples_per_s=res.samples / max(stages["student"], 1e-9),
                 base_model_bytes=nbytes, peak_rss_mib=peak_rss_mib(), lora_scope=str(p.scope),
-                aug_mode=("lora" if p.aug_lora else "full") if p.need_aug else None, calibration=calib)
+                aug_mode=("lora" if p.aug_lora else "full") if p.need_aug else None, calibration=calib,
+                teacher_calibration=tcal)
     return student, info
 
 

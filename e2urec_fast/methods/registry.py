@@ -34,6 +34,9 @@ class Context:
     # calibrate(model, base weights or None) -> the calibration's record (calibrate.py) or None:
     # sets how much of an update the model keeps, from the calibration users (None: off)
     calibrate: Callable[[Backbone, dict | None], dict | None] | None = None
+    # calibrate_teacher(target (N, 2), labels, Original (N, 2)) -> calibrate.TeacherCalibration:
+    # the forgetting target's offset on D_f (E2URec's cached path; None: off)
+    calibrate_teacher: Callable | None = None
 
 
 @dataclass
@@ -61,7 +64,8 @@ def _e2urec(ctx: Context) -> list[Outcome]:
     for i in (["reference", "fast"] if impl == "both" else [impl]):
         ctx.log(f"E2URec ({i} path) ...")
         bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache,
-                                  calibrate=None if ctx.calibrate is None else lambda m: ctx.calibrate(m, None))
+                                  calibrate=None if ctx.calibrate is None else lambda m: ctx.calibrate(m, None),
+                                  calibrate_teacher=ctx.calibrate_teacher)
         out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
                            detail=f"e2urec_{i}", adapter=i == "fast" or impl == "reference"))
     return out
