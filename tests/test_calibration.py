@@ -103,7 +103,8 @@ def test_teacher_offset_by_hand():
     assert c.reached and c.teacher_auc == 1.0 and abs(c.calibrated_auc - 0.5) < 0.02 and abs(c.gamma - 2.5) < 0.05
     assert "lowered" in c.verdict and c.original_auc == 1.0
     low = ops.lowered_teacher(t, lab, c.gamma)
-    assert torch.allclose(low[torch.arange(100), lab], margin - c.gamma) and torch.equal(low[torch.arange(100), 1 - lab], t[torch.arange(100), 1 - lab])
+    rows = torch.arange(100)
+    assert torch.allclose(low[rows, lab], margin - c.gamma) and torch.equal(low[rows, 1 - lab], t[rows, 1 - lab])
     r = teacher_offset(-t + 0.0, lab, non, target=0.5)  # every member's loss above every non-member's: raise it
     assert r.reached and r.gamma < 0 and abs(r.calibrated_auc - 0.5) < 0.02 and "raised" in r.verdict
     b = teacher_offset(t, lab, non, target=0.5, bound=1.0)
