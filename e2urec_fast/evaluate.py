@@ -145,13 +145,14 @@ class Evaluator:
         the batch size and the device. Parts are keyed apart, so a later request with another D_f
         reads the test predictions back."""
         import hashlib
-        import json
+
+        from .files import json_key
 
         job = self.job
         blob = dict(model=bb.fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
                     rows=hashlib.sha256(idx.numpy().tobytes()).hexdigest(), dtype=job.dtype, batch=job.eval_batch_size,
                     device=torch.device(job.device).type, version=2)
-        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+        return json_key(blob)
 
     def _predict_cached(self, bb, name: str):
         from .files import load_safetensors, save_safetensors_atomic

@@ -22,6 +22,14 @@ from . import dist
 from .errors import UserError, fail
 
 
+def json_key(obj) -> str:
+    """The cache key of everything that decides a cached thing: 16 hex digits of the SHA-256
+    of `obj` as sorted JSON (non-JSON values by their str)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def disk_full(e: BaseException) -> bool:
     """A write that failed for want of space (ENOSPC, a quota; safetensors' writer says it in
     its message: 'os error 28')."""

@@ -11,7 +11,6 @@ E2URec's share of the Original-to-Retrain JSD gap it closes on D_f, per seed
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -23,7 +22,7 @@ import numpy as np
 
 from .config import replace_fields
 from .errors import UserError
-from .files import write_json_atomic, write_text_atomic
+from .files import json_key, write_json_atomic, write_text_atomic
 
 METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak", "forget_quality",
            "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "strength", "teacher_gamma"]
@@ -267,7 +266,7 @@ def settings_key(cfg) -> str:
     # not the users of a request (a digest of a few small ids is reversed by trying them; requests run no seeds)
     flat = {k: v for k, v in sorted(cfg.flat().items())
             if k not in ("out", "quiet", "threads", "seeds", "seed_axis", "forget_users", "holdout_users")}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_key(flat)
 
 
 def seed_configs(cfg) -> list:

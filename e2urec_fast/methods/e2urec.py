@@ -24,8 +24,6 @@ teacher cache, train, write; each is a function below.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from .. import dist, ops
 from ..config import Config
 from ..errors import UserError
 from ..evaluate import predict_logits
-from ..files import load_safetensors, save_safetensors_atomic
+from ..files import json_key, load_safetensors, save_safetensors_atomic
 from ..models.backbone import Backbone
 from ..models.boundary import (
     Scope,
@@ -95,11 +93,9 @@ def run_settings(cfg: Config) -> dict:
 
 def run_key(job: Job, orig: Backbone, cfg: Config, impl: str, parts) -> str:
     """What determines a run: a saved state under another key is not resumed."""
-    blob = json.dumps(dict(orig=orig.fingerprint(), data=job.prepared.manifest["content_hash"],
-                           forget=job.prepared.forget_key(), impl=impl, parts=sorted(parts),
-                           seed=job.seed, batch=job.batch_size, bucket=job.bucket, s=run_settings(cfg))
-                      | cache_tag(job.dtype), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_key(dict(orig=orig.fingerprint(), data=job.prepared.manifest["content_hash"],
+                         forget=job.prepared.forget_key(), impl=impl, parts=sorted(parts),
+                         seed=job.seed, batch=job.batch_size, bucket=job.bucket, s=run_settings(cfg)) | cache_tag(job.dtype))
 
 
 @dataclass

@@ -9,7 +9,6 @@ the training time recorded, so a second run reuses them.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from .. import dist
 from ..config import Config
 from ..errors import UserError
-from ..files import load_safetensors, save_safetensors_atomic
+from ..files import json_key, load_safetensors, save_safetensors_atomic
 from ..precision import cache_tag
 from ..train import TrainConfig
 from .common import Job, finetune
@@ -40,10 +39,9 @@ def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
     # the trained rows themselves (the forget set decides D_r: a Retrain for another forget
     # set or request must never be reused)
     rows = hashlib.sha256((job.prepared.index(part) if idx is None else idx).numpy().tobytes()).hexdigest()
-    blob = json.dumps(dict(bb=job.backbone().fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
-                           cfg={k: v for k, v in asdict(cfg).items() if k != "sync_every"}, seed=job.seed, bucket=job.bucket, rows=rows)
-                      | cache_tag(job.dtype), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_key(dict(bb=job.backbone().fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
+                         cfg={k: v for k, v in asdict(cfg).items() if k != "sync_every"}, seed=job.seed, bucket=job.bucket, rows=rows)
+                    | cache_tag(job.dtype))
 
 
 def _cached(job: Job, path: Path):

@@ -4,13 +4,12 @@ Original's in a request on the cached boundary)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from ..config import Config
+from ..files import json_key
 from ..models.backbone import Backbone
 from ..models.boundary import (
     BoundarySource,
@@ -32,7 +31,7 @@ def state_store(job: Job, orig: Backbone, scope: Scope, cfg: Config, store=None)
     prep = job.prepared
     bfp = dict(orig=frozen_fingerprint(orig, scope), tok=orig.tokenizer_key(), data=prep.manifest["content_hash"],
                scope=str(scope), family=orig.family, prefix=orig.prefix.tolist()) | cache_tag(job.dtype)
-    name = hashlib.sha256(json.dumps(bfp, sort_keys=True).encode()).hexdigest()[:16]
+    name = json_key(bfp)
     path = None if store is None else Path(store) / "boundary" / f"{name}.safetensors"
 
     def build(idx):
