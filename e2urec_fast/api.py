@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dist
-from .checks import Plan, check, needs_retrain
+from .checks import JobPlan, check, needs_retrain
 from .config import Config, from_fields, max_samples, replace_fields, split_seed
 from .errors import UserError
 from .files import clean_created, finish_work, out_lock, snapshot, sweep_temporaries
@@ -104,7 +104,7 @@ def run(cfg: Config) -> ForgetResult:
 class State:
     """What the stages hand on to each other."""
     cfg: Config
-    plan: Plan
+    plan: JobPlan
     out: Path
     cache: Path
     t_start: float
@@ -129,7 +129,7 @@ class State:
     settings_key: str = ""  # seeds.settings_key of the settings as given
 
 
-def _stages(cfg: Config, plan: Plan, key: str = "") -> ForgetResult:
+def _stages(cfg: Config, plan: JobPlan, key: str = "") -> ForgetResult:
     import torch
 
     if cfg.run.threads:

@@ -17,13 +17,13 @@ from .errors import UserError, fail
 
 
 @dataclass
-class Plan:
+class JobPlan:
     methods: list[str]  # resolved names, in the registry's order of the request
     users: list | None  # a deletion request's users (ints; the data set's own string ids for GoodReads)
     holdout: list | None = None  # a deletion request's --holdout-users (the audit's non-members)
 
 
-def check(cfg: Config) -> Plan:
+def check(cfg: Config) -> JobPlan:
     """Fields (types, ranges, choices), their conflicts, the device, the methods and every path."""
     check_fields(cfg)
     _check_scope(cfg)
@@ -53,11 +53,11 @@ def check(cfg: Config) -> Plan:
             raise UserError(f"--holdout-users and --forget-users share user id(s) {', '.join(map(str, both))}")
     if cfg.data.scenario != "random" and cfg.is_request:
         raise UserError(f"--scenario {cfg.data.scenario} is a benchmark; a deletion request forgets the users it names")
-    return Plan(methods, users, held)
+    return JobPlan(methods, users, held)
 
 
 def _check_scope(cfg: Config) -> None:
-    from .models.backbone import PRESETS
+    from .models.backbone import BACKBONE_PRESETS
     from .models.boundary import ENC_DEC, parse_scope, scope_conflicts
 
     if str(cfg.student.lora_scope).strip() == "auto":  # resolved to what the family and the settings allow (boundary.py)
@@ -65,7 +65,7 @@ def _check_scope(cfg: Config) -> None:
     scope = parse_scope(cfg.student.lora_scope)  # its fit to the backbone's family: here for presets, at load time otherwise
     name = cfg.backbone_name
     given = cfg.run.backbone is None and (cfg.request.original is not None or cfg.request.previous is not None)
-    fam = PRESETS[name].family if name in PRESETS and not given else None  # a given Original's family: checked at load
+    fam = BACKBONE_PRESETS[name].family if name in BACKBONE_PRESETS and not given else None  # a given Original's family: checked at load
     if fam and ((scope.kind == "decoder") != (fam in ENC_DEC)) and scope.cached:
         raise UserError(f"--lora-scope {scope}: the {name} preset is a {fam} model; "
                         + ("use decoder" if fam in ENC_DEC else "use top:K (decoder is for t5 and bart)"))
@@ -119,7 +119,7 @@ def needs_retrain(cfg: Config, methods: list[str]) -> bool:
 
 
 def _check_paths(cfg: Config, methods: list[str]) -> None:
-    from .models.backbone import FETCHED, PRESETS, check_model_folder, probe_model_folder
+    from .models.backbone import BACKBONE_PRESETS, FETCHED, check_model_folder, probe_model_folder
 
     r = cfg.request
     if cfg.data.data_dir is not None:
@@ -147,8 +147,8 @@ def _check_paths(cfg: Config, methods: list[str]) -> None:
                         "give --backbone, or --no-retrain to skip Retrain")
     _check_overlap(cfg)
     name = cfg.backbone_name
-    if name not in PRESETS and name not in FETCHED:
-        check_model_folder(Path(name), "--backbone", f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) "
+    if name not in BACKBONE_PRESETS and name not in FETCHED:
+        check_model_folder(Path(name), "--backbone", f"backbone not found: neither a preset ({', '.join([*BACKBONE_PRESETS, *FETCHED])}) "
                            "nor a folder")
         probe_model_folder(Path(name), "--backbone")
 

@@ -342,7 +342,7 @@ AUTHORS = dict(student_lr=1e-3, alpha=2.0, retain_weight=0.6, student_steps=1000
                # and the steps of train_ga.sh / train_rl.sh (NegKL has no script there: NegGrad's)
                unlearn_weight_decay=0.01, aug_grad_clip=None, baseline_weight_decay=0.01, baseline_grad_clip=None,
                baseline_steps=3000, badt_steps=2400, calibrate="off")  # the paper's methods as published: uncalibrated
-PRESETS = dict(default={}, authors=AUTHORS)
+CONFIG_PRESETS = dict(default={}, authors=AUTHORS)
 # where each preset differs from the default, field by field (the authors' alpha, retain weight
 # and forget-only epoch are our defaults: the preset sets them, so a flag changing them conflicts)
 PRESET_DIFF = {"authors": {k: v for k, v in AUTHORS.items() if k not in ("alpha", "retain_weight", "forget_epochs")}}
@@ -389,9 +389,9 @@ def from_fields(base: Config | None = None, **fields) -> Config:
 
 def preset(name: str = "default", **overrides) -> Config:
     """A named preset, with `overrides` (field names) on top."""
-    if name not in PRESETS:
-        raise UserError(f"--preset {name!r}: choose from {', '.join(PRESETS)}")
-    return replace_fields(replace_fields(Config(), preset=name, **PRESETS[name]), **overrides)
+    if name not in CONFIG_PRESETS:
+        raise UserError(f"--preset {name!r}: choose from {', '.join(CONFIG_PRESETS)}")
+    return replace_fields(replace_fields(Config(), preset=name, **CONFIG_PRESETS[name]), **overrides)
 
 
 # ----------------------------------------------------------------- checks

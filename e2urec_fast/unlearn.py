@@ -16,7 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import GROUPS, PRESETS, all_fields, from_fields, parse_assignments, parse_value, preset
+from .config import CONFIG_PRESETS, GROUPS, all_fields, from_fields, parse_assignments, parse_value, preset
 from .errors import EXIT_USER_ERROR, UserError
 from .request import redact_users
 
@@ -41,7 +41,7 @@ def build_parser(full: bool = False) -> argparse.ArgumentParser:
     g = ap.add_argument_group("options")
     g.add_argument("-h", "--help", action="store_true", help="this help")
     g.add_argument("--help-all", action="store_true", help="every option, the speed and ablation switches included")
-    g.add_argument("--preset", choices=list(PRESETS), default=None,
+    g.add_argument("--preset", choices=list(CONFIG_PRESETS), default=None,
                    help="named settings: default, or authors (the authors' hyper-parameters and objective: student lr 1e-3, "
                    "1000 steps, full-vocabulary KL, random batches, AdamW weight decay 0.01 without clipping; baselines "
                    "weight 0.2, lr 5e-5, 3000 steps, Bad-T 2400)")
@@ -90,7 +90,7 @@ def config_from_argv(argv) -> tuple:
     name = ns["preset"] or ("authors" if ns["authors_settings"] else "default")
     if ns["preset"] and ns["authors_settings"] and ns["preset"] != "authors":
         raise UserError(f"--authors-settings and --preset {ns['preset']} conflict")
-    clash = sorted(k for k, v in PRESETS[name].items() if k in values and values[k] != v)
+    clash = sorted(k for k, v in CONFIG_PRESETS[name].items() if k in values and values[k] != v)
     if clash:
         given = "--authors-settings" if ns["authors_settings"] and not ns["preset"] else f"--preset {name}"
         raise UserError(f"{given} conflicts with {', '.join('--' + k.replace('_', '-') for k in clash)} "

@@ -102,7 +102,7 @@ def test_full_finetune_baselines_run(setup, mod):
 
 def test_diverging_baseline_is_reported_not_raised(setup):
     job, orig, _, _ = setup
-    _, info = neggrad.unlearn(job, orig, args(baseline_steps=50, baseline_lr=1e30, neg_weight=50.0))
+    _, info = neggrad.run(job, orig, args(baseline_steps=50, baseline_lr=1e30, neg_weight=50.0))
     assert "loss became" in info["diverged"]
 
 
@@ -200,9 +200,9 @@ def test_ensemble_mean_and_zero_attention_agree(setup):
 def test_sharded_methods_run(setup, tmp_path):
     job = setup[0]
     cfg = TrainConfig(lr=1e-3, batch_size=8, epochs=1)
-    bb, info = sisa.unlearn(job, cfg, tmp_path, k=2)
+    bb, info = sisa.run(job, cfg, tmp_path, k=2)
     assert len(info["shards"]) == 2 and info["time_s"] > 0 and isinstance(bb.model, Ensemble)
-    bb, info = receraser.unlearn(job, cfg, tmp_path, k=2, agg="attention")
+    bb, info = receraser.run(job, cfg, tmp_path, k=2, agg="attention")
     assert info["aggregation"] == "attention" and info["aggregator_s"] > 0
     lg = predict_logits(bb, bb.model, job.seqs, job.prepared.index("test")[:4])
     assert lg.shape == (4, 2) and torch.isfinite(lg).all()
@@ -232,9 +232,9 @@ def test_authors_settings_for_the_baselines(setup, monkeypatch):
                        ("default", dict(lr=1e-4, max_steps=200, weight_decay=0.0, grad_clip=1.0, w=0.5))):
         c = cfg(name)
         with pytest.raises(common.UserError):
-            badt.unlearn(job, orig, c)
+            badt.run(job, orig, c)
         tc = seen["cfg"]
         assert (tc.lr, tc.max_steps, tc.weight_decay, tc.grad_clip, c.baselines.neg_weight) == tuple(want.values())
         with pytest.raises(common.UserError):
-            neggrad.unlearn(job, orig, c)
+            neggrad.run(job, orig, c)
         assert seen["cfg"].max_steps == (3000 if name == "authors" else 200)

@@ -17,6 +17,6 @@ def loss(bb, rb, fb, w: float) -> dict:
     return dict(ce_r=ce_r, ce_flip=ce_flip, loss=ce_r + w * ce_flip)
 
 
-def unlearn(job, orig, cfg, resume=None):
+def run(job, orig, cfg, resume=None):
     return unlearn_full(job, orig, cfg, lambda bb, rb, fb: loss(bb, rb, fb, cfg.baselines.neg_weight), "Bad-T", resume,
                         steps=cfg.baselines.badt_steps)

@@ -99,7 +99,7 @@ def run_key(job: Job, orig: Backbone, cfg: Config, impl: str, parts) -> str:
 
 
 @dataclass
-class Plan:
+class RunPlan:
     """What one E2URec run will do, decided before any work."""
 
     impl: str
@@ -118,7 +118,7 @@ class Plan:
     f_idx: torch.Tensor | None
 
 
-def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str) -> Plan:
+def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str) -> RunPlan:
     s = cfg.student
     if s.student_steps < 1:
         raise UserError("--student-steps must be at least 1")
@@ -134,11 +134,11 @@ def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str)
     bucket = impl == "fast" and not cfg.speed.no_bucketing
     use_cache = impl == "fast" and not cfg.speed.no_teacher_cache
     r_idx, f_idx = visited(job, sched, bucket, parts) if use_cache else (None, None)
-    return Plan(impl, tuple(parts), name, scope, run_key(job, orig, cfg, impl, parts), sched, bucket, use_cache, need_aug,
+    return RunPlan(impl, tuple(parts), name, scope, run_key(job, orig, cfg, impl, parts), sched, bucket, use_cache, need_aug,
                 need_aug and aug_is_lora(cfg, scope), job.out / "work", job.out / "cache", r_idx, f_idx)
 
 
-def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, store=None):
+def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: RunPlan, store=None):
     """The frozen states below the adapter, once per sample the run visits (cached scopes only);
     D_r's kept in `store` (a folder; None: none) for the next run on the same model, D_f's in
     this output's cache (models/boundary.py). Returns (boundary, info, the augmented adapter's
@@ -162,7 +162,7 @@ def boundary_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, store=None):
     return (table, p.scope), info, aug_targets, aug_bd, state_source(job, orig, p.scope, cfg, store, table=table)
 
 
-def augment_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, aug, targets, train_bd) -> tuple[Backbone | None, float]:
+def augment_stage(job: Job, orig: Backbone, cfg: Config, p: RunPlan, aug, targets, train_bd) -> tuple[Backbone | None, float]:
     """The augmented model: given (sweeps: not timed), resumed from work/, or trained here."""
     path = p.work / f"{p.name}-{p.impl}-augmented-{p.key}.safetensors"
     if not p.need_aug or aug is not None:
@@ -179,7 +179,7 @@ def augment_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, aug, targets, 
     return aug, sec
 
 
-def student_stage(job: Job, orig: Backbone, cfg: Config, p: Plan):
+def student_stage(job: Job, orig: Backbone, cfg: Config, p: RunPlan):
     """The Original's weights, frozen (int8 or bf16 where asked), with a fresh adapter; returns
     (student, what its forward runs: itself or its compiled twin, the base's bytes)."""
     s = cfg.student
@@ -200,7 +200,7 @@ def student_stage(job: Job, orig: Backbone, cfg: Config, p: Plan):
     return student, runner, nbytes
 
 
-def teacher_stage(job: Job, orig: Backbone, rem: Backbone, aug, cfg: Config, p: Plan, boundary, aug_targets):
+def teacher_stage(job: Job, orig: Backbone, rem: Backbone, aug, cfg: Config, p: RunPlan, boundary, aug_targets):
     """The teachers' logits on every row the schedule visits, read from or added to the cache;
     returns ({table name: TeacherTable}, status)."""
     full = cfg.student.kl_scope == "full"
@@ -233,7 +233,7 @@ def teacher_stage(job: Job, orig: Backbone, rem: Backbone, aug, cfg: Config, p: 
     return tables, status
 
 
-def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: Plan, choose):
+def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: RunPlan, choose):
     """The forgetting target on the D_f rows the schedule visits, its true answer's logit moved
     by the offset `choose` finds (calibrate.teacher_offset), as one plain teacher table (the
     fused op reads it with alpha's term zero: relu(t - t) = 0). Returns (tables, record)."""
@@ -250,7 +250,7 @@ def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: Plan, c
     return tables | dict(orig_f=table, aug_f=table), rec.to_dict()
 
 
-def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, runner: Backbone, cfg: Config, p: Plan,
+def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, runner: Backbone, cfg: Config, p: RunPlan,
             tables, boundary):
     """One student step: (loss, rows) of a ('f'|'j'|'r', D_r batch, D_f batch) item."""
     s, sp = cfg.student, cfg.speed
@@ -346,7 +346,7 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     return student, info
 
 
-def write_stage(job: Job, orig: Backbone, cfg: Config, p: Plan, student: Backbone, aug, boundary):
+def write_stage(job: Job, orig: Backbone, cfg: Config, p: RunPlan, student: Backbone, aug, boundary):
     """The adapter (PEFT format); what derives from D_f removed unless kept (keep_artifacts)."""
     suffix = "" if (p.impl == "fast" and p.name == "e2urec") else "_" + (p.name if p.impl == "fast" else f"{p.name}_{p.impl}")
     adapter_dir = save_adapter(student.model, job.out / f"adapter{suffix}", base_model_name=str(orig.folder),

@@ -17,5 +17,5 @@ def loss(bb, rb, fb, w: float) -> dict:
     return dict(ce_r=ce_r, ce_f=ce_f, loss=ce_r - w * ce_f)
 
 
-def unlearn(job, orig, cfg, resume=None):
+def run(job, orig, cfg, resume=None):
     return unlearn_full(job, orig, cfg, lambda bb, rb, fb: loss(bb, rb, fb, cfg.baselines.neg_weight), "NegGrad", resume)

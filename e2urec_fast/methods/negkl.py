@@ -29,6 +29,6 @@ def loss(bb, orig_model, rb, fb, w: float = 1.0) -> dict:
     return dict(kl_r=kl_r, kl_f=kl_f, loss=kl_r - w * kl_f)
 
 
-def unlearn(job, orig, cfg, resume=None):
+def run(job, orig, cfg, resume=None):
     orig.model.eval()
     return unlearn_full(job, orig, cfg, lambda bb, rb, fb: loss(bb, orig.model, rb, fb, cfg.baselines.neg_weight), "NegKL", resume)

@@ -93,7 +93,7 @@ def train_attention(bb, models, seqs, idx, labels, epochs: int = 200, lr: float 
     return att.eval()
 
 
-def unlearn(job, cfg, cache_dir, k: int = 4, agg: str = "mean", scheme: str = "authors"):
+def run(job, cfg, cache_dir, k: int = 4, agg: str = "mean", scheme: str = "authors"):
     parts = user_groups(job.prepared, k, scheme)
     models, seconds, info = train_shards(job, parts, cfg, cache_dir, "RecEraser")
     att, extra = None, 0.0

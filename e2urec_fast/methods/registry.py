@@ -86,7 +86,7 @@ def _baseline(name: str, module):
         ctx.log(f"{METHODS[name].label} ...")
         key = e2urec.run_key(ctx.job, ctx.orig, ctx.cfg, name, ("baseline",))
         resume = Resume(ctx.job.out / "work" / f"{name}-{key}.safetensors", key, ctx.cfg.speed.checkpoint_every)
-        bb, info = module.unlearn(ctx.job, ctx.orig, ctx.cfg, resume=resume)
+        bb, info = module.run(ctx.job, ctx.orig, ctx.cfg, resume=resume)
         if ctx.calibrate is not None and not info.get("diverged"):  # the same calibration as E2URec's: a strength on the update
             import time
 
@@ -118,14 +118,14 @@ def _retrain_again(ctx: Context) -> list[Outcome]:
 def _sisa(ctx: Context) -> list[Outcome]:
     b = ctx.cfg.baselines
     ctx.log(f"SISA: {b.shards} shards ...")
-    bb, info = sisa.unlearn(ctx.job, ctx.finetune, ctx.model_cache, b.shards, b.shard_scheme)
+    bb, info = sisa.run(ctx.job, ctx.finetune, ctx.model_cache, b.shards, b.shard_scheme)
     return [Outcome("SISA", bb, info, detail="sisa")]
 
 
 def _receraser(ctx: Context) -> list[Outcome]:
     b = ctx.cfg.baselines
     ctx.log(f"RecEraser: {b.shards} shards ...")
-    bb, info = receraser.unlearn(ctx.job, ctx.finetune, ctx.model_cache, b.shards, b.receraser_agg, b.shard_scheme)
+    bb, info = receraser.run(ctx.job, ctx.finetune, ctx.model_cache, b.shards, b.receraser_agg, b.shard_scheme)
     return [Outcome("RecEraser" + (" (attention)" if b.receraser_agg == "attention" else ""), bb, info, detail="receraser")]
 
 

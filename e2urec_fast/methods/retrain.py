@@ -27,10 +27,10 @@ def finetune_config(cfg: Config) -> TrainConfig:
     """The training settings of the full fine-tunes (Original, Retrain, shards): --lr, or its
     default for the backbone (1e-3 for the presets built with random weights, 5e-5 for
     pretrained ones: the from-scratch rate wrecks a pretrained encoder)."""
-    from ..models.backbone import PRESETS
+    from ..models.backbone import BACKBONE_PRESETS
 
     f = cfg.finetune
-    lr = f.lr if f.lr is not None else (1e-3 if cfg.backbone_name in PRESETS else 5e-5)
+    lr = f.lr if f.lr is not None else (1e-3 if cfg.backbone_name in BACKBONE_PRESETS else 5e-5)
     return TrainConfig(lr=lr, batch_size=f.batch_size, epochs=f.epochs, patience=f.patience, schedule=f.lr_schedule,
                        warmup=f.warmup if f.lr_schedule == "linear" else 0.0)
 

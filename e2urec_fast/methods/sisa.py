@@ -34,7 +34,7 @@ def shards(prepared, k: int, seed: int = 42, scheme: str = "authors") -> list[to
     return [torch.sort(part[keep[part]]).values for part in torch.tensor_split(perm, k)]
 
 
-def unlearn(job, cfg, cache_dir, k: int = 4, scheme: str = "authors"):
+def run(job, cfg, cache_dir, k: int = 4, scheme: str = "authors"):
     parts = shards(job.prepared, k, job.seed, scheme)
     models, seconds, info = train_shards(job, parts, cfg, cache_dir, "SISA")
     bb = dataclasses.replace(models[0], model=Ensemble([m.model for m in models]).eval())

