@@ -15,7 +15,11 @@ test and D_h), timed in this process; the request's time is quoted as a multiple
 A warm-up request per revision (not timed) prepares the data and builds what each builds
 once. A third variant, this checkout with LoRA everywhere (`--lora-scope all`: the full
 augmented model and a student over the whole network, the request's default before the
-cached boundary became it), is timed beside them. Writes `request_timing.json` into --work.
+cached boundary became it), is timed beside them, and a fourth: this checkout with
+`--holdout-users` (10 train users outside the request), so that the request calibrates its
+strength (calibrate.py) and its report gives the calibration's seconds (time only: these users
+are members of the Original, so its verdict means nothing here). Writes `request_timing.json`
+into --work.
 
 1. Our Original on the default data (real ML-100K, last 10,000 samples, tiny T5), handed out
    as a HuggingFace folder (`--methods original`; cached across runs).
@@ -250,6 +254,12 @@ def summarize(rows) -> dict:
                          multiple_of_floor_median=med([r["wall_s"] / r["floor"]["seconds"] for r in f]),
                          after_stages_median=stages, cache_rows_per_s_median=med(cache) if cache else None,
                          floor_rows_per_s_median=med([r["floor"]["rows"] / r["floor"]["seconds"] for r in f]))
+        cal = [r for r in rows if r["request"] == size and r["code"] == "calib"]
+        if cal:
+            out[size] |= dict(calib_median_s=med([r["wall_s"] for r in cal]), calib_range=[min(r["wall_s"] for r in cal),
+                                                                                         max(r["wall_s"] for r in cal)],
+                              calibrate_stage_median_s=med([r["stages"].get("calibrate", 0.0) for r in cal]),
+                              calibrate_share_median=med([r["stages"].get("calibrate", 0.0) / r["wall_s"] for r in cal]))
         if bd:
             out[size] |= dict(all_median_s=med(bd.values()), all_range=[min(bd.values()), max(bd.values())],
                               all_stages_median={k: med([r["stages"][k] for r in fb]) for k in fb[0]["stages"]},
@@ -296,9 +306,14 @@ def timing(a) -> int:
     sizes = dict(five=min(5, len(train_users) - 1), twenty=max(1, round(0.2 * len(train_users))))
     # the default (a request on t5: the cached boundary) beside LoRA everywhere (`--lora-scope all`, the full augmented
     # model: the request default until #26's evidence)
-    srcs = dict(before=(before, ()), after=(here, ()), all=(here, ("--lora-scope", "all")))
+    srcs = dict(before=(before, ()), after=(here, ()), all=(here, ("--lora-scope", "all")), calib=(here, ()))
+
+    def held(order):  # the calibrated variant's non-members: the last 10 users of the seed's order (never asked to forget)
+        return ("--holdout-users", ",".join(map(str, order[-10:])))
+
     for name, (src, extra) in srcs.items():  # warm-up: data prepared, native op built
-        _request(src, base, train_users[:1], 0, work / f"warm-{name}", cache, dargs, extra)
+        _request(src, base, train_users[:1], 0, work / f"warm-{name}", cache, dargs,
+                 held(train_users) if name == "calib" else extra)
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         order = list(train_users)
@@ -308,7 +323,7 @@ def timing(a) -> int:
                 out = work / f"{name}-{size}-seed{seed}"
                 if out.exists():
                     subprocess.run(["rm", "-rf", str(out)], check=True)
-                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs, extra)
+                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs, held(order) if name == "calib" else extra)
                 row = dict(seed=seed, request=size, users=n, code=name, wall_s=wall, stages=_stages(rep, wall),
                            forget_samples=rep["counts"]["forget"], steps=rep["details"]["e2urec_fast"].get("steps"),
                            cache_rows=rep["details"]["e2urec_fast"].get("teacher_cache", {}).get("rows"),
