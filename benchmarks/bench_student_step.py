@@ -37,7 +37,7 @@ from e2urec_fast.methods.common import Job  # noqa: E402
 from e2urec_fast.models import resolve_backbone  # noqa: E402
 from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, base_eval_mode, inject_lora  # noqa: E402
 from e2urec_fast.models.scoring import answer_logits, yes_no, yes_no_rows  # noqa: E402
-from e2urec_fast.teachers import TeacherTable  # noqa: E402
+from e2urec_fast.teachers import Teachers, TeacherTable  # noqa: E402
 
 
 def variant_step(job: Job, head: str, dtype: str, batches, lr=1e-4):
@@ -52,7 +52,7 @@ def variant_step(job: Job, head: str, dtype: str, batches, lr=1e-4):
     n = len(job.prepared.labels)
     g = torch.Generator().manual_seed(0)
     every = torch.arange(n)
-    tables = {k: TeacherTable(torch.randn(n, 2, generator=g) * 2, every, n).to(job.device) for k in ("orig_r", "orig_f", "aug_f")}
+    tables = Teachers(*(TeacherTable(torch.randn(n, 2, generator=g) * 2, every, n).to(job.device) for _ in range(3)))
     rows = yes_no_rows(st) if head == "two-row" else None
     it = itertools.cycle(batches)
 
@@ -64,8 +64,8 @@ def variant_step(job: Job, head: str, dtype: str, batches, lr=1e-4):
         rb, fb = next(it)
         with precision.autocast(dtype, job.device):
             s_r, s_f = logits(rb), logits(fb)
-            kl_f = ops.teacher_kl(s_f, tables["orig_f"][fb.idx], tables["aug_f"][fb.idx], 2.0)
-            rem = F.cross_entropy(s_r.float(), rb.labels) + ops.teacher_kl(s_r, tables["orig_r"][rb.idx])
+            kl_f = ops.teacher_kl(s_f, tables.forget[fb.idx], tables.augmented[fb.idx], 2.0)
+            rem = F.cross_entropy(s_r.float(), rb.labels) + ops.teacher_kl(s_r, tables.retain[rb.idx])
             loss = 0.6 * rem + 0.4 * kl_f
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -6,6 +6,7 @@ A file holds named (rows, W) tensors plus, per name, the sample indices of its r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +14,26 @@ import torch
 from .batching import to_device
 from .files import load_safetensors, save_safetensors_atomic
 from .rowcache import positions, read_rows, write_rows
+
+
+@dataclass
+class Teachers:
+    """The teachers' answer-position logits a student step reads, each looked up by sample
+    index (a TeacherTable, or one live batch's rows): the remembering teacher on D_r, the
+    Original on D_f and the augmented model on D_f. The forgetting target is
+    `ops.forgetting_teacher(forget, augmented, alpha)`; `augmented` None: `forget` is the
+    target itself (a calibrated one: calibrate.teacher_offset). In the cache file they are named
+    by FILE_NAMES."""
+
+    retain: object | None = None
+    forget: object | None = None
+    augmented: object | None = None
+
+    FILE_NAMES = dict(retain="orig_r", forget="orig_f", augmented="aug_f")
+
+    @classmethod
+    def from_file_names(cls, tables: dict) -> Teachers:
+        return cls(**{field: tables.get(name) for field, name in cls.FILE_NAMES.items()})
 
 
 class TeacherTable:

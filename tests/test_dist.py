@@ -94,7 +94,7 @@ def test_sharded_gradients_sum_to_the_global_batch_gradient(tmp_path, monkeypatc
     from e2urec_fast.methods.common import paired_batches
     from e2urec_fast.methods.e2urec import combine, fast_terms
     from e2urec_fast.models.lora import LoraConfig, inject_lora, lora_modules
-    from e2urec_fast.teachers import TeacherTable
+    from e2urec_fast.teachers import Teachers, TeacherTable
     from helpers import tiny_job
 
     job = tiny_job(tmp_path, n_users=16, per_user=10)
@@ -105,7 +105,7 @@ def test_sharded_gradients_sum_to_the_global_batch_gradient(tmp_path, monkeypatc
     bb.model.eval()
     n = len(job.prepared.labels)
     torch.manual_seed(0)
-    tabs = {k: TeacherTable(torch.randn(n, 2), torch.arange(n), n) for k in ("orig_r", "orig_f", "aug_f")}
+    tabs = Teachers(*(TeacherTable(torch.randn(n, 2), torch.arange(n), n) for _ in range(3)))
     params = [p for p in bb.model.parameters() if p.requires_grad]
     batch = next(b for b in paired_batches(job, 0, 40, True) if len(b[1]) == 8 and len(b[2]) in (4, 6, 8))
 

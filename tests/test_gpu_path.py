@@ -47,7 +47,7 @@ def test_bf16_student_step_matches_fp32(tmp_path):
     from e2urec_fast import precision
     from e2urec_fast.evaluate import predict_logits
     from e2urec_fast.models.lora import DEFAULT_TARGETS, LoraConfig, inject_lora, lora_modules
-    from e2urec_fast.teachers import TeacherTable
+    from e2urec_fast.teachers import Teachers, TeacherTable
 
     job = tiny_job(tmp_path)
     torch.manual_seed(0)
@@ -68,8 +68,8 @@ def test_bf16_student_step_matches_fp32(tmp_path):
     prep = job.prepared
     rb, fb = b.make(prep.index("retain")[:8].tolist()), b.make(prep.index("forget")[:8].tolist())
     n = len(prep.labels)
-    tables = {name: TeacherTable(predict_logits(orig, m.model, job.seqs, bt.idx, 64), bt.idx, n)
-              for name, m, bt in (("orig_r", orig, rb), ("orig_f", orig, fb), ("aug_f", aug, fb))}
+    tables = Teachers(*(TeacherTable(predict_logits(orig, m.model, job.seqs, bt.idx, 64), bt.idx, n)
+                        for m, bt in ((orig, rb), (orig, fb), (aug, fb))))
     out = {}
     for dtype in ("fp32", "bf16"):
         st = copy.deepcopy(student)

@@ -51,7 +51,7 @@ from ..models.lora import DEFAULT_TARGETS, TASK_TYPE, LoraConfig, base_eval_mode
 from ..models.quant import model_bytes, peak_rss_mib, quantize_8bit
 from ..models.scoring import answer_logits, yes_no_rows
 from ..precision import cache_tag, frozen_to_bf16
-from ..teachers import TeacherTable, cached_teachers
+from ..teachers import Teachers, TeacherTable, cached_teachers
 from ..train import Resume, TrainConfig, fit
 from .common import Job, Schedule, finetune, n_params, schedule, sized_steps, student_batches, visited
 from .losses import LiveRows, combine, fast_terms, reference_terms
@@ -202,7 +202,7 @@ def student_stage(job: Job, orig: Backbone, cfg: Config, p: RunPlan):
 
 def teacher_stage(job: Job, orig: Backbone, rem: Backbone, aug, cfg: Config, p: RunPlan, boundary, aug_targets):
     """The teachers' logits on every row the schedule visits, read from or added to the cache;
-    returns ({table name: TeacherTable}, status)."""
+    returns (teachers.Teachers of TeacherTables, status)."""
     full = cfg.student.kl_scope == "full"
     prep, seqs = job.prepared, job.seqs
 
@@ -230,24 +230,24 @@ def teacher_stage(job: Job, orig: Backbone, rem: Backbone, aug, cfg: Config, p: 
     for name, tab in tables.items():  # every row the schedule visits, checked once (the steps do not)
         tab.require(p.r_idx if name == "orig_r" else p.f_idx)
     status["rows"] = dict(retain=len(p.r_idx), forget=len(p.f_idx))
-    return tables, status
+    return Teachers.from_file_names(tables), status
 
 
 def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: RunPlan, choose):
     """The forgetting target on the D_f rows the schedule visits, its true answer's logit moved
-    by the offset `choose` finds (calibrate.teacher_offset), as one plain teacher table (the
-    fused op reads it with alpha's term zero: relu(t - t) = 0). Returns (tables, record)."""
+    by the offset `choose` finds (calibrate.teacher_offset), as the D_f teacher itself (no
+    augmented table: the fused op reads it as a plain teacher). Returns (tables, record)."""
     if not p.use_cache:
         return tables, dict(skipped="the teacher is calibrated on the cached logits: not on the reference path or "
                                     "under --no-teacher-cache")
     idx = torch.unique(p.f_idx)
-    v, v_aug = tables["orig_f"][idx].float().cpu(), tables["aug_f"][idx].float().cpu()
+    v, v_aug = tables.forget[idx].float().cpu(), tables.augmented[idx].float().cpu()
     t = ops.forgetting_teacher(v, v_aug, alpha)
     cols = torch.tensor([0, 1] if t.shape[1] == 2 else yes_no_rows(orig))
     labels = job.prepared.labels[idx].long()
     rec = choose(t[:, cols], labels, v[:, cols])
     table = TeacherTable(ops.lowered_teacher(t, cols[labels], rec.gamma), idx, len(job.prepared.labels)).to(job.device)
-    return tables | dict(orig_f=table, aug_f=table), rec.to_dict()
+    return dataclasses.replace(tables, forget=table, augmented=None), rec.to_dict()
 
 
 def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, runner: Backbone, cfg: Config, p: RunPlan,
@@ -262,12 +262,12 @@ def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, run
             return reference_terms(student, orig.model, aug.model if fb is not None else None, rb, fb, s.alpha, rem=rem.model)
         if p.use_cache:
             return fast_terms(runner, tables, rb, fb, s.alpha, s.kl_scope, sp.kernel_backend, fuse, boundary=boundary)
-        live = {}  # the fast path without the cache: teacher forwards at the answer position only
+        live = Teachers()  # the fast path without the cache: teacher forwards at the answer position only
         with torch.no_grad():
-            for tname, model, b in (("orig_r", rem.model, rb), ("orig_f", orig.model, fb),
-                                    ("aug_f", aug.model if fb is not None else None, fb)):
+            for field, model, b in (("retain", rem.model, rb), ("forget", orig.model, fb),
+                                    ("augmented", aug.model if fb is not None else None, fb)):
                 if b is not None:
-                    live[tname] = LiveRows(answer_logits(orig, model, b.ids, b.mask, rows=yn_rows), b.idx)
+                    setattr(live, field, LiveRows(answer_logits(orig, model, b.ids, b.mask, rows=yn_rows), b.idx))
         return fast_terms(runner, live, rb, fb, s.alpha, s.kl_scope, sp.kernel_backend, fuse)
 
     def step(batch):

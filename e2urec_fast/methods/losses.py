@@ -61,9 +61,10 @@ def reference_terms(student: Backbone, orig, aug, rb, fb, alpha: float, restrict
     return out
 
 
-def fast_terms(student: Backbone, tables: dict, rb, fb, alpha: float, scope: str = "yesno", backend: str = "auto",
+def fast_terms(student: Backbone, tables, rb, fb, alpha: float, scope: str = "yesno", backend: str = "auto",
                fuse: bool = True, boundary=None) -> dict:
-    """Loss terms from cached teachers; one forward over D_r and D_f together when `fuse`.
+    """Loss terms from cached teachers (`tables`: teachers.Teachers); one forward over D_r and
+    D_f together when `fuse`.
 
     No host sync: the two right-padded halves are padded to one length on the device, the
     teacher rows are looked up by index, and with scope "yesno" the student's head is only
@@ -90,11 +91,12 @@ def fast_terms(student: Backbone, tables: dict, rb, fb, alpha: float, scope: str
         s_f = head(fb.ids, fb.mask, fb.idx) if fb is not None else None
     out = {}
     if fb is not None:
-        out["kl_f"] = ops.teacher_kl(s_f, tables["orig_f"][fb.idx], tables["aug_f"][fb.idx], alpha, backend=backend)
+        aug = None if tables.augmented is None else tables.augmented[fb.idx]
+        out["kl_f"] = ops.teacher_kl(s_f, tables.forget[fb.idx], aug, alpha, backend=backend)
     if rb is not None:
         yn = s_r if scope == "yesno" else yes_no(student, s_r)
         out["ce_r"] = F.cross_entropy(yn.float(), rb.labels)
-        out["kl_r"] = ops.teacher_kl(s_r, tables["orig_r"][rb.idx], backend=backend)
+        out["kl_r"] = ops.teacher_kl(s_r, tables.retain[rb.idx], backend=backend)
     return out
 
 
