@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dist
-from .checks import JobPlan, check, needs_retrain
+from .checks import JobPlan, check, needs_retrain, resolve_policies
 from .config import Config, from_fields, max_samples, replace_fields, split_seed
 from .errors import UserError
 from .files import clean_created, finish_work, out_lock, snapshot, sweep_temporaries
@@ -219,6 +219,7 @@ def resolve_models(st: State) -> None:
         if native.load() is not None and time.perf_counter() - t0 > 1.0:
             st.extra["native_build_s"] = time.perf_counter() - t0
             log(f"built the native teacher-KL op once ({st.extra['native_build_s']:.0f} s; cached for later runs)")
+    st.cfg = resolve_policies(cfg, (st.orig or st.job.backbone()).family)  # every "auto" once: the report's settings show them
 
 
 def references(st: State) -> None:

@@ -270,3 +270,40 @@ def parse_user_list(spec: str, flag: str = "--forget-users", names: bool = False
     if dup:
         raise UserError(f"{flag}: duplicate user id(s) {', '.join(map(str, dup))}")
     return ids
+
+
+def resolve_policies(cfg: Config, family: str, native_ok: bool | None = None) -> Config:
+    """Every "auto" the methods read, turned into the concrete choice once, when the model's
+    family is known (device and dtype are resolved before, in `api.run`); the report's settings
+    show these values. The rules live in the functions named; lower-level callers that pass an
+    unresolved config (benchmarks, tests) reach the same rules there.
+
+    - lora_scope: `boundary.resolve_scope` (the cached boundary for a request on t5/bart's fast
+      path, else all); aug_mode: `boundary.aug_is_lora` (lora where auto chose the boundary; on
+      the fast path only);
+    - student_schedule: sized for a deletion request, fixed for the benchmark (#26 item 1);
+    - batch_fusion: on off the CPU (one forward over both halves pays on a GPU, not here);
+    - kernel_backend: `ops.resolve_backend` on the job's device (`native_ok` False: the native op
+      failed to build, so torch);
+    - calibrate: the strength (calibrate.py: the teacher calibrated changed nothing resolved)."""
+    from .config import replace_fields
+    from .models.boundary import aug_is_lora, resolve_scope
+
+    s, sp, d = cfg.student, cfg.speed, str(cfg.run.device)
+    new = {}
+    if str(s.lora_scope).strip() == "auto":
+        scope = resolve_scope(cfg, family, "fast")
+        new["lora_scope"] = str(scope)
+    if s.aug_mode == "auto" and s.impl == "fast":  # (--impl reference|both: each path's own, at its plan: e2urec.plan_run)
+        new["aug_mode"] = "lora" if aug_is_lora(cfg, resolve_scope(cfg, family, "fast")) else "full"
+    if s.student_schedule == "auto":
+        new["student_schedule"] = "sized" if cfg.is_request else "fixed"
+    if sp.batch_fusion == "auto":
+        new["batch_fusion"] = "off" if d.startswith("cpu") else "on"
+    if sp.kernel_backend == "auto":
+        from .ops import resolve_backend
+
+        new["kernel_backend"] = "torch" if native_ok is False else resolve_backend("auto", torch.empty(0, device=d))
+    if cfg.calibration.calibrate == "auto":
+        new["calibrate"] = "strength"
+    return replace_fields(cfg, **new) if new else cfg

@@ -192,6 +192,12 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     q = forget(tmp_path / "q", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
                calib_target=0.0, calib_max_drop=1.0, calib_max_strength=3.0, **common)
     assert set(q.report["calibration"]["methods"]) == {"E2URec"} and q.report["details"]["e2urec_fast"]["lora_scope"] != "all"
+    # every "auto" resolved once, before any work, and shown so in the report's settings (checks.resolve_policies)
+    policies = ("lora_scope", "aug_mode", "student_schedule", "batch_fusion", "kernel_backend", "calibrate", "device", "dtype")
+    assert not [k for k in policies if "auto" in (q.report["settings"][k], r.report["settings"][k])]
+    assert [q.report["settings"][k] for k in ("lora_scope", "aug_mode", "student_schedule", "batch_fusion", "calibrate")] == \
+        ["decoder", "lora", "sized", "off", "strength"]
+    assert [r.report["settings"][k] for k in ("lora_scope", "aug_mode", "student_schedule")] == ["all", "full", "fixed"]
     assert q.metrics("E2URec")["strength"] == 3.0 and "not forgotten to the non-member level" in (q.out / "report.md").read_text()
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(q.adapter))
     auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
