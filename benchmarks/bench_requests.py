@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timing", action="store_true", help="before/after request timing (see above)")
     ap.add_argument("--before", default="84cf380", help="--timing: the revision to compare against")
     ap.add_argument("--seeds", default="1,2,3", help="--timing: the seeds")
+    ap.add_argument("--base", default=None, help="--timing: this Original (a HuggingFace folder of the tiny preset) "
+                    "instead of training ours on the default data (the request's cost does not depend on the weights)")
+    ap.add_argument("--variants", default="before,after,all,calib", help="--timing: which of before, after, all, calib")
     a = ap.parse_args(argv)
     if a.timing:
         return timing(a)
@@ -247,9 +250,10 @@ def summarize(rows) -> dict:
         fb = [r for r in rows if r["request"] == size and r["code"] == "all"]
         cache = [(c["retain"] + 2 * c["forget"]) / r["stages"]["cache"] for r in f if (c := r.get("cache_rows"))]
         out[size] = dict(users=f[0]["users"], forget_samples_median=med([r["forget_samples"] for r in f]),
-                         before_median_s=med(b.values()), before_range=[min(b.values()), max(b.values())],
+                         before_median_s=med(b.values()) if b else None,
+                         before_range=[min(b.values()), max(b.values())] if b else None,
                          after_median_s=med(af), after_range=[min(af), max(af)],
-                         speedup_median=med([b[r["seed"]] / r["wall_s"] for r in f]),
+                         speedup_median=med([b[r["seed"]] / r["wall_s"] for r in f]) if b else None,
                          floor_median_s=med([r["floor"]["seconds"] for r in f]),
                          multiple_of_floor_median=med([r["wall_s"] / r["floor"]["seconds"] for r in f]),
                          after_stages_median=stages, cache_rows_per_s_median=med(cache) if cache else None,
@@ -290,9 +294,11 @@ def timing(a) -> int:
         common = dict(dataset=dataset, data_dir=data_dir, max_samples=None, epochs=1, batch_size=8)
     else:
         dataset, data_dir, max_samples, dargs, common = "ml-100k", None, 10_000, [], dict(dataset="ml-100k")
-    base = forget(work / "base", methods="original", cache_dir=str(cache), quiet=True, seed=42, **common).original
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    base = Path(a.base).resolve() if a.base else forget(work / "base", methods="original", cache_dir=str(cache), quiet=True,
+                                                         seed=42, **common).original
     before = work / f"src-{a.before}"
-    if not before.is_dir():
+    if "before" in variants and not before.is_dir():
         before.mkdir()
         arch = subprocess.run(["git", "-C", str(here), "archive", a.before], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(before)], input=arch, check=True)
@@ -307,6 +313,7 @@ def timing(a) -> int:
     # the default (a request on t5: the cached boundary) beside LoRA everywhere (`--lora-scope all`, the full augmented
     # model: the request default until #26's evidence)
     srcs = dict(before=(before, ()), after=(here, ()), all=(here, ("--lora-scope", "all")), calib=(here, ()))
+    srcs = {k: v for k, v in srcs.items() if k in variants}
 
     def held(order):  # the calibrated variant's non-members: the last 10 users of the seed's order (never asked to forget)
         return ("--holdout-users", ",".join(map(str, order[-10:])))
