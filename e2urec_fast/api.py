@@ -304,8 +304,8 @@ def run_methods(st: State) -> None:
                 st.rows.append(dict(method=o.label, kind=o.kind, auc=None, acc=None, logloss=None, jsd=None, l2=None, time_s=None,
                                     trainable_params=o.info["trainable_params"], diverged=o.info["diverged"]))
                 continue
-            m, full = st.ev(o.model, o.label)
-            o.model.states = None  # its cached states are no longer needed
+            m, full = st.ev(o.model, o.label, states=o.states)
+            o.states = None  # its cached states are no longer needed
             cal, tcal = o.info.get("calibration"), o.info.get("teacher_calibration")
             if cal:
                 st.calibration.setdefault("methods", {})[o.label] = cal
@@ -336,10 +336,10 @@ def calibrator(st: State):
             + ("compares D_f with the later test samples" if not len(st.prep.index("holdout")) else "reads the one held-out user"))
         return None, None
 
-    def strength(model, base):
+    def strength(model, base, states=None):
         from .calibrate import calibrate
 
-        got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log)
+        got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log, states=states)
         return None if got is None else got.to_dict()
 
     losses = []

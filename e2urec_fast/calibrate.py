@@ -217,10 +217,11 @@ class Strength:
 
 
 def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 8.0,
-              max_drop: float = 0.02, log=None) -> Calibration | None:
+              max_drop: float = 0.02, log=None, states=None) -> Calibration | None:
     """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
     model) on this request's D_f and the calibration users, with the validation guard; None
-    where the data has no calibration users (the caller says so). `ev`: the job's Evaluator."""
+    where the data has no calibration users (the caller says so). `ev`: the job's Evaluator;
+    `states`: the cached boundary's states the model runs from (None: full forwards)."""
     from .audit import answer_losses, mia_auc
     from .evaluate import ctr_metrics, p_yes
 
@@ -234,7 +235,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
 
     def auc_at(s):
         st.set(s)
-        lg = ev.predict_part(bb, both, False)
+        lg = ev.predict_part(bb, both, False, states)
         loss = answer_losses(lg, np.r_[f_lab, c_lab])
         return mia_auc(-loss[: len(f_idx)], -loss[len(f_idx):])
 
@@ -243,7 +244,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     def valid_at(s):
         if s not in valid:
             st.set(s)
-            valid[s] = ctr_metrics(v_lab, p_yes(ev.predict_part(bb, v_idx, False)))["auc"]
+            valid[s] = ctr_metrics(v_lab, p_yes(ev.predict_part(bb, v_idx, False, states)))["auc"]
         return valid[s]
 
     try:

@@ -131,14 +131,15 @@ class Evaluator:
         parts = [("test", self.test_idx, False), ("forget_full", self.forget_idx, True)]
         return parts + ([("holdout", self.holdout_idx, False)] if self.nonmembers == "holdout" else [])
 
-    def predict_part(self, bb, idx, full: bool):
-        """A cached boundary's student (bb.states) runs from the frozen part's states: test's
-        and D_h's read back from the store when an earlier run on the same model left them."""
+    def predict_part(self, bb, idx, full: bool, states=None):
+        """`states` (a BoundarySource: a cached boundary's student, or the Original of a request
+        on one): the model runs from the frozen part's states, test's and D_h's read back from the
+        store when an earlier run on the same model left them; None: a full forward."""
         job = self.job
-        if bb.states is None or not len(idx):
+        if states is None or not len(idx):
             return predict_logits(bb, bb.model, job.seqs, idx, job.eval_batch_size, job.device, full=full)
         bs = max(job.eval_batch_size, 32)  # a decoder step: wider batches pay (as the teacher cache)
-        return predict_logits(bb, bb.model, job.seqs, idx, bs, job.device, full=full, boundary=bb.states.covering(idx))
+        return predict_logits(bb, bb.model, job.seqs, idx, bs, job.device, full=full, boundary=states.covering(idx))
 
     def cache_key(self, bb, part: str, idx) -> str:
         """One part's key: the model's fingerprint, the prepared data, the part's rows, the dtype,
@@ -154,13 +155,13 @@ class Evaluator:
                     device=torch.device(job.device).type, version=2)
         return json_key(blob)
 
-    def _predict_cached(self, bb, name: str):
+    def _predict_cached(self, bb, name: str, states=None):
         from .files import load_safetensors, save_safetensors_atomic
 
         got = {}
         for part, idx, full in self._parts():
             if self.cache_dir is None or name not in self.CACHED:
-                got[part] = self.predict_part(bb, idx, full)
+                got[part] = self.predict_part(bb, idx, full, states)
                 continue
             path = self.cache_dir / "predictions" / f"{name.lower()}-{part}-{self.cache_key(bb, part, idx)}.safetensors"
             if path.is_file():
@@ -170,7 +171,7 @@ class Evaluator:
                     continue
                 except Exception:  # a damaged file: computed again and rewritten
                     pass
-            got[part] = t = self.predict_part(bb, idx, full)
+            got[part] = t = self.predict_part(bb, idx, full, states)
             if t.numel() * t.element_size() <= self.CACHE_MAX_BYTES:
                 save_safetensors_atomic(dict(logits=t), path)
         if len(self.parts_from_cache.get(name, [])) == len(got):
@@ -188,21 +189,15 @@ class Evaluator:
         return float(p_yes(lg).mean())
 
     def __call__(self, bb, name: str, states=None):
-        """`states`: a BoundarySource the model runs from for this evaluation only (the
-        Original of a request on the cached boundary: methods/states.py)."""
+        """`states`: the BoundarySource the model runs from (a cached boundary's student, the
+        Original of a request on one: methods/states.py); None: full forwards."""
         import time
 
         from .audit import answer_losses
         from .models.scoring import yes_no
 
         t0 = time.perf_counter()
-        if states is not None:
-            bb.states = states
-        try:
-            yn, full, h_yn = self._predict_cached(bb, name)
-        finally:
-            if states is not None:
-                bb.states = None
+        yn, full, h_yn = self._predict_cached(bb, name, states)
         f_yn = yes_no(bb, full)
         unseen = answer_losses(h_yn, self.holdout_labels)[self.audit_pos] if self.nonmembers == "holdout" \
             else answer_losses(yn, self.test_labels)

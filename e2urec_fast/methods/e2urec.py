@@ -292,8 +292,10 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     student's base is the previous request's model, D_r is remembered from the first Original).
     `store`: the folder where a cached boundary's D_r and evaluation states outlive the run
     (the model cache; None: they go with it).
-    `calibrate(student)`: sets the adapter's strength from the calibration users before it is
-    written (calibrate.py); its record goes into the info, its seconds into the time.
+    `calibrate(student, states)`: sets the adapter's strength from the calibration users before it
+    is written (calibrate.py); its record goes into the info, its seconds into the time.
+    info["states"]: the BoundarySource the student is evaluated from (a cached boundary's frozen
+    part; None: full forwards); not part of the report (the registry takes it out).
     `calibrate_teacher(target_yn, labels)`: the forgetting target's offset from the calibration
     users (calibrate.teacher_offset), applied to the cached D_f rows before the student trains.
     """
@@ -328,11 +330,10 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
               hook=None if probe is None else lambda k, sec: probe(k, sec, student))
     stages["student"] = res.seconds
     student.model.eval()
-    student.states = source  # its evaluation starts from the frozen part's states (its rows: evaluate.py)
     calib = None
     if calibrate is not None:
         t0 = time.perf_counter()
-        calib = calibrate(student)
+        calib = calibrate(student, source)
         stages["calibrate"] = time.perf_counter() - t0
     time_s = time.perf_counter() - t_all - res.hook_seconds  # probes (benchmarks) are not unlearning
     adapter_dir, kept = write_stage(job, orig, cfg, p, student, aug, boundary)
@@ -342,7 +343,7 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
                 resumed_at_step=res.resumed_at, samples_per_s=res.samples / max(stages["student"], 1e-9),
                 base_model_bytes=nbytes, peak_rss_mib=peak_rss_mib(), lora_scope=str(p.scope),
                 aug_mode=("lora" if p.aug_lora else "full") if p.need_aug else None, calibration=calib,
-                teacher_calibration=tcal)
+                teacher_calibration=tcal, states=source)
     return student, info
 
 

@@ -31,9 +31,9 @@ class Context:
     model_cache: object  # folder of the trained-model cache, or None
     rem: Backbone | None = None  # the remembering teacher when it is not the Original (sequential requests)
     log: Callable[[str], None] = print
-    # calibrate(model, base weights or None) -> the calibration's record (calibrate.py) or None:
-    # sets how much of an update the model keeps, from the calibration users (None: off)
-    calibrate: Callable[[Backbone, dict | None], dict | None] | None = None
+    # calibrate(model, base weights or None, states=None) -> the calibration's record (calibrate.py) or
+    # None: sets how much of an update the model keeps, from the calibration users (None: off)
+    calibrate: Callable[..., dict | None] | None = None
     # calibrate_teacher(target (N, 2), labels, Original (N, 2)) -> calibrate.TeacherCalibration:
     # the forgetting target's offset on D_f (E2URec's cached path; None: off)
     calibrate_teacher: Callable | None = None
@@ -48,6 +48,7 @@ class Outcome:
     row: dict = field(default_factory=dict)  # more columns of its report row
     detail: str = ""  # its key under the report's details
     adapter: bool = False  # the adapter handed out (E2URec's)
+    states: object = None  # a cached boundary's BoundarySource the model is evaluated from (None: full forwards)
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,11 @@ def _e2urec(ctx: Context) -> list[Outcome]:
     for i in (["reference", "fast"] if impl == "both" else [impl]):
         ctx.log(f"E2URec ({i} path) ...")
         bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache,
-                                  calibrate=None if ctx.calibrate is None else lambda m: ctx.calibrate(m, None),
+                                  calibrate=None if ctx.calibrate is None else lambda m, states: ctx.calibrate(m, None, states),
                                   calibrate_teacher=ctx.calibrate_teacher)
+        states = info.pop("states")
         out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
-                           detail=f"e2urec_{i}", adapter=i == "fast" or impl == "reference"))
+                           detail=f"e2urec_{i}", adapter=i == "fast" or impl == "reference", states=states))
     return out
 
 
@@ -76,7 +78,9 @@ def _ablation(name: str, parts: tuple):
         ctx.log(f"{METHODS[name].label} (fast path) ...")
         bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, "fast", parts=parts, name=name.replace("-", "_"), rem=ctx.rem,
                                   store=ctx.model_cache)
-        return [Outcome(METHODS[name].label, bb, info, kind="ablation", row=dict(stages=info["stages"]), detail=name)]
+        states = info.pop("states")
+        return [Outcome(METHODS[name].label, bb, info, kind="ablation", row=dict(stages=info["stages"]), detail=name,
+                        states=states)]
 
     return run
 

@@ -118,7 +118,6 @@ class Backbone:
     answer_index: int = 0  # index of the answer token within the targets
     suffix: str = ""  # appended to every prompt (the answer cue or mask slot)
     mask_id: int | None = None  # masked family: the slot's token id
-    states: object = None  # a cached boundary's BoundarySource (boundary.py): the frozen part's states, for evaluation
 
     @property
     def pad_id(self) -> int:
@@ -130,7 +129,7 @@ class Backbone:
 
     def clone(self) -> Backbone:
         """The same backbone with a deep copy of the model (tokenizer and ids shared)."""
-        return dataclasses.replace(self, model=copy.deepcopy(self.model), states=None)
+        return dataclasses.replace(self, model=copy.deepcopy(self.model))
 
     def tokenizer_key(self) -> str:
         """Hash of the tokenizer's vocabulary and the prompt suffix (token ids depend on nothing else)."""
