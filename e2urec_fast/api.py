@@ -323,8 +323,8 @@ def calibrator(st: State):
     --holdout-users; the report says so at its top)."""
     c = st.cfg.calibration
     n = st.prep.manifest["counts"].get("calib_users", 0)  # (prepare_stage counted them)
-    mode = "strength" if c.calibrate == "auto" else c.calibrate
-    st.calibration = dict(mode=c.calibrate, resolved=mode, target=c.calib_target, max_drop=c.calib_max_drop,
+    mode = c.calibrate  # (resolved in resolve_models: checks.resolve_policies)
+    st.calibration = dict(mode=mode, target=c.calib_target, max_drop=c.calib_max_drop,
                           max_strength=c.calib_max_strength, calib_users=n)
     if mode == "off":
         st.calibration["note"] = "NOTE: calibration off (--calibrate off): every update is applied as trained"

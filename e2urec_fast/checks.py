@@ -272,7 +272,7 @@ def parse_user_list(spec: str, flag: str = "--forget-users", names: bool = False
     return ids
 
 
-def resolve_policies(cfg: Config, family: str, native_ok: bool | None = None) -> Config:
+def resolve_policies(cfg: Config, family: str) -> Config:
     """Every "auto" the methods read, turned into the concrete choice once, when the model's
     family is known (device and dtype are resolved before, in `api.run`); the report's settings
     show these values. The rules live in the functions named; lower-level callers that pass an
@@ -283,8 +283,8 @@ def resolve_policies(cfg: Config, family: str, native_ok: bool | None = None) ->
       the fast path only);
     - student_schedule: sized for a deletion request, fixed for the benchmark (#26 item 1);
     - batch_fusion: on off the CPU (one forward over both halves pays on a GPU, not here);
-    - kernel_backend: `ops.resolve_backend` on the job's device (`native_ok` False: the native op
-      failed to build, so torch);
+    - kernel_backend: `ops.resolve_backend` on the job's device (torch where the native op did not
+      build);
     - calibrate: the strength (calibrate.py: the teacher calibrated changed nothing resolved)."""
     from .config import replace_fields
     from .models.boundary import aug_is_lora, resolve_scope
@@ -303,7 +303,7 @@ def resolve_policies(cfg: Config, family: str, native_ok: bool | None = None) ->
     if sp.kernel_backend == "auto":
         from .ops import resolve_backend
 
-        new["kernel_backend"] = "torch" if native_ok is False else resolve_backend("auto", torch.empty(0, device=d))
+        new["kernel_backend"] = resolve_backend("auto", torch.empty(0, device=d))
     if cfg.calibration.calibrate == "auto":
         new["calibrate"] = "strength"
     return replace_fields(cfg, **new) if new else cfg

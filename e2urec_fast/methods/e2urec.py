@@ -296,7 +296,7 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     is written (calibrate.py); its record goes into the info, its seconds into the time.
     info["states"]: the BoundarySource the student is evaluated from (a cached boundary's frozen
     part; None: full forwards); not part of the report (the registry takes it out).
-    `calibrate_teacher(target_yn, labels)`: the forgetting target's offset from the calibration
+    `calibrate_teacher(target_yn, labels, original_yn)`: the forgetting target's offset from the calibration
     users (calibrate.teacher_offset), applied to the cached D_f rows before the student trains.
     """
     rem = orig if rem is None else rem
