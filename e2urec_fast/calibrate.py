@@ -94,8 +94,8 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if auc(mid) <= target else (mid, hi)
         s = hi
-    else:
-        s = lo
+    else:  # not reached: the strength that brought the attack lowest (an update may raise it: then 0, the Original)
+        s = min(curve, key=lambda k: (curve[k], k))
     guarded = not ok(s)
     if guarded:  # the largest strength the guard allows
         good, bad = 0.0, s
@@ -108,6 +108,7 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
         c.verdict = f"forgotten to the non-member level: strength {s:.3g}, calibration attack AUC {a0:.3f} -> {c.calib_auc:.3f}"
     else:
         why = (f"more forgetting would drop the validation AUC by over {max_drop}" if guarded
+               else f"the update does not lower the attack AUC at any strength up to {max_strength:.3g}" if s == 0.0
                else f"even strength {s:.3g} leaves the attack AUC above {target}")
         c.verdict = (f"not forgotten to the non-member level: {why}; kept strength {s:.3g} (calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f})")

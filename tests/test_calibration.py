@@ -85,6 +85,12 @@ def test_strength_search_by_hand():
     # too weak an update: the largest strength, not reached
     w = choose_strength(lambda s: 0.8 - 0.01 * s, None, target=0.5, max_strength=4.0)
     assert not w.reached and w.strength == 4.0 and "above 0.5" in w.verdict
+    # an update that raises the attack AUC (D_f more member-like): strength 0, the Original, said so
+    u = choose_strength(lambda s: 0.6 + 0.01 * s, None, target=0.5)
+    assert not u.reached and u.strength == 0.0 and "does not lower the attack AUC" in u.verdict
+    # a curve that dips and climbs: the strength of its lowest point
+    d = choose_strength(lambda s: 0.6 + 0.01 * (s - 3.0) ** 2, None, target=0.5)
+    assert not d.reached and d.strength == 3.0
     # nothing to forget
     z = choose_strength(lambda s: 0.48, None)
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
@@ -187,8 +193,8 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     assert abs(auc - r.metrics("E2URec")["auc"]) < 1e-6
     # a request on the cached boundary, calibrated on its --holdout-users: the same check
     users = sorted(set(prep.users[prep.index("train")].tolist()))
-    # (a target no strength reaches and no guard: the strength is the largest allowed, 3, so the
-    # adapter's B must carry a factor 3 for PEFT to give E2URec's figures)
+    # (a target no strength reaches and no guard: the strength of the lowest attack AUC on the grid up to 3,
+    # 0.25 here, so the adapter's B must carry that factor for PEFT to give E2URec's figures)
     q = forget(tmp_path / "q", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
                calib_target=0.0, calib_max_drop=1.0, calib_max_strength=3.0, **common)
     assert set(q.report["calibration"]["methods"]) == {"E2URec"} and q.report["details"]["e2urec_fast"]["lora_scope"] != "all"
@@ -198,7 +204,10 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     assert [q.report["settings"][k] for k in ("lora_scope", "aug_mode", "student_schedule", "batch_fusion", "calibrate")] == \
         ["decoder", "lora", "sized", "off", "strength"]
     assert [r.report["settings"][k] for k in ("lora_scope", "aug_mode", "student_schedule")] == ["all", "full", "fixed"]
-    assert q.metrics("E2URec")["strength"] == 3.0 and "not forgotten to the non-member level" in (q.out / "report.md").read_text()
+    qc = q.report["calibration"]["methods"]["E2URec"]
+    lowest = min(qc["curve"], key=lambda p: (p[1], p[0]))[0]  # target out of reach: the strength of the lowest attack AUC
+    assert q.metrics("E2URec")["strength"] == qc["strength"] == lowest and "not forgotten to the non-member level" in \
+        (q.out / "report.md").read_text()
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(q.adapter))
     auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
     assert abs(auc - q.metrics("E2URec")["auc"]) < 1e-6
