@@ -291,11 +291,11 @@ def resolve_policies(cfg: Config, family: str) -> Config:
 
     s, sp, d = cfg.student, cfg.speed, str(cfg.run.device)
     new = {}
+    scope = resolve_scope(cfg, family, "fast")  # (the fast path's: --impl reference runs every q/v, e2urec.plan_run)
     if str(s.lora_scope).strip() == "auto":
-        scope = resolve_scope(cfg, family, "fast")
         new["lora_scope"] = str(scope)
-    if s.aug_mode == "auto" and s.impl == "fast":  # (--impl reference|both: each path's own, at its plan: e2urec.plan_run)
-        new["aug_mode"] = "lora" if aug_is_lora(cfg, resolve_scope(cfg, family, "fast")) else "full"
+    if s.aug_mode == "auto" and s.impl == "fast":  # (--impl reference|both: each path's own, at its plan)
+        new["aug_mode"] = "lora" if aug_is_lora(cfg, scope) else "full"
     if s.student_schedule == "auto":
         new["student_schedule"] = "sized" if cfg.is_request else "fixed"
     if sp.batch_fusion == "auto":
