@@ -10,10 +10,12 @@ The strength is chosen with forward passes only: the LOSS attack's AUC of this r
 against the calibration part of the non-members (`Prepared.index("calib")`; the audit part is
 never read here) is brought to `target` (0.5: the attack cannot tell D_f from data the model
 never saw), the smallest lambda that reaches it (no more forgetting than the non-members
-show), found on a grid and refined by bisection. A utility guard bounds the cost: the
-validation AUC may drop at most `max_drop` below the Original's; where reaching the target
-would cost more, lambda is the largest the guard allows and the request is "not forgotten to
-the non-member level" (said in the report, never passed silently). Where the Original's D_f
+show), found on a grid and refined by bisection. A utility guard bounds the cost: the AUC on
+the validation samples and on a fixed sample of D_r (up to `GUARD_RETAIN` rows) may each drop
+at most `max_drop` below the Original's (D_r because validation alone missed a 6.9-point test
+loss on memorize seed 1: its Original is weak there); where reaching the target would cost
+more, lambda is the largest the guard allows and the request is "not forgotten to the
+non-member level" (said in the report, never passed silently). Where the Original's D_f
 already reads as non-members (AUC <= target), lambda = 0: there is nothing to forget.
 
 The forgetting teacher can be calibrated the same way, before the student trains (`--calibrate
@@ -36,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+GUARD_RETAIN = 512  # D_r rows the utility guard reads (evenly spaced; all where fewer)
 GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
@@ -47,8 +50,9 @@ class Calibration:
     original_auc: float  # at strength 0 (the Original)
     trained_auc: float | None  # at strength 1 (the update as trained)
     reached: bool  # the target reached inside the guard
-    valid_auc: float | None = None
+    valid_auc: float | None = None  # the guard's validation AUC at the chosen strength
     original_valid_auc: float | None = None
+    guard: dict = field(default_factory=dict)  # {guard name: [the Original's AUC, the AUC at the chosen strength]}
     max_drop: float = 0.0
     curve: list = field(default_factory=list)  # [(strength, calib AUC)] in the order evaluated
     seconds: float = 0.0
@@ -63,23 +67,34 @@ class Calibration:
 def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float = 8.0, max_drop: float = 0.02,
                     bisect: int = 5) -> Calibration:
     """`auc_at(s)`: the attack AUC on D_f vs calibration users at strength s; `valid_at(s)`:
-    the validation AUC (None: no guard). Returns the chosen strength and how it was found."""
+    the guard's utility at strength s, an AUC or {name: AUC} (each may drop at most `max_drop`;
+    'valid' is the one reported as valid_auc), None: no guard. Returns the chosen strength and
+    how it was found."""
     t0 = time.perf_counter()
     curve: dict[float, float] = {}
+    util: dict[float, dict] = {}
 
     def auc(s):
         if s not in curve:
             curve[s] = float(auc_at(s))
         return curve[s]
 
-    a0 = auc(0.0)
-    v0 = valid_at(0.0) if valid_at is not None else None
+    def utility(s):
+        if s not in util:
+            u = valid_at(s)
+            util[s] = {k: float(v) for k, v in (u.items() if isinstance(u, dict) else [("valid", u)])}
+        return util[s]
 
-    def ok(s):  # the utility guard
-        return v0 is None or s == 0.0 or valid_at(s) >= v0 - max_drop
+    a0 = auc(0.0)
+    u0 = utility(0.0) if valid_at is not None else None
+    v0 = u0.get("valid") if u0 else None
+
+    def ok(s):  # the utility guard: no guarded AUC more than max_drop below the Original's
+        return u0 is None or s == 0.0 or all(utility(s)[k] >= u0[k] - max_drop for k in u0)
 
     if not a0 > target:
         c = Calibration(0.0, target, a0, a0, None, True, v0, v0, max_drop)
+        c.guard = {k: [v, v] for k, v in (u0 or {}).items()}
         c.verdict = f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
         return _done(c, curve, t0)
     lo, hi = 0.0, None
@@ -103,11 +118,12 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
             mid = (good + bad) / 2
             good, bad = (mid, bad) if ok(mid) else (good, mid)
         s, reached = good, False
-    c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, valid_at(s) if valid_at is not None else None, v0, max_drop)
+    c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, utility(s).get("valid") if u0 else None, v0, max_drop)
+    c.guard = {k: [u0[k], utility(s)[k]] for k in u0} if u0 else {}
     if reached:
         c.verdict = f"forgotten to the non-member level: strength {s:.3g}, calibration attack AUC {a0:.3f} -> {c.calib_auc:.3f}"
     else:
-        why = (f"more forgetting would drop the validation AUC by over {max_drop}" if guarded
+        why = (f"more forgetting would drop the {' or '.join(u0)} AUC by over {max_drop}" if guarded
                else f"the update does not lower the attack AUC at any strength up to {max_strength:.3g}" if s == 0.0
                else f"even strength {s:.3g} leaves the attack AUC above {target}")
         c.verdict = (f"not forgotten to the non-member level: {why}; kept strength {s:.3g} (calibration attack AUC "
@@ -117,7 +133,7 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
 
 def _done(c: Calibration, curve: dict, t0: float) -> Calibration:
     c.curve = [[s, a] for s, a in curve.items()]
-    c.passes = len(curve)
+    c.passes = len(curve)  # (the caller adds the guard's passes: it knows how many it ran)
     c.seconds = time.perf_counter() - t0
     return c
 
@@ -176,6 +192,14 @@ def teacher_offset(teacher_yn: torch.Tensor, labels, nonmember_losses, target: f
     return c
 
 
+def guard_rows(idx: torch.Tensor, n: int = GUARD_RETAIN) -> torch.Tensor:
+    """Up to `n` of `idx`, evenly spaced (deterministic: the same rows for every strength and
+    every method of a job)."""
+    if len(idx) <= n:
+        return idx
+    return idx[torch.linspace(0, len(idx) - 1, n).round().long()]
+
+
 class Strength:
     """Sets an update's strength on a model in place: the LoRA modules' scaling, or for a full
     fine-tune the weights interpolated from the Original's (`base`: its state dict)."""
@@ -227,10 +251,11 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     from .evaluate import ctr_metrics, p_yes
 
     prep = ev.job.prepared
-    f_idx, c_idx, v_idx = prep.index("forget"), prep.index("calib"), prep.index("valid")
+    f_idx, c_idx = prep.index("forget"), prep.index("calib")
     if not len(c_idx) or not len(f_idx):
         return None
-    f_lab, c_lab, v_lab = (prep.labels[i].numpy() for i in (f_idx, c_idx, v_idx))
+    f_lab, c_lab = (prep.labels[i].numpy() for i in (f_idx, c_idx))
+    guards = {k: i for k, i in (("valid", prep.index("valid")), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
     st = Strength(bb.model, base)
     both = torch.cat([f_idx, c_idx])
 
@@ -240,22 +265,22 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
         loss = answer_losses(lg, np.r_[f_lab, c_lab])
         return mia_auc(-loss[: len(f_idx)], -loss[len(f_idx):])
 
-    valid = {}
+    passes = []
 
-    def valid_at(s):
-        if s not in valid:
-            st.set(s)
-            valid[s] = ctr_metrics(v_lab, p_yes(ev.predict_part(bb, v_idx, False, states)))["auc"]
-        return valid[s]
+    def guard_at(s):
+        st.set(s)
+        passes.append(s)
+        return {k: ctr_metrics(prep.labels[i].numpy(), p_yes(ev.predict_part(bb, i, False, states)))["auc"]
+                for k, i in guards.items()}
 
     try:
-        c = choose_strength(auc_at, valid_at if len(v_idx) else None, target, max_strength, max_drop)
+        c = choose_strength(auc_at, guard_at if guards else None, target, max_strength, max_drop)
     finally:
         st.set(1.0)
     st.set(c.strength)
     st.bake()
-    c.passes += len(valid)
-    c.rows = dict(forget=len(f_idx), calib=len(c_idx), valid=len(v_idx))
+    c.passes += len(passes)
+    c.rows = dict(forget=len(f_idx), calib=len(c_idx), **{k: len(i) for k, i in guards.items()})
     if log:
         log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
     return c

@@ -288,8 +288,8 @@ def calibration_lines(calib: dict) -> list[str]:
     if not per and not teach:
         return []
     out = [f"Calibration (how much to forget, from {calib.get('calib_users', '?')} held-out users no audit reads; target: "
-           f"LOSS-attack AUC {calib.get('target', 0.5)} on D_f vs them, validation AUC at most {calib.get('max_drop')} below "
-           "the Original's):", ""]
+           f"LOSS-attack AUC {calib.get('target', 0.5)} on D_f vs them, validation and D_r AUC each at most "
+           f"{calib.get('max_drop')} below the Original's):", ""]
     out += [f"- {name}: {c.get('verdict') or 'not calibrated: ' + c.get('skipped', '?')}." for name, c in teach.items()]
     out += [f"- {name}: {c['verdict']} ({c['passes']} forward passes, {c['seconds']:.1f} s)." for name, c in per.items()]
     return out + [""]

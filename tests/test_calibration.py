@@ -91,6 +91,11 @@ def test_strength_search_by_hand():
     # a curve that dips and climbs: the strength of its lowest point
     d = choose_strength(lambda s: 0.6 + 0.01 * (s - 3.0) ** 2, None, target=0.5)
     assert not d.reached and d.strength == 3.0
+    # two guards: validation barely moves, D_r falls 0.05 per unit; D_r's stops it near strength 0.4 and is named
+    two = choose_strength(lambda s: 0.8 - 0.2 * s, lambda s: {"valid": 0.75 - 0.001 * s, "D_r": 0.9 - 0.05 * s},
+                          target=0.5, max_drop=0.02)
+    assert not two.reached and 0.35 < two.strength <= 0.4 + 1e-9 and "valid or D_r AUC" in two.verdict
+    assert two.guard["D_r"][0] == pytest.approx(0.9) and two.guard["D_r"][1] >= 0.88 - 1e-9 and two.valid_auc > 0.749
     # nothing to forget
     z = choose_strength(lambda s: 0.48, None)
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
