@@ -288,9 +288,9 @@ def run_methods(st: State) -> None:
     from .methods.registry import METHODS, Context
 
     cfg = st.cfg
-    strength, teacher = calibrator(st)
+    strength, teacher, rewind = calibrator(st)
     ctx = Context(st.job, st.orig, cfg, st.ft, None if cfg.finetune.no_model_cache else st.cache, rem=st.root,
-                  log=log, calibrate=strength, calibrate_teacher=teacher)
+                  log=log, calibrate=strength, calibrate_teacher=teacher, calibrate_rewind=rewind)
     for name in st.plan.methods:
         if METHODS[name].run is None:
             continue
@@ -314,13 +314,15 @@ def run_methods(st: State) -> None:
             st.rows.append(dict(method=o.label, kind=o.kind, **m, **jsd_l2(st.retrain_full, full), time_s=o.info["time_s"],
                                 trainable_params=o.info["trainable_params"], **o.row,
                                 **(dict(strength=cal["strength"]) if cal else {}),
+                                **(dict(rewound_step=cal["step"]) if cal and cal.get("step") is not None else {}),
                                 **(dict(teacher_gamma=tcal["gamma"]) if tcal and "gamma" in tcal else {})))
 
 
 def calibrator(st: State):
-    """The calibrations every unlearning method gets (calibrate.py), as (strength, teacher):
-    each None where off (--calibrate), or without calibration users (a request without
-    --holdout-users; the report says so at its top)."""
+    """The calibrations every unlearning method gets (calibrate.py), as (strength, teacher,
+    rewind): each None where off (--calibrate; rewind is E2URec's, the baselines keep the
+    strength), or without calibration users (a request without --holdout-users; the report says
+    so at its top)."""
     c = st.cfg.calibration
     n = st.prep.manifest["counts"].get("calib_users", 0)  # (prepare_stage counted them)
     mode = c.calibrate  # (resolved in resolve_models: checks.resolve_policies)
@@ -328,13 +330,13 @@ def calibrator(st: State):
                           max_strength=c.calib_max_strength, calib_users=n)
     if mode == "off":
         st.calibration["note"] = "NOTE: calibration off (--calibrate off): every update is applied as trained"
-        return None, None
+        return None, None, None
     if not n:
         st.calibration["note"] = (
             "NOTE: no calibration users (a request without --holdout-users, or a holdout of one user): how much to forget "
             "was not decided from non-members; every update is applied as trained (the fixed schedule), and the audit "
             + ("compares D_f with the later test samples" if not len(st.prep.index("holdout")) else "reads the one held-out user"))
-        return None, None
+        return None, None, None
 
     def strength(model, base, states=None):
         from .calibrate import calibrate
@@ -355,7 +357,14 @@ def calibrator(st: State):
         log(f"calibration: {got.verdict}")
         return got
 
-    return (strength if mode in ("strength", "both") else None), (teacher if mode in ("teacher", "both") else None)
+    def rewind(model, snaps, states=None):
+        from .calibrate import rewind
+
+        got = rewind(model, st.ev, snaps, c.calib_target, c.calib_max_drop, log=log, states=states)
+        return None if got is None else got.to_dict()
+
+    return ((strength if mode in ("strength", "both", "rewind") else None), (teacher if mode in ("teacher", "both") else None),
+            (rewind if mode == "rewind" else None))
 
 
 def audit_stage(st: State) -> dict:

@@ -54,7 +54,8 @@ class Calibration:
     original_valid_auc: float | None = None
     guard: dict = field(default_factory=dict)  # {guard name: [the Original's AUC, the AUC at the chosen strength]}
     max_drop: float = 0.0
-    curve: list = field(default_factory=list)  # [(strength, calib AUC)] in the order evaluated
+    curve: list = field(default_factory=list)  # [(strength, calib AUC)] in the order evaluated ([(step, AUC)]: rewind)
+    step: int | None = None  # the rule `rewind`: the student's step kept (None: the strength rule)
     seconds: float = 0.0
     passes: int = 0
     verdict: str = ""
@@ -129,6 +130,64 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
         c.verdict = (f"not forgotten to the non-member level: {why}; kept strength {s:.3g} (calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f})")
     return _done(c, curve, t0)
+
+
+def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 0.02) -> Calibration:
+    """The rewind rule (SCRUB+R, arXiv 2302.09880, with the target set by non-members): of the
+    student's snapshots at `steps` (0: before training, the Original), the first whose attack
+    AUC on D_f vs the calibration users reaches `target` inside the utility guard; where none
+    does, the one of the lowest AUC inside the guard (0 where training only raised it).
+    `auc_at(step)`, `valid_at(step)` as in `choose_strength`, at a snapshot."""
+    t0 = time.perf_counter()
+    steps = sorted(set(int(k) for k in steps) | {0})
+    curve: dict[int, float] = {}
+    util: dict[int, dict] = {}
+
+    def utility(k):
+        if k not in util:
+            u = valid_at(k)
+            util[k] = {n: float(v) for n, v in (u.items() if isinstance(u, dict) else [("valid", u)])}
+        return util[k]
+
+    u0 = utility(0) if valid_at is not None else None
+
+    def ok(k):
+        return u0 is None or k == 0 or all(utility(k)[n] >= u0[n] - max_drop for n in u0)
+
+    a0 = curve[0] = float(auc_at(0))
+    chosen, reached, guarded = 0, a0 <= target, False
+    if not reached:
+        for k in steps[1:]:
+            curve[k] = float(auc_at(k))
+            if curve[k] <= target:
+                if ok(k):
+                    chosen, reached = k, True
+                    break
+                guarded = True
+        if not reached:  # the lowest AUC inside the guard
+            for k in sorted(curve, key=lambda k: (curve[k], k)):
+                if ok(k):
+                    chosen = k
+                    break
+                guarded = True
+    c = Calibration(1.0, target, curve[chosen], a0, None, reached, utility(chosen).get("valid") if u0 else None,
+                    u0.get("valid") if u0 else None, max_drop, step=chosen)
+    c.guard = {n: [u0[n], utility(chosen)[n]] for n in u0} if u0 else {}
+    last = steps[-1]
+    if a0 <= target:
+        c.verdict = f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
+    elif reached:
+        c.verdict = (f"forgotten to the non-member level: rewound to step {chosen} of {last}, calibration attack AUC "
+                     f"{a0:.3f} -> {c.calib_auc:.3f}")
+    else:
+        why = (f"steps that reach it drop the {' or '.join(u0)} AUC by over {max_drop}" if guarded and u0
+               else f"no step up to {last} reaches it")
+        c.verdict = (f"not forgotten to the non-member level: {why}; kept step {chosen} of {last} (calibration attack AUC "
+                     f"{a0:.3f} -> {c.calib_auc:.3f})")
+    c.passes = len(curve) + len(util)
+    c.curve = [[k, a] for k, a in curve.items()]
+    c.seconds = time.perf_counter() - t0
+    return c
 
 
 def _done(c: Calibration, curve: dict, t0: float) -> Calibration:
@@ -281,6 +340,46 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     st.bake()
     c.passes += len(passes)
     c.rows = dict(forget=len(f_idx), calib=len(c_idx), **{k: len(i) for k, i in guards.items()})
+    if log:
+        log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
+    return c
+
+
+def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log=None, states=None) -> Calibration | None:
+    """Keep the student's snapshot the rewind rule chooses (`choose_step`); `snaps`: {step:
+    {trainable parameter name: tensor}} taken during its training (0: before it). None where
+    the data has no calibration users."""
+    from .audit import answer_losses, mia_auc
+    from .evaluate import ctr_metrics, p_yes
+    from .train import named_trainable
+
+    prep = ev.job.prepared
+    f_idx, c_idx = prep.index("forget"), prep.index("calib")
+    if not len(c_idx) or not len(f_idx) or 0 not in snaps:
+        return None
+    lab = np.r_[prep.labels[f_idx].numpy(), prep.labels[c_idx].numpy()]
+    guards = {k: i for k, i in (("valid", prep.index("valid")), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
+    params = named_trainable(bb.model)
+    both = torch.cat([f_idx, c_idx])
+
+    @torch.no_grad()
+    def load(k):
+        for n, p in params.items():
+            p.copy_(snaps[k][n])
+
+    def auc_at(k):
+        load(k)
+        loss = answer_losses(ev.predict_part(bb, both, False, states), lab)
+        return mia_auc(-loss[: len(f_idx)], -loss[len(f_idx):])
+
+    def guard_at(k):
+        load(k)
+        return {n: ctr_metrics(prep.labels[i].numpy(), p_yes(ev.predict_part(bb, i, False, states)))["auc"]
+                for n, i in guards.items()}
+
+    c = choose_step(auc_at, guard_at if guards else None, snaps, target, max_drop)
+    load(c.step)
+    c.rows = dict(forget=len(f_idx), calib=len(c_idx), snapshots=len(snaps), **{k: len(i) for k, i in guards.items()})
     if log:
         log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
     return c

@@ -231,8 +231,10 @@ class CalibConfig:
                          "users (forward passes only; needs a holdout: --holdout-ratio, or --holdout-users in a request); "
                          "teacher: E2URec's forgetting target lowered (or raised) on the true answer until its D_f losses "
                          "read like the Original's on the calibration users, before the student trains; both: teacher "
-                         "then strength; strength: as auto; off: the update as trained", shown=True,
-                         choices=("auto", "strength", "teacher", "both", "off"))
+                         "then strength; rewind: E2URec's student kept at the first of its snapshots (every 1/12 of its "
+                         "schedule) whose D_f reads as the calibration users (SCRUB+R's rule; the baselines keep the "
+                         "strength); strength: as auto; off: the update as trained", shown=True,
+                         choices=("auto", "strength", "teacher", "both", "rewind", "off"))
     calib_target: float = opt(0.5, "the attack AUC (D_f vs the calibration users) calibration brings D_f to", lo=0.0, hi=1.0)
     calib_max_strength: float = opt(8.0, "the largest strength calibration may give an update (1: as trained)", lo=0.0,
                                     lo_open=True, hi=100.0)

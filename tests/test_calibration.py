@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_ml1m
 from e2urec_fast import ops
-from e2urec_fast.calibrate import Strength, choose_strength, teacher_offset
+from e2urec_fast.calibrate import Strength, choose_step, choose_strength, teacher_offset
 from e2urec_fast.data import prepare
 from e2urec_fast.data.loaders import load_ml1m
 from e2urec_fast.data.prepare import calib_users
@@ -99,6 +99,27 @@ def test_strength_search_by_hand():
     # nothing to forget
     z = choose_strength(lambda s: 0.48, None)
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
+
+
+def test_rewind_rule_by_hand():
+    """Snapshots every 25 steps; the attack AUC falls 0.01 per 25 steps from 0.6, then climbs
+    back after step 200 (an update that overshoots and returns): the first snapshot at or under
+    0.5 is kept, not a later or lower one."""
+    curve = {k: 0.6 - 0.01 * k / 25 if k <= 200 else 0.52 + 0.001 * k for k in range(0, 301, 25)}
+    c = choose_step(curve.get, None, curve, target=0.55)
+    assert c.reached and c.step == 125 and c.calib_auc == pytest.approx(0.55) and "rewound to step 125 of 300" in c.verdict
+    assert [k for k, _ in c.curve] == [0, 25, 50, 75, 100, 125]  # it stops at the first step that reaches the target
+    # out of reach: the lowest snapshot (step 200, 0.52)
+    lo = choose_step(curve.get, None, curve, target=0.5)
+    assert not lo.reached and lo.step == 200 and "no step up to 300" in lo.verdict
+    # the guard: steps past 100 cost over 0.02 of D_r AUC; the target 0.55 (step 125) is then out of its reach
+    g = choose_step(curve.get, lambda k: {"valid": 0.7, "D_r": 0.9 - (0.05 if k > 100 else 0.0)}, curve, target=0.55)
+    assert not g.reached and g.step == 100 and g.guard["D_r"] == [0.9, 0.9] and "drop the valid or D_r AUC" in g.verdict
+    # training that only raises the attack AUC: step 0, the Original; nothing to forget: step 0 too
+    up = choose_step(lambda k: 0.6 + 0.001 * k, None, curve, target=0.5)
+    assert not up.reached and up.step == 0
+    z = choose_step(lambda k: 0.45, None, curve)
+    assert z.reached and z.step == 0 and "nothing to forget" in z.verdict and len(z.curve) == 1
 
 
 def test_teacher_offset_by_hand():
@@ -222,5 +243,14 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     tc = b.report["calibration"]["teachers"]["E2URec"]
     assert b.metrics("E2URec")["teacher_gamma"] == tc["gamma"] and tc["rows"]["forget"] == b.report["counts"]["forget"]
     assert "forgetting teacher calibrated" in (b.out / "report.md").read_text() and "E2URec" in b.report["calibration"]["methods"]
+    # the rewind rule (--calibrate rewind): E2URec kept at one of its snapshots; PEFT loads the kept adapter
+    w = forget(tmp_path / "w", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
+               calibrate="rewind", calib_target=0.0, calib_max_drop=1.0, **common)
+    wc = w.report["calibration"]["methods"]["E2URec"]
+    lowest = min(wc["curve"], key=lambda p: (p[1], p[0]))[0]  # out of reach: the snapshot of the lowest attack AUC
+    assert wc["step"] == lowest == w.metrics("E2URec")["rewound_step"] and wc["rows"]["snapshots"] == 9  # 0, 1..8
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(w.adapter))
+    auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
+    assert abs(auc - w.metrics("E2URec")["auc"]) < 1e-6 and w.report["settings"]["calibrate"] == "rewind"
     n = forget(tmp_path / "n", original=str(r.original), forget_users=users[:2], no_retrain=True, **common)
     assert "NOTE: no calibration users" in (n.out / "report.md").read_text() and not n.report["calibration"].get("methods")

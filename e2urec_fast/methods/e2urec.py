@@ -280,7 +280,7 @@ def step_fn(job: Job, orig: Backbone, rem: Backbone, aug, student: Backbone, run
 
 def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Backbone | None = None, parts=("rem", "fgt"),
             name: str = "e2urec", probe=None, rem: Backbone | None = None, store=None, calibrate=None,
-            calibrate_teacher=None):
+            calibrate_teacher=None, rewind=None):
     """Run E2URec; returns (student backbone with its adapter, info dict).
 
     `aug` reuses an augmented model built earlier (sweeps); its time is then not counted.
@@ -298,6 +298,8 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     part; None: full forwards); not part of the report (the registry takes it out).
     `calibrate_teacher(target_yn, labels, original_yn)`: the forgetting target's offset from the calibration
     users (calibrate.teacher_offset), applied to the cached D_f rows before the student trains.
+    `rewind(student, snaps, states)`: the rewind rule instead of the strength (calibrate.rewind):
+    the student's trainable weights kept at step 0 and every 1/REWIND_SNAPSHOTS of its schedule.
     """
     rem = orig if rem is None else rem
     t_all = time.perf_counter()
@@ -322,20 +324,23 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     step = step_fn(job, orig, rem, aug, student, runner, cfg, p, tables, boundary)
     torch.manual_seed(job.seed + 3)
     resume = Resume(p.work / f"{name}-{impl}-student-{p.key}.safetensors", p.key, every=cfg.speed.checkpoint_every)
+    snaps, hook = snapshot_hook(student, p.sched.total, probe) if rewind is not None else ({}, None)
     res = fit(student.model, lambda e: student_batches(job, p.sched, p.bucket, parts), step,
               TrainConfig(lr=cfg.student.student_lr, batch_size=job.batch_size, epochs=1, max_steps=p.sched.total,
                           weight_decay=cfg.student.unlearn_weight_decay, grad_clip=None),
               desc=f"{name} student ({impl})", progress=job.progress,
               train_mode=base_eval_mode if impl == "fast" and not cfg.speed.base_dropout else None, resume=resume,
-              hook=None if probe is None else lambda k, sec: probe(k, sec, student))
+              hook=hook or (None if probe is None else lambda k, sec: probe(k, sec, student)))
     stages["student"] = res.seconds
+    snap_s = snaps.pop("seconds", 0.0)
     student.model.eval()
     calib = None
-    if calibrate is not None:
+    if calibrate is not None or rewind is not None:
         t0 = time.perf_counter()
-        calib = calibrate(student, source)
+        calib = rewind(student, snaps, source) if rewind is not None else calibrate(student, source)
         stages["calibrate"] = time.perf_counter() - t0
-    time_s = time.perf_counter() - t_all - res.hook_seconds  # probes (benchmarks) are not unlearning
+    # probes (benchmarks) are not unlearning; the rewind rule's snapshots are
+    time_s = time.perf_counter() - t_all - res.hook_seconds + snap_s
     adapter_dir, kept = write_stage(job, orig, cfg, p, student, aug, boundary)
     info = dict(time_s=time_s, stages=stages, trainable_params=n_params(student.model), steps=res.steps,
                 forget_steps=p.sched.forget_steps if p.need_aug else 0, final_loss=res.loss_history[-1],
@@ -345,6 +350,29 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
                 aug_mode=("lora" if p.aug_lora else "full") if p.need_aug else None, calibration=calib,
                 teacher_calibration=tcal, states=source)
     return student, info
+
+
+REWIND_SNAPSHOTS = 12  # the rewind rule's snapshots over a schedule (plus step 0)
+
+
+def snapshot_hook(student: Backbone, total: int, probe=None):
+    """({step: trainable weights}, the fit hook that fills it): step 0 now, then every
+    total/REWIND_SNAPSHOTS steps and the last; its seconds under the key "seconds" (unlearning
+    time, unlike a probe's). The probe, if any, runs after it."""
+    from ..train import named_trainable
+
+    params = named_trainable(student.model)
+    every = max(1, total // REWIND_SNAPSHOTS)
+    snaps = {0: {n: p.detach().clone() for n, p in params.items()}, "seconds": 0.0}
+
+    def hook(k, sec):
+        t0 = time.perf_counter()
+        if k % every == 0 or k == total:
+            snaps[k] = {n: p.detach().clone() for n, p in params.items()}
+        snaps["seconds"] += time.perf_counter() - t0
+        return None if probe is None else probe(k, sec, student)
+
+    return snaps, hook
 
 
 def write_stage(job: Job, orig: Backbone, cfg: Config, p: RunPlan, student: Backbone, aug, boundary):

@@ -37,6 +37,9 @@ class Context:
     # calibrate_teacher(target (N, 2), labels, Original (N, 2)) -> calibrate.TeacherCalibration:
     # the forgetting target's offset on D_f (E2URec's cached path; None: off)
     calibrate_teacher: Callable | None = None
+    # calibrate_rewind(model, snapshots, states) -> the calibration's record: E2URec's rewind rule
+    # (--calibrate rewind; the baselines keep `calibrate`, the strength)
+    calibrate_rewind: Callable | None = None
 
 
 @dataclass
@@ -66,7 +69,7 @@ def _e2urec(ctx: Context) -> list[Outcome]:
         ctx.log(f"E2URec ({i} path) ...")
         bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache,
                                   calibrate=None if ctx.calibrate is None else lambda m, states: ctx.calibrate(m, None, states),
-                                  calibrate_teacher=ctx.calibrate_teacher)
+                                  calibrate_teacher=ctx.calibrate_teacher, rewind=ctx.calibrate_rewind)
         states = info.pop("states")
         out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
                            detail=f"e2urec_{i}", adapter=i == "fast" or impl == "reference", states=states))
