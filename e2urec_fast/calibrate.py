@@ -11,7 +11,7 @@ against the calibration part of the non-members (`Prepared.index("calib")`; the 
 never read here) is brought to `target` (0.5: the attack cannot tell D_f from data the model
 never saw), the smallest lambda that reaches it (no more forgetting than the non-members
 show), found on a grid and refined by bisection. A utility guard bounds the cost: the AUC on
-the validation samples and on a fixed sample of D_r (up to `GUARD_RETAIN` rows) may each drop
+fixed samples of the validation set and of D_r (up to `GUARD_ROWS` rows each) may each drop
 at most `max_drop` below the Original's (D_r because validation alone missed a 6.9-point test
 loss on memorize seed 1: its Original is weak there); where reaching the target would cost
 more, lambda is the largest the guard allows and the request is "not forgotten to the
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-GUARD_RETAIN = 512  # D_r rows the utility guard reads (evenly spaced; all where fewer)
+GUARD_ROWS = 512  # validation and D_r rows the utility guard reads, each (evenly spaced; all where fewer)
 GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
@@ -87,15 +87,12 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
         return util[s]
 
     a0 = auc(0.0)
-    u0 = utility(0.0) if valid_at is not None else None
-    v0 = u0.get("valid") if u0 else None
 
-    def ok(s):  # the utility guard: no guarded AUC more than max_drop below the Original's
-        return u0 is None or s == 0.0 or all(utility(s)[k] >= u0[k] - max_drop for k in u0)
+    def ok(s):  # the utility guard: no guarded AUC more than max_drop below the Original's (read only when needed)
+        return valid_at is None or s == 0.0 or all(v >= utility(0.0)[k] - max_drop for k, v in utility(s).items())
 
     if not a0 > target:
-        c = Calibration(0.0, target, a0, a0, None, True, v0, v0, max_drop)
-        c.guard = {k: [v, v] for k, v in (u0 or {}).items()}
+        c = Calibration(0.0, target, a0, a0, None, True, max_drop=max_drop)
         c.verdict = f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
         return _done(c, curve, t0)
     lo, hi = 0.0, None
@@ -119,12 +116,12 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
             mid = (good + bad) / 2
             good, bad = (mid, bad) if ok(mid) else (good, mid)
         s, reached = good, False
-    c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, utility(s).get("valid") if u0 else None, v0, max_drop)
-    c.guard = {k: [u0[k], utility(s)[k]] for k in u0} if u0 else {}
+    c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, max_drop=max_drop)
+    _guarded(c, util, s)
     if reached:
         c.verdict = f"forgotten to the non-member level: strength {s:.3g}, calibration attack AUC {a0:.3f} -> {c.calib_auc:.3f}"
     else:
-        why = (f"more forgetting would drop the {' or '.join(u0)} AUC by over {max_drop}" if guarded
+        why = (f"more forgetting would drop the {' or '.join(util[0.0])} AUC by over {max_drop}" if guarded
                else f"the update does not lower the attack AUC at any strength up to {max_strength:.3g}" if s == 0.0
                else f"even strength {s:.3g} leaves the attack AUC above {target}")
         c.verdict = (f"not forgotten to the non-member level: {why}; kept strength {s:.3g} (calibration attack AUC "
@@ -149,10 +146,8 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
             util[k] = {n: float(v) for n, v in (u.items() if isinstance(u, dict) else [("valid", u)])}
         return util[k]
 
-    u0 = utility(0) if valid_at is not None else None
-
-    def ok(k):
-        return u0 is None or k == 0 or all(utility(k)[n] >= u0[n] - max_drop for n in u0)
+    def ok(k):  # read only when needed
+        return valid_at is None or k == 0 or all(v >= utility(0)[n] - max_drop for n, v in utility(k).items())
 
     a0 = curve[0] = float(auc_at(0))
     chosen, reached, guarded = 0, a0 <= target, False
@@ -170,9 +165,8 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
                     chosen = k
                     break
                 guarded = True
-    c = Calibration(1.0, target, curve[chosen], a0, None, reached, utility(chosen).get("valid") if u0 else None,
-                    u0.get("valid") if u0 else None, max_drop, step=chosen)
-    c.guard = {n: [u0[n], utility(chosen)[n]] for n in u0} if u0 else {}
+    c = Calibration(1.0, target, curve[chosen], a0, None, reached, max_drop=max_drop, step=chosen)
+    _guarded(c, util, chosen)
     last = steps[-1]
     if a0 <= target:
         c.verdict = f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
@@ -180,7 +174,7 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
         c.verdict = (f"forgotten to the non-member level: rewound to step {chosen} of {last}, calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f}")
     else:
-        why = (f"steps that reach it drop the {' or '.join(u0)} AUC by over {max_drop}" if guarded and u0
+        why = (f"steps that reach it drop the {' or '.join(util[0])} AUC by over {max_drop}" if guarded
                else f"no step up to {last} reaches it")
         c.verdict = (f"not forgotten to the non-member level: {why}; kept step {chosen} of {last} (calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f})")
@@ -188,6 +182,14 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
     c.curve = [[k, a] for k, a in curve.items()]
     c.seconds = time.perf_counter() - t0
     return c
+
+
+def _guarded(c: Calibration, util: dict, at) -> None:
+    """The guard's AUCs into the record: the Original's and at the choice, where the guard was read
+    (it is not for a choice of 0, the Original itself)."""
+    if 0 in util and at in util:
+        c.guard = {k: [util[0][k], util[at][k]] for k in util[0]}
+        c.original_valid_auc, c.valid_auc = util[0].get("valid"), util[at].get("valid")
 
 
 def _done(c: Calibration, curve: dict, t0: float) -> Calibration:
@@ -251,7 +253,7 @@ def teacher_offset(teacher_yn: torch.Tensor, labels, nonmember_losses, target: f
     return c
 
 
-def guard_rows(idx: torch.Tensor, n: int = GUARD_RETAIN) -> torch.Tensor:
+def guard_rows(idx: torch.Tensor, n: int = GUARD_ROWS) -> torch.Tensor:
     """Up to `n` of `idx`, evenly spaced (deterministic: the same rows for every strength and
     every method of a job)."""
     if len(idx) <= n:
@@ -314,7 +316,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     if not len(c_idx) or not len(f_idx):
         return None
     f_lab, c_lab = (prep.labels[i].numpy() for i in (f_idx, c_idx))
-    guards = {k: i for k, i in (("valid", prep.index("valid")), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
+    guards = {k: i for k, i in (("valid", guard_rows(prep.index("valid"))), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
     st = Strength(bb.model, base)
     both = torch.cat([f_idx, c_idx])
 
@@ -358,7 +360,7 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
     if not len(c_idx) or not len(f_idx) or 0 not in snaps:
         return None
     lab = np.r_[prep.labels[f_idx].numpy(), prep.labels[c_idx].numpy()]
-    guards = {k: i for k, i in (("valid", prep.index("valid")), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
+    guards = {k: i for k, i in (("valid", guard_rows(prep.index("valid"))), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
     params = named_trainable(bb.model)
     both = torch.cat([f_idx, c_idx])
 
