@@ -99,6 +99,11 @@ def test_strength_search_by_hand():
     # nothing to forget
     z = choose_strength(lambda s: 0.48, None)
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
+    # the guard is read only where a strength above 0 is kept: never for the Original itself
+    read = []
+    choose_strength(lambda s: 0.48, lambda s: read.append(s) or 0.7)
+    choose_strength(lambda s: 0.6 + 0.01 * s, lambda s: read.append(s) or 0.7)
+    assert read == []
 
 
 def test_rewind_rule_by_hand():
