@@ -155,10 +155,13 @@ def prepare_stage(st: State) -> None:
 
     cfg, users = st.cfg, st.plan.users
     st.lineage, st.model_dir, st.prev_rep = lineage_of(cfg)
+    items = item_tokens_of(cfg, st.model_dir)
+    if items != cfg.data.item_tokens:  # (a request on a model trained with them: the report's settings say so)
+        st.cfg = cfg = replace_fields(cfg, item_tokens=items)
     with dist.main_first():  # torchrun: rank 0 prepares (and caches) the data, the others then read it
         st.prep = prepare(cfg.data.dataset, cfg.data.data_dir, st.cache, max_samples(cfg),
                           cfg.data.forget_ratio if users is None else 0.2, split_seed(cfg),
-                          holdout_ratio=cfg.data.holdout_ratio, scenario=cfg.data.scenario)
+                          holdout_ratio=cfg.data.holdout_ratio, scenario=cfg.data.scenario, item_tokens=items)
     h = st.lineage.get("data_hash")
     if h and h != st.prep.manifest["content_hash"]:
         raise UserError(f"{st.model_dir or cfg.request.previous}: its earlier requests were served on other data (prepared set "
@@ -180,6 +183,22 @@ def prepare_stage(st: State) -> None:
         + (f", held out (D_h) {c['holdout_users']} users / {c['holdout']} samples (calibration {c['calib_users']} users, audit "
            f"{c['audit_users']})" if c.get("holdout") else "")
         + (f" ({c['earlier_forgotten_users']} users forgotten by earlier requests left out of both)" if c.get("earlier_forgotten_users") else ""))
+
+
+def item_tokens_of(cfg, model_dir) -> bool:
+    """Whether the prompts carry item tokens: --item-tokens, or a request's model trained with
+    them (its tokenizer has them: the prompts must match what it learned). --item-tokens on a
+    model without them is an error."""
+    from .models.backbone import has_item_tokens
+
+    folder = model_dir or cfg.request.original
+    if folder is None:
+        return cfg.data.item_tokens
+    has = has_item_tokens(folder)
+    if cfg.data.item_tokens and not has:
+        raise UserError(f"{folder}: --item-tokens, but this model's tokenizer has no item tokens (<item_ID>): it was "
+                        "trained without them; leave the flag out")
+    return has
 
 
 def resolve_models(st: State) -> None:

@@ -67,6 +67,9 @@ class DataConfig:
                                "forget users, after them); their train-period samples D_h are the audit's same-pool "
                                "non-members. 0: the audit falls back to the (later, time-shifted) test samples",
                                shown=True, lo=0.0, hi=1.0, hi_open=True)
+    item_tokens: bool = opt(False, "each item in the prompts preceded by a token of its own, <item_ID> (item identity as in "
+                            "P5 and LC-Rec); a preset backbone's tokenizer gets one token per catalogue item. A request "
+                            "on an Original trained so turns it on by itself (its tokenizer says so)")
     split_seed: int | None = opt(None, "seed of the random forget split alone (default: --seed)", type=int)
     cache_dir: str = opt(os.environ.get("E2UREC_CACHE", "~/.cache/e2urec_fast"),
                          "prepared data, backbones and trained Original/Retrain models (env E2UREC_CACHE)", metavar="DIR")

@@ -208,10 +208,12 @@ def _check_args(dataset: str, max_samples, forget_ratio: float, holdout_ratio: f
 
 def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_samples: int | None = 100_000,
             forget_ratio: float = 0.2, seed: int = 42, min_history: int = 5, k: int = 10, holdout_ratio: float = 0.0,
-            scenario: str = "random") -> Prepared:
+            scenario: str = "random", item_tokens: bool = False) -> Prepared:
     """Build (or reuse) the prepared data set. See the module docstring for the layout.
     `scenario` 'shilling' injects fake users into the train period (data/scenarios.py); their
-    samples are D_f, and `forget_ratio` is not used."""
+    samples are D_f, and `forget_ratio` is not used. `item_tokens`: each item in the prompts
+    preceded by its own token (samples.render_prompt); the manifest then lists the catalogue's
+    item ids (`catalogue`), which a preset tokenizer gets one token each for."""
     _check_args(dataset, max_samples, forget_ratio, holdout_ratio, scenario)
     shilling = scenario == "shilling"
     cache_dir = Path(os.path.expanduser(str(cache_dir)))
@@ -221,6 +223,7 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
     if holdout_ratio or shilling:  # (absent otherwise: the caches of earlier versions stay valid)
         params |= dict(holdout_ratio=holdout_ratio, scenario="shilling" if shilling else "random")
     params |= dict(shilling=2) if shilling else dict(scenario="canary", canary=1) if scenario == "canary" else {}
+    params |= dict(item_tokens=1) if item_tokens else {}
     # (shilling 2: fillers drawn around their mean; the probes; data/scenarios.py)
     if any(p.name.startswith("goodreads_interactions") for p in sources):
         params["user_ids"] = "raw"  # the UCSD layout's string ids are kept (users.json)
@@ -241,7 +244,7 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
         sp, scen = _with_shilling(sp, inter, samples, max_samples, seed, holdout_ratio, min_history, k) if shilling \
             else _with_canaries(sp, inter, seed, min_history, k)
     all_s = sp.train + sp.valid + sp.test
-    prompts = [render_prompt(s, inter) for s in all_s]
+    prompts = [render_prompt(s, inter, item_tokens) for s in all_s]
     n_tr, n_va = len(sp.train), len(sp.valid)
     split = torch.tensor([SPLIT_TRAIN] * n_tr + [SPLIT_VALID] * n_va + [SPLIT_TEST] * len(sp.test), dtype=torch.int8)
     forget = torch.tensor(sp.forget_mask + [False] * (len(all_s) - n_tr))
@@ -262,9 +265,11 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
             positive_rate=round(float(labels.float().mean()), 4),
         ),
     )
+    if item_tokens:  # the catalogue (every item of the data set, not only those users rated: no user's trace)
+        manifest["catalogue"] = sorted(inter.titles)
     probe_lines = None
     if scen is not None and scen["name"] == "shilling":
-        probe_lines, manifest["scenario"] = _probes(sp, inter, scen)
+        probe_lines, manifest["scenario"] = _probes(sp, inter, scen, item_tokens)
     elif scen is not None:
         manifest["scenario"] = {k: v for k, v in scen.items() if k not in ("members", "nonmembers")}
     with staged_dir(folder) as tmp:
@@ -281,13 +286,13 @@ def prepare(dataset: str, data_dir=None, cache_dir="~/.cache/e2urec_fast", max_s
     return _load(folder)
 
 
-def _probes(sp: Split, inter, scen: dict) -> tuple[str, dict]:
+def _probes(sp: Split, inter, scen: dict, item_tokens: bool = False) -> tuple[str, dict]:
     """The shilling scenario's probes (data/scenarios.probe_samples) as JSON lines, and the
     scenario's description with their count and hash."""
     from .scenarios import probe_samples
 
     probes = probe_samples(sp.test, scen["targets"])
-    lines = "".join(json.dumps({"prompt": render_prompt(s, inter), "user": s.user, "item": s.item}) + "\n" for s in probes)
+    lines = "".join(json.dumps({"prompt": render_prompt(s, inter, item_tokens), "user": s.user, "item": s.item}) + "\n" for s in probes)
     return lines, scen | dict(probes=len(probes), probe_hash=_sha(lines.encode()))
 
 

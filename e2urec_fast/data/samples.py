@@ -90,10 +90,23 @@ def _stars_text(title: str, stars: int) -> str:
     return f"{title} ({stars} stars)" if stars > 1 else f"{title} ({stars} star)"
 
 
-def render_prompt(s: Sample, inter: Interactions) -> str:
-    """The authors' "simple" template with the K most recent history items."""
-    hist = [f"{i}. {_stars_text(inter.titles[it], st)}" for i, (it, st) in enumerate(s.hist)]
-    target = inter.titles[s.item]
+ITEM_TOKEN = "<item_{}>"  # an item's own token (--item-tokens; models/backbone.build_preset adds one per catalogue item)
+
+
+def item_token(item) -> str:
+    return ITEM_TOKEN.format(item)
+
+
+def render_prompt(s: Sample, inter: Interactions, item_tokens: bool = False) -> str:
+    """The authors' "simple" template with the K most recent history items. `item_tokens`: each
+    title preceded by its item's own token (P5, LC-Rec: an identity the model can attach a
+    preference to, where a title cut into BPE pieces is none)."""
+
+    def title(it):
+        return f"{item_token(it)} {inter.titles[it]}" if item_tokens else inter.titles[it]
+
+    hist = [f"{i}. {_stars_text(title(it), st)}" for i, (it, st) in enumerate(s.hist)]
+    target = title(s.item)
     if inter.kind == "book":
         return (
             "The user read the following books in order in the past, and rated them:\n"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.samples import ITEM_TOKEN, item_token
 from ..errors import fail
 from ..files import staged_dir
 from ..precision import fp32_linear, row_index
@@ -154,8 +155,10 @@ def weights_hash(module: torch.nn.Module, *extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, family: str):
-    """A BPE tokenizer trained on the prompts; "Yes", "No" and "." are single tokens."""
+def train_tokenizer(texts: list[str], vocab_size: int, family: str, extra_tokens: list[str] | None = None):
+    """A BPE tokenizer trained on the prompts; "Yes", "No" and "." are single tokens.
+    `extra_tokens` (the item tokens of --item-tokens) are added after the trained vocabulary,
+    each one token, never split (they take none of `vocab_size`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -167,6 +170,10 @@ def train_tokenizer(texts: list[str], vocab_size: int, family: str):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     cue = " Answer:" if family in ("causal", "masked") else ""  # (enc-dec tokenizers stay as they were)
     tok.train_from_iterator(list(texts) + [f"Yes. No.{cue}"] * 100, trainer=trainer)
+    if extra_tokens:
+        from tokenizers import AddedToken
+
+        tok.add_tokens([AddedToken(t, single_word=False, normalized=False) for t in extra_tokens])
 
     def tpl(single: str, names: list[str]):
         return processors.TemplateProcessing(single=single, special_tokens=[(n, tok.token_to_id(n)) for n in names])
@@ -216,15 +223,17 @@ def _auto(family: str):
     return dict(causal=AutoModelForCausalLM, masked=AutoModel).get(family, AutoModelForSeq2SeqLM)
 
 
-def build_preset(name: str, texts: list[str], folder: Path, seed: int = 0, about: dict | None = None) -> Path:
+def build_preset(name: str, texts: list[str], folder: Path, seed: int = 0, about: dict | None = None,
+                 extra_tokens: list[str] | None = None) -> Path:
     """Train the tokenizer on `texts`, build the model with seeded random weights, save both
-    (`about`: what the texts were, recorded in e2urec_preset.json)."""
+    (`about`: what the texts were, recorded in e2urec_preset.json; `extra_tokens`: one token
+    each, the item tokens of --item-tokens)."""
     p = BACKBONE_PRESETS[name]
     if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
         return folder
     print(f"building backbone preset {name!r} in {folder}", file=sys.stderr)
     with staged_dir(folder) as tmp:
-        tok = train_tokenizer(texts, p.tok_vocab, p.family)
+        tok = train_tokenizer(texts, p.tok_vocab, p.family, extra_tokens)
         vocab = max(p.model_vocab or 0, len(tok))
         torch.manual_seed(seed)
         model = _auto(p.family).from_config(_config(p, vocab, tok))
@@ -415,9 +424,28 @@ def resolve_backbone(name_or_path: str, prepared, cache_dir, seed: int = 0) -> P
         key = f"{prepared.manifest['content_hash'][:12]}-{prepared.pretrain_key()}"
         folder = Path(os.path.expanduser(str(cache_dir))) / "backbones" / f"{name_or_path}-{prepared.manifest['params']['dataset']}-{key}-s{seed}"
         texts = prepared.pretrain_prompts()
+        items = prepared.manifest.get("catalogue")
         return build_preset(name_or_path, texts, folder, seed,
-                            about=dict(parts="D_r + valid of the split", prompts=len(texts), split=prepared.pretrain_key()))
+                            about=dict(parts="D_r + valid of the split", prompts=len(texts), split=prepared.pretrain_key(),
+                                       **(dict(item_tokens=len(items)) if items else {})),
+                            extra_tokens=[item_token(i) for i in items] if items else None)
     p = Path(name_or_path)
     if not p.exists():
         raise fail(p, f"backbone not found: neither a preset ({', '.join([*BACKBONE_PRESETS, *FETCHED])}) nor a folder")
+    if prepared.manifest.get("catalogue") and not has_item_tokens(p):
+        raise fail(p, "--item-tokens: this backbone's tokenizer has no item tokens (<item_ID>); item tokens are learned by a "
+                   "preset backbone (tiny, small, ...), or come with an Original trained with them")
     return p
+
+
+def has_item_tokens(folder) -> bool:
+    """Whether the tokenizer in `folder` carries the item tokens of --item-tokens (tokenizer.json's
+    added tokens; read without loading the tokenizer)."""
+    f = Path(folder) / "tokenizer.json"
+    if not f.is_file():
+        return False
+    try:
+        added = json.loads(f.read_text(encoding="utf-8")).get("added_tokens") or []
+    except (OSError, ValueError):
+        return False
+    return any(str(t.get("content", "")).startswith(ITEM_TOKEN.split("{")[0]) for t in added)
