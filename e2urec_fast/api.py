@@ -224,7 +224,8 @@ def resolve_models(st: State) -> None:
         with dist.main_first():  # the preset's tokenizer and weights built once, by rank 0
             st.bdir = resolve_backbone(cfg.backbone_name, st.prep, st.cache, seed=cfg.run.seed)
     st.job = Job(st.prep, st.bdir, st.out, device=cfg.run.device, seed=cfg.run.seed, batch_size=cfg.finetune.batch_size,
-                 progress=not cfg.run.quiet and dist.is_main(), dtype=cfg.run.dtype, bucket=not cfg.finetune.no_train_bucketing)
+                 progress=not cfg.run.quiet and dist.is_main(), dtype=cfg.run.dtype, bucket=not cfg.finetune.no_train_bucketing,
+                 extras=dict(item_separation=cfg.bench.item_separation))
     if st.orig is not None and st.job.backbone().tokenizer_key() != st.orig.tokenizer_key():
         raise UserError(f"--backbone {cfg.run.backbone}: its tokenizer differs from the Original's ({st.orig.folder}); give the "
                         "pretrained folder the Original was fine-tuned from")

@@ -121,6 +121,9 @@ class BenchConfig:
     seeds: str | None = opt(None, "the benchmark once per seed (e.g. 1,2,3,4,5), each in OUT/seed-N/, and one report with mean, "
                             "standard deviation, 95% intervals and paired differences to E2URec", shown=True, type=str,
                             metavar="LIST")
+    item_separation: bool = opt(False, "every model's row also says how much its answer depends on the item asked about, for a "
+                                "fixed user (40 test users x the 40 items most asked about in D_r): the spread of p(yes) over "
+                                "the items and its Spearman correlation with the items' positive rate in D_r")
     seed_axis: str = opt("both", "with --seeds: each seed sets the training seed and the forget split (both), or the training "
                          "seed only, the split staying at --split-seed/--seed (train)", choices=("both", "train"))
 

@@ -188,6 +188,25 @@ class Evaluator:
         lg = predict_logits(bb, bb.model, seqs, torch.arange(len(seqs)), job.eval_batch_size, job.device)
         return float(p_yes(lg).mean())
 
+    def item_separation(self, bb) -> dict:
+        """How much a model's answer depends on which item it is asked about, for a fixed user
+        (Prepared.item_swaps: test users x popular items, the whole model): `item_spread`, the
+        mean over users of the standard deviation of p(yes) over the items; `item_rate_corr`,
+        the Spearman correlation over the items of their mean p(yes) with their positive rate in
+        D_r (does the model attach the right preference to an item)."""
+        from scipy.stats import spearmanr
+
+        job = self.job
+        sw = job.prepared.item_swaps()
+        if len(sw["items"]) < 3 or not sw["users"]:
+            return dict(item_spread=None, item_rate_corr=None)
+        enc = bb.tokenizer([t + bb.suffix for t in sw["prompts"]], truncation=True, max_length=512)["input_ids"]
+        seqs = [torch.tensor(e, dtype=torch.int64) for e in enc]
+        p = p_yes(predict_logits(bb, bb.model, seqs, torch.arange(len(seqs)), job.eval_batch_size, job.device))
+        p = p.reshape(len(sw["users"]), len(sw["items"]))
+        corr = spearmanr(p.mean(0), sw["rate"]).statistic
+        return dict(item_spread=float(p.std(1).mean()), item_rate_corr=None if np.isnan(corr) else float(corr))
+
     def __call__(self, bb, name: str, states=None):
         """`states`: the BoundarySource the model runs from (a cached boundary's student, the
         Original of a request on one: methods/states.py); None: full forwards."""
@@ -204,6 +223,8 @@ class Evaluator:
         self.losses[name] = (answer_losses(f_yn, self.forget_labels), unseen)
         py = p_yes(yn)
         m = ctr_metrics(self.test_labels, py)
+        if self.job.extras.get("item_separation"):
+            m |= self.item_separation(bb)
         if self.targets is not None:
             te, fo = self.targets
             m["target_p_yes"] = self.probe_p_yes(bb)

@@ -19,10 +19,13 @@ COLUMNS = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"
 HIGHER_BETTER = {"auc", "acc"}
 # the shilling scenario's attack effect (closest to Retrain is best, so no bold)
 TARGET = ("target_p_yes", "Target p(yes)")
+# --item-separation: how much the answer depends on the item asked about (evaluate.item_separation)
+ITEMS = [("item_spread", "item spread"), ("item_rate_corr", "item-rate corr.")]
 
 
 def _columns(rows: list[dict]) -> list:
-    return COLUMNS + ([TARGET] if any(_num(r.get(TARGET[0])) is not None for r in rows) else [])
+    return (COLUMNS + ([TARGET] if any(_num(r.get(TARGET[0])) is not None for r in rows) else [])
+            + (ITEMS if any(_num(r.get(ITEMS[0][0])) is not None for r in rows) else []))
 
 
 def _num(v):

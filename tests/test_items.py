@@ -56,8 +56,11 @@ def test_item_tokens_through_a_job_peft_and_a_request(tmp_path):
     data = make_ml1m(tmp_path / "ml1m", n_users=20, per_user=12)
     common = dict(dataset="ml-1m", max_samples=None, epochs=1, batch_size=8, student_steps=4, forget_epochs=1, quiet=True, seed=5,
                   data_dir=str(data), cache_dir=str(tmp_path / "cache"), calibrate="off")
-    r = forget(tmp_path / "b", methods="original,e2urec", item_tokens=True, **common)
+    r = forget(tmp_path / "b", methods="original,e2urec", item_tokens=True, item_separation=True, **common)
     assert r.report["settings"]["item_tokens"] is True and has_item_tokens(r.original)
+    for m in ("Original", "E2URec"):  # --item-separation: every model's row says how much the item matters
+        assert 0.0 <= r.metrics(m)["item_spread"] < 0.5 and -1.0 <= r.metrics(m)["item_rate_corr"] <= 1.0
+    assert "item spread" in (r.out / "report.md").read_text()
     bb = load_backbone(r.original)
     prep = prepare("ml-1m", data, tmp_path / "cache", max_samples=None, seed=5, holdout_ratio=0.1, item_tokens=True)
     seqs = prep.tokens(bb.tokenizer, bb.tokenizer_key(), suffix=bb.suffix)
@@ -75,3 +78,21 @@ def test_item_tokens_through_a_job_peft_and_a_request(tmp_path):
         forget(tmp_path / "x", original=str(plain.original), forget_users=users[:2], no_retrain=True, item_tokens=True, **common)
     assert not (tmp_path / "x").exists()
     assert torch.equal(prep.labels, prepare("ml-1m", data, tmp_path / "cache", max_samples=None, seed=5, holdout_ratio=0.1).labels)
+
+
+def test_item_swaps_ask_each_user_about_each_popular_item(tmp_path):
+    d = make_ml1m(tmp_path / "ml1m", n_users=16, per_user=12)
+    p = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, seed=3, item_tokens=True)
+    sw = p.item_swaps(n_users=5, n_items=4)
+    assert len(sw["prompts"]) == len(sw["users"]) * len(sw["items"]) and len(sw["items"]) == 4
+    r = p.index("retain")
+    counts = torch.bincount(p.items[r])
+    assert [int(counts[i]) for i in sw["items"]] == sorted((int(counts[i]) for i in sw["items"]), reverse=True)
+    assert int(counts[sw["items"][0]]) == int(counts.max())  # the most asked-about item first
+    for k, prompt in enumerate(sw["prompts"]):
+        u, it = sw["users"][k // 4], sw["items"][k % 4]
+        assert f"***{item_token(it)} " in prompt and prompt.count("***") == 2
+        latest = max(i for i in p.index("test").tolist() if int(p.users[i]) == u)
+        head = p.prompts[latest].split("***")[0]
+        assert prompt.startswith(head)  # the user's own history kept, only the target swapped
+    assert all(0.0 <= x <= 1.0 for x in sw["rate"])

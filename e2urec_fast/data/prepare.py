@@ -104,6 +104,29 @@ class Prepared:
         }[part]
         return sel.nonzero().flatten()
 
+    def item_swaps(self, n_users: int = 40, n_items: int = 40) -> dict:
+        """Does a model tell items apart (issue #40): the latest test prompt of up to `n_users`
+        test users (lowest ids), each asked about each of the `n_items` items most often asked
+        about in D_r (the target segment `***...***` of the prompt swapped for that item's, its
+        item token included). Returns {prompts (users x items, row-major), users, items, rate:
+        each item's positive rate in D_r}. Nothing of D_f is read."""
+        import re
+
+        pat = re.compile(r"\*\*\*.*?\*\*\*", re.S)
+        r_idx = self.index("retain").tolist()
+        count: dict[int, list[int]] = {}
+        for i in r_idx:
+            count.setdefault(int(self.items[i]), []).append(i)
+        items = sorted(count, key=lambda it: (-len(count[it]), it))[:n_items]
+        seg = {it: pat.search(self.prompts[count[it][0]]).group(0) for it in items}
+        latest: dict[int, int] = {}
+        for i in self.index("test").tolist():
+            latest[int(self.users[i])] = i  # (rows in time order: the last one wins)
+        users = sorted(latest)[:n_users]
+        prompts = [pat.sub(lambda m, t=seg[it]: t, self.prompts[latest[u]], count=1) for u in users for it in items]
+        rate = [float(self.labels[count[it]].float().mean()) for it in items]
+        return dict(prompts=prompts, users=users, items=items, rate=rate)
+
     def forget_key(self) -> str:
         """Hash of which train samples are forgotten (this request and earlier ones): every
         cache of a model trained on D_r or of a run on D_f is keyed by it."""
