@@ -261,6 +261,19 @@ def guard_rows(idx: torch.Tensor, n: int = GUARD_ROWS) -> torch.Tensor:
     return idx[torch.linspace(0, len(idx) - 1, n).round().long()]
 
 
+def guard_parts(prep) -> dict:
+    """The utility guard's rows: {'valid': ..., 'D_r': ...}, up to GUARD_ROWS of each (empty parts left out)."""
+    return {k: i for k, i in (("valid", guard_rows(prep.index("valid"))), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
+
+
+def guard_aucs(ev, bb, guards: dict, states=None) -> dict:
+    """The model's AUC on each guard part, as it is now."""
+    from .evaluate import ctr_metrics, p_yes
+
+    labels = ev.job.prepared.labels
+    return {k: ctr_metrics(labels[i].numpy(), p_yes(ev.predict_part(bb, i, False, states)))["auc"] for k, i in guards.items()}
+
+
 class Strength:
     """Sets an update's strength on a model in place: the LoRA modules' scaling, or for a full
     fine-tune the weights interpolated from the Original's (`base`: its state dict)."""
@@ -309,14 +322,13 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     where the data has no calibration users (the caller says so). `ev`: the job's Evaluator;
     `states`: the cached boundary's states the model runs from (None: full forwards)."""
     from .audit import answer_losses, mia_auc
-    from .evaluate import ctr_metrics, p_yes
 
     prep = ev.job.prepared
     f_idx, c_idx = prep.index("forget"), prep.index("calib")
     if not len(c_idx) or not len(f_idx):
         return None
     f_lab, c_lab = (prep.labels[i].numpy() for i in (f_idx, c_idx))
-    guards = {k: i for k, i in (("valid", guard_rows(prep.index("valid"))), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
+    guards = guard_parts(prep)
     st = Strength(bb.model, base)
     both = torch.cat([f_idx, c_idx])
 
@@ -331,8 +343,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     def guard_at(s):
         st.set(s)
         passes.append(s)
-        return {k: ctr_metrics(prep.labels[i].numpy(), p_yes(ev.predict_part(bb, i, False, states)))["auc"]
-                for k, i in guards.items()}
+        return guard_aucs(ev, bb, guards, states)
 
     try:
         c = choose_strength(auc_at, guard_at if guards else None, target, max_strength, max_drop)
@@ -352,7 +363,6 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
     {trainable parameter name: tensor}} taken during its training (0: before it). None where
     the data has no calibration users."""
     from .audit import answer_losses, mia_auc
-    from .evaluate import ctr_metrics, p_yes
     from .train import named_trainable
 
     prep = ev.job.prepared
@@ -360,7 +370,7 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
     if not len(c_idx) or not len(f_idx) or 0 not in snaps:
         return None
     lab = np.r_[prep.labels[f_idx].numpy(), prep.labels[c_idx].numpy()]
-    guards = {k: i for k, i in (("valid", guard_rows(prep.index("valid"))), ("D_r", guard_rows(prep.index("retain")))) if len(i)}
+    guards = guard_parts(prep)
     params = named_trainable(bb.model)
     both = torch.cat([f_idx, c_idx])
 
@@ -376,8 +386,7 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
 
     def guard_at(k):
         load(k)
-        return {n: ctr_metrics(prep.labels[i].numpy(), p_yes(ev.predict_part(bb, i, False, states)))["auc"]
-                for n, i in guards.items()}
+        return guard_aucs(ev, bb, guards, states)
 
     c = choose_step(auc_at, guard_at if guards else None, snaps, target, max_drop)
     load(c.step)
