@@ -150,7 +150,7 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
         return valid_at is None or k == 0 or all(v >= utility(0)[n] - max_drop for n, v in utility(k).items())
 
     a0 = curve[0] = float(auc_at(0))
-    chosen, reached, guarded = 0, a0 <= target, False
+    chosen, reached, guarded = 0, a0 <= target, ""
     if not reached:
         for k in steps[1:]:
             curve[k] = float(auc_at(k))
@@ -158,13 +158,13 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
                 if ok(k):
                     chosen, reached = k, True
                     break
-                guarded = True
+                guarded = guarded or "the steps that reach it"
         if not reached:  # the lowest AUC inside the guard
             for k in sorted(curve, key=lambda k: (curve[k], k)):
                 if ok(k):
                     chosen = k
                     break
-                guarded = True
+                guarded = guarded or "the steps of lower attack AUC"
     c = Calibration(1.0, target, curve[chosen], a0, None, reached, max_drop=max_drop, step=chosen)
     _guarded(c, util, chosen)
     last = steps[-1]
@@ -174,7 +174,7 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
         c.verdict = (f"forgotten to the non-member level: rewound to step {chosen} of {last}, calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f}")
     else:
-        why = (f"steps that reach it drop the {' or '.join(util[0])} AUC by over {max_drop}" if guarded
+        why = (f"{guarded} drop the {' or '.join(util[0])} AUC by over {max_drop}" if guarded
                else f"no step up to {last} reaches it")
         c.verdict = (f"not forgotten to the non-member level: {why}; kept step {chosen} of {last} (calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f})")

@@ -119,7 +119,11 @@ def test_rewind_rule_by_hand():
     assert not lo.reached and lo.step == 200 and "no step up to 300" in lo.verdict
     # the guard: steps past 100 cost over 0.02 of D_r AUC; the target 0.55 (step 125) is then out of its reach
     g = choose_step(curve.get, lambda k: {"valid": 0.7, "D_r": 0.9 - (0.05 if k > 100 else 0.0)}, curve, target=0.55)
-    assert not g.reached and g.step == 100 and g.guard["D_r"] == [0.9, 0.9] and "drop the valid or D_r AUC" in g.verdict
+    assert not g.reached and g.step == 100 and g.guard["D_r"] == [0.9, 0.9] and "the steps that reach it drop the valid or D_r AUC" \
+        in g.verdict
+    # out of reach and the lowest snapshots guarded: the lowest the guard allows, said so
+    h = choose_step(curve.get, lambda k: {"D_r": 0.9 - (0.05 if k >= 150 else 0.0)}, curve, target=0.5)
+    assert not h.reached and h.step == 125 and "the steps of lower attack AUC drop the D_r AUC" in h.verdict
     # training that only raises the attack AUC: step 0, the Original; nothing to forget: step 0 too
     up = choose_step(lambda k: 0.6 + 0.001 * k, None, curve, target=0.5)
     assert not up.reached and up.step == 0
