@@ -110,12 +110,13 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
     else:  # not reached: the strength that brought the attack lowest (an update may raise it: then 0, the Original)
         s = min(curve, key=lambda k: (curve[k], k))
     guarded = not ok(s)
-    if guarded:  # the largest strength the guard allows
+    if guarded:  # the largest strength the guard allows, unless a smaller one seen lowers the attack more (0: the Original)
         good, bad = 0.0, s
         for _ in range(bisect + 1):
             mid = (good + bad) / 2
             good, bad = (mid, bad) if ok(mid) else (good, mid)
-        s, reached = good, False
+        auc(good)
+        s, reached = min((k for k in curve if k <= good), key=lambda k: (curve[k], k)), False
     c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, max_drop=max_drop)
     _guarded(c, util, s)
     if reached:

@@ -96,6 +96,10 @@ def test_strength_search_by_hand():
                           target=0.5, max_drop=0.02)
     assert not two.reached and 0.35 < two.strength <= 0.4 + 1e-9 and "valid or D_r AUC" in two.verdict
     assert two.guard["D_r"][0] == pytest.approx(0.9) and two.guard["D_r"][1] >= 0.88 - 1e-9 and two.valid_auc > 0.749
+    # the guard stops a curve that first rises (memorize seed 3): never a strength that raises the attack AUC
+    r = choose_strength(lambda s: 0.6 + 0.04 * s if s <= 4 else 0.76 - 0.1 * (s - 4), lambda s: 0.75 - 0.01 * s, target=0.5,
+                        max_drop=0.03)
+    assert not r.reached and r.strength == 0.0 and r.calib_auc == pytest.approx(0.6)
     # nothing to forget
     z = choose_strength(lambda s: 0.48, None)
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
