@@ -65,6 +65,46 @@ class Calibration:
         return asdict(self)
 
 
+class _Guard:
+    """The utility guard's readings, each taken once: `read(k)` gives an AUC or {name: AUC} at
+    strength or step k (None: no guard); `ok(k)` where none of them is more than `max_drop`
+    below the Original's (k == 0, never itself refused)."""
+
+    def __init__(self, read, max_drop: float):
+        self.read, self.max_drop, self.util = read, max_drop, {}
+
+    def utility(self, k) -> dict:
+        if k not in self.util:
+            u = self.read(k)
+            self.util[k] = {n: float(v) for n, v in (u.items() if isinstance(u, dict) else [("valid", u)])}
+        return self.util[k]
+
+    def ok(self, k) -> bool:  # read only when needed
+        return self.read is None or k == 0 or all(v >= self.utility(0)[n] - self.max_drop
+                                                  for n, v in self.utility(k).items())
+
+    def names(self) -> str:
+        return " or ".join(self.util[0])
+
+    def record(self, c: Calibration, at) -> None:
+        """The guard's AUCs into the record: the Original's and at the choice, where the guard was
+        read (it is not for a choice of 0, the Original itself)."""
+        if 0 in self.util and at in self.util:
+            c.guard = {k: [self.util[0][k], self.util[at][k]] for k in self.util[0]}
+            c.original_valid_auc, c.valid_auc = self.util[0].get("valid"), self.util[at].get("valid")
+
+
+def _nothing(a0: float, target: float) -> str:
+    return f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
+
+
+def _done(c: Calibration, curve: dict, guard: _Guard, t0: float) -> Calibration:
+    c.curve = [[k, a] for k, a in curve.items()]
+    c.passes = len(curve) + len(guard.util)
+    c.seconds = time.perf_counter() - t0
+    return c
+
+
 def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float = 8.0, max_drop: float = 0.02,
                     bisect: int = 5) -> Calibration:
     """`auc_at(s)`: the attack AUC on D_f vs calibration users at strength s; `valid_at(s)`:
@@ -73,28 +113,18 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
     how it was found."""
     t0 = time.perf_counter()
     curve: dict[float, float] = {}
-    util: dict[float, dict] = {}
+    guard = _Guard(valid_at, max_drop)
 
     def auc(s):
         if s not in curve:
             curve[s] = float(auc_at(s))
         return curve[s]
 
-    def utility(s):
-        if s not in util:
-            u = valid_at(s)
-            util[s] = {k: float(v) for k, v in (u.items() if isinstance(u, dict) else [("valid", u)])}
-        return util[s]
-
     a0 = auc(0.0)
-
-    def ok(s):  # the utility guard: no guarded AUC more than max_drop below the Original's (read only when needed)
-        return valid_at is None or s == 0.0 or all(v >= utility(0.0)[k] - max_drop for k, v in utility(s).items())
-
     if not a0 > target:
         c = Calibration(0.0, target, a0, a0, None, True, max_drop=max_drop)
-        c.verdict = f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
-        return _done(c, curve, t0)
+        c.verdict = _nothing(a0, target)
+        return _done(c, curve, guard, t0)
     lo, hi = 0.0, None
     for s in (g for g in GRID if g <= max_strength):
         if auc(s) <= target:
@@ -109,25 +139,25 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
         s = hi
     else:  # not reached: the strength that brought the attack lowest (an update may raise it: then 0, the Original)
         s = min(curve, key=lambda k: (curve[k], k))
-    guarded = not ok(s)
+    guarded = not guard.ok(s)
     if guarded:  # the largest strength the guard allows, unless a smaller one seen lowers the attack more (0: the Original)
         good, bad = 0.0, s
         for _ in range(bisect + 1):
             mid = (good + bad) / 2
-            good, bad = (mid, bad) if ok(mid) else (good, mid)
+            good, bad = (mid, bad) if guard.ok(mid) else (good, mid)
         auc(good)
         s, reached = min((k for k in curve if k <= good), key=lambda k: (curve[k], k)), False
     c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, max_drop=max_drop)
-    _guarded(c, util, s)
+    guard.record(c, s)
     if reached:
         c.verdict = f"forgotten to the non-member level: strength {s:.3g}, calibration attack AUC {a0:.3f} -> {c.calib_auc:.3f}"
     else:
-        why = (f"more forgetting would drop the {' or '.join(util[0.0])} AUC by over {max_drop}" if guarded
+        why = (f"more forgetting would drop the {guard.names()} AUC by over {max_drop}" if guarded
                else f"the update does not lower the attack AUC at any strength up to {max_strength:.3g}" if s == 0.0
                else f"even strength {s:.3g} leaves the attack AUC above {target}")
         c.verdict = (f"not forgotten to the non-member level: {why}; kept strength {s:.3g} (calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f})")
-    return _done(c, curve, t0)
+    return _done(c, curve, guard, t0)
 
 
 def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 0.02) -> Calibration:
@@ -139,65 +169,37 @@ def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 
     t0 = time.perf_counter()
     steps = sorted(set(int(k) for k in steps) | {0})
     curve: dict[int, float] = {}
-    util: dict[int, dict] = {}
-
-    def utility(k):
-        if k not in util:
-            u = valid_at(k)
-            util[k] = {n: float(v) for n, v in (u.items() if isinstance(u, dict) else [("valid", u)])}
-        return util[k]
-
-    def ok(k):  # read only when needed
-        return valid_at is None or k == 0 or all(v >= utility(0)[n] - max_drop for n, v in utility(k).items())
-
+    guard = _Guard(valid_at, max_drop)
     a0 = curve[0] = float(auc_at(0))
     chosen, reached, guarded = 0, a0 <= target, ""
     if not reached:
         for k in steps[1:]:
             curve[k] = float(auc_at(k))
             if curve[k] <= target:
-                if ok(k):
+                if guard.ok(k):
                     chosen, reached = k, True
                     break
                 guarded = guarded or "the steps that reach it"
         if not reached:  # the lowest AUC inside the guard
             for k in sorted(curve, key=lambda k: (curve[k], k)):
-                if ok(k):
+                if guard.ok(k):
                     chosen = k
                     break
                 guarded = guarded or "the steps of lower attack AUC"
     c = Calibration(1.0, target, curve[chosen], a0, None, reached, max_drop=max_drop, step=chosen)
-    _guarded(c, util, chosen)
+    guard.record(c, chosen)
     last = steps[-1]
     if a0 <= target:
-        c.verdict = f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
+        c.verdict = _nothing(a0, target)
     elif reached:
         c.verdict = (f"forgotten to the non-member level: rewound to step {chosen} of {last}, calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f}")
     else:
-        why = (f"{guarded} drop the {' or '.join(util[0])} AUC by over {max_drop}" if guarded
+        why = (f"{guarded} drop the {guard.names()} AUC by over {max_drop}" if guarded
                else f"no step up to {last} reaches it")
         c.verdict = (f"not forgotten to the non-member level: {why}; kept step {chosen} of {last} (calibration attack AUC "
                      f"{a0:.3f} -> {c.calib_auc:.3f})")
-    c.passes = len(curve) + len(util)
-    c.curve = [[k, a] for k, a in curve.items()]
-    c.seconds = time.perf_counter() - t0
-    return c
-
-
-def _guarded(c: Calibration, util: dict, at) -> None:
-    """The guard's AUCs into the record: the Original's and at the choice, where the guard was read
-    (it is not for a choice of 0, the Original itself)."""
-    if 0 in util and at in util:
-        c.guard = {k: [util[0][k], util[at][k]] for k in util[0]}
-        c.original_valid_auc, c.valid_auc = util[0].get("valid"), util[at].get("valid")
-
-
-def _done(c: Calibration, curve: dict, t0: float) -> Calibration:
-    c.curve = [[s, a] for s, a in curve.items()]
-    c.passes = len(curve)  # (the caller adds the guard's passes: it knows how many it ran)
-    c.seconds = time.perf_counter() - t0
-    return c
+    return _done(c, curve, guard, t0)
 
 
 @dataclass
@@ -316,34 +318,44 @@ class Strength:
         self.current = 1.0
 
 
-def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 8.0,
-              max_drop: float = 0.02, log=None, states=None) -> Calibration | None:
-    """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
-    model) on this request's D_f and the calibration users, with the validation guard; None
-    where the data has no calibration users (the caller says so). `ev`: the job's Evaluator;
-    `states`: the cached boundary's states the model runs from (None: full forwards)."""
+def _attack(ev, bb, states):
+    """The LOSS attack's AUC on this request's D_f vs the calibration users, read off `bb`'s current
+    weights each call; None where either part is empty. `attack.rows`: the rows it reads."""
     from .audit import answer_losses, mia_auc
 
     prep = ev.job.prepared
     f_idx, c_idx = prep.index("forget"), prep.index("calib")
     if not len(c_idx) or not len(f_idx):
         return None
-    f_lab, c_lab = (prep.labels[i].numpy() for i in (f_idx, c_idx))
-    guards = guard_parts(prep)
+    lab = np.r_[prep.labels[f_idx].numpy(), prep.labels[c_idx].numpy()]
+    both, n = torch.cat([f_idx, c_idx]), len(f_idx)
+
+    def attack():
+        loss = answer_losses(ev.predict_part(bb, both, False, states), lab)
+        return mia_auc(-loss[:n], -loss[n:])
+
+    attack.rows = dict(forget=n, calib=len(c_idx))
+    return attack
+
+
+def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 8.0,
+              max_drop: float = 0.02, log=None, states=None) -> Calibration | None:
+    """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
+    model) on this request's D_f and the calibration users, with the validation guard; None
+    where the data has no calibration users (the caller says so). `ev`: the job's Evaluator;
+    `states`: the cached boundary's states the model runs from (None: full forwards)."""
+    attack = _attack(ev, bb, states)
+    if attack is None:
+        return None
+    guards = guard_parts(ev.job.prepared)
     st = Strength(bb.model, base)
-    both = torch.cat([f_idx, c_idx])
 
     def auc_at(s):
         st.set(s)
-        lg = ev.predict_part(bb, both, False, states)
-        loss = answer_losses(lg, np.r_[f_lab, c_lab])
-        return mia_auc(-loss[: len(f_idx)], -loss[len(f_idx):])
-
-    passes = []
+        return attack()
 
     def guard_at(s):
         st.set(s)
-        passes.append(s)
         return guard_aucs(ev, bb, guards, states)
 
     try:
@@ -352,8 +364,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
         st.set(1.0)
     st.set(c.strength)
     st.bake()
-    c.passes += len(passes)
-    c.rows = dict(forget=len(f_idx), calib=len(c_idx), **{k: len(i) for k, i in guards.items()})
+    c.rows = dict(attack.rows, **{k: len(i) for k, i in guards.items()})
     if log:
         log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
     return c
@@ -363,17 +374,13 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
     """Keep the student's snapshot the rewind rule chooses (`choose_step`); `snaps`: {step:
     {trainable parameter name: tensor}} taken during its training (0: before it). None where
     the data has no calibration users."""
-    from .audit import answer_losses, mia_auc
     from .train import named_trainable
 
-    prep = ev.job.prepared
-    f_idx, c_idx = prep.index("forget"), prep.index("calib")
-    if not len(c_idx) or not len(f_idx) or 0 not in snaps:
+    attack = _attack(ev, bb, states)
+    if attack is None or 0 not in snaps:
         return None
-    lab = np.r_[prep.labels[f_idx].numpy(), prep.labels[c_idx].numpy()]
-    guards = guard_parts(prep)
+    guards = guard_parts(ev.job.prepared)
     params = named_trainable(bb.model)
-    both = torch.cat([f_idx, c_idx])
 
     @torch.no_grad()
     def load(k):
@@ -382,8 +389,7 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
 
     def auc_at(k):
         load(k)
-        loss = answer_losses(ev.predict_part(bb, both, False, states), lab)
-        return mia_auc(-loss[: len(f_idx)], -loss[len(f_idx):])
+        return attack()
 
     def guard_at(k):
         load(k)
@@ -391,7 +397,7 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
 
     c = choose_step(auc_at, guard_at if guards else None, snaps, target, max_drop)
     load(c.step)
-    c.rows = dict(forget=len(f_idx), calib=len(c_idx), snapshots=len(snaps), **{k: len(i) for k, i in guards.items()})
+    c.rows = dict(attack.rows, snapshots=len(snaps), **{k: len(i) for k, i in guards.items()})
     if log:
         log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
     return c
