@@ -347,7 +347,7 @@ def calibrator(st: State):
     n = st.prep.manifest["counts"].get("calib_users", 0)  # (prepare_stage counted them)
     mode = c.calibrate  # (resolved in resolve_models: checks.resolve_policies)
     st.calibration = dict(mode=mode, target=c.calib_target, max_drop=c.calib_max_drop,
-                          max_strength=c.calib_max_strength, calib_users=n)
+                          max_strength=c.calib_max_strength, calib_users=n, reference=c.calib_reference)
     if mode == "off":
         st.calibration["note"] = "NOTE: calibration off (--calibrate off): every update is applied as trained"
         return None, None, None
@@ -361,7 +361,8 @@ def calibrator(st: State):
     def strength(model, base, states=None):
         from .calibrate import calibrate
 
-        got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log, states=states)
+        got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log, states=states,
+                        reference=c.calib_reference)
         return None if got is None else got.to_dict()
 
     losses = []
@@ -380,7 +381,7 @@ def calibrator(st: State):
     def rewind(model, snaps, states=None):
         from .calibrate import rewind
 
-        got = rewind(model, st.ev, snaps, c.calib_target, c.calib_max_drop, log=log, states=states)
+        got = rewind(model, st.ev, snaps, c.calib_target, c.calib_max_drop, log=log, states=states, reference=c.calib_reference)
         return None if got is None else got.to_dict()
 
     return ((strength if mode in ("strength", "both", "rewind") else None), (teacher if mode in ("teacher", "both") else None),
@@ -393,12 +394,16 @@ def audit_stage(st: State) -> dict:
 
     st.stage("audit and report ...")
     t0 = time.perf_counter()
+    from .floor import reference_losses
+
     ref = "Retrain" if "Retrain" in st.ev.losses else None
-    aud = audit(st.ev.losses, reference=ref, groups=st.ev.groups)
+    fl = reference_losses(st.prep, dict(zip(("forget", "nonmembers"), st.ev.audit_rows)))
+    aud = audit(st.ev.losses, reference=ref, groups=st.ev.groups, floor=(fl["forget"], fl["nonmembers"]))
     for r in st.rows:
         if r["method"] in aud:
             a = aud[r["method"]]
-            r.update(mia_loss_auc=a["loss_auc"], mia_ref_auc=a["ref_auc"], privleak=a["privleak"], forget_quality=a["forget_quality"])
+            r.update(mia_loss_auc=a["loss_auc"], mia_ref_auc=a["ref_auc"], mia_floor_auc=a.get("floor_auc"), privleak=a["privleak"],
+                     forget_quality=a["forget_quality"])
     st.extra["audit_s"] = time.perf_counter() - t0  # (the losses come with the evaluation: eval_s holds their cost)
     st.extra |= dict(eval_s=st.ev.seconds, predictions_from_cache=sorted(st.ev.from_cache), prediction_parts_from_cache=st.ev.parts_from_cache)
     return dict(reference=ref, models=aud, nonmembers=st.ev.nonmembers)

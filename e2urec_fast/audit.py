@@ -103,13 +103,15 @@ def verdict(lo: float, hi: float) -> str:
     return "cannot tell D_f from non-members"
 
 
-def audit(losses: dict, reference: str | None = None, groups=None) -> dict:
+def audit(losses: dict, reference: str | None = None, groups=None, floor=None) -> dict:
     """`losses = {model name: (loss on D_f, loss on non-members)}`; `reference` names the
     model that never saw D_f (Retrain) or None; `groups` = (users of D_f's rows, users of the
     non-members' rows): the LOSS AUC gets a bootstrap interval over users and a verdict.
     Returns {model name: {loss_auc, loss_auc_ci, verdict, ref_auc, privleak, forget_quality,
-    forget_loss, unseen_loss, gap_closed}}; gap_closed (with a reference and an 'Original'):
-    the share of the Original-to-Retrain LOSS-AUC gap the model closes."""
+    forget_loss, unseen_loss, gap_closed, floor_auc}}; gap_closed (with a reference and an
+    'Original'): the share of the Original-to-Retrain LOSS-AUC gap the model closes; `floor` =
+    (the CTR floor's losses on D_f, on the non-members; floor.reference_losses): floor_auc, the
+    attack on each loss less the floor's (what calibration reads, and needs no Retrain)."""
     out = {}
     ref = losses.get(reference) if reference else None
     for name, (lf, ln) in losses.items():
@@ -122,6 +124,8 @@ def audit(losses: dict, reference: str | None = None, groups=None) -> dict:
             row["forget_quality"] = forget_quality(lf, ref[0])
         if ref is not None and name != reference:
             row["ref_auc"] = mia_auc(ref[0] - lf, ref[1] - ln)
+        if floor is not None:
+            row["floor_auc"] = mia_auc(floor[0] - lf, floor[1] - ln)
         out[name] = row
     if ref is not None:
         r = out[reference]["loss_auc"]
@@ -144,8 +148,8 @@ def weak_setup(result: dict) -> str | None:
 
 def audit_markdown(result: dict, reference: str | None, nonmembers: str = "test") -> str:
     lines = ["| Model | LOSS attack AUC [95% CI over users] | verdict | share of the gap closed | reference-calibrated AUC | "
-             "privleak | forget quality (KS p) | mean loss D_f | mean loss non-members |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "floor-calibrated AUC | privleak | forget quality (KS p) | mean loss D_f | mean loss non-members |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, d=4):
         return "-" if v is None else f"{v:.{d}f}"
@@ -154,9 +158,12 @@ def audit_markdown(result: dict, reference: str | None, nonmembers: str = "test"
         ci = r.get("loss_auc_ci")
         auc = f(r["loss_auc"]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
         gap = "-" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%"
-        lines.append(f"| {name} | {auc} | {r.get('verdict', '-')} | {gap} | {f(r['ref_auc'])} | {f(r['privleak'], 2)} | "
+        lines.append(f"| {name} | {auc} | {r.get('verdict', '-')} | {gap} | {f(r['ref_auc'])} | {f(r.get('floor_auc'))} | "
+                     f"{f(r['privleak'], 2)} | "
                      f"{f(r.get('forget_quality'), 3)} | {f(r['forget_loss'])} | {f(r['unseen_loss'])} |")
     note = ("reference = Retrain (never saw D_f or the non-members)" if reference else
             "no Retrain (--no-retrain): no reference-calibrated score, privleak or forget quality; compare the LOSS AUC "
             "before and after")
-    return "\n".join(lines) + f"\n\nMembers: the forgotten samples D_f; non-members: {NONMEMBERS[nonmembers]}. {note}.\n"
+    return "\n".join(lines) + (f"\n\nMembers: the forgotten samples D_f; non-members: {NONMEMBERS[nonmembers]}. {note}; "
+                               "floor-calibrated: each loss less the CTR floor's refitted on D_r (no Retrain needed; what "
+                               "calibration reads on its own users).\n")

@@ -60,6 +60,7 @@ class Calibration:
     passes: int = 0
     verdict: str = ""
     rows: dict = field(default_factory=dict)
+    reference: str = "none"  # the attack's reference: "floor" (losses less the CTR floor's on D_r) or "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -318,10 +319,13 @@ class Strength:
         self.current = 1.0
 
 
-def _attack(ev, bb, states):
+def _attack(ev, bb, states, reference: str = "floor"):
     """The LOSS attack's AUC on this request's D_f vs the calibration users, read off `bb`'s current
-    weights each call; None where either part is empty. `attack.rows`: the rows it reads."""
+    weights each call; None where either part is empty. `reference`: "floor", each sample's loss
+    less its loss under the CTR floor refitted on D_r (floor.reference_losses); "none": the raw
+    loss. `attack.rows`: the rows it reads."""
     from .audit import answer_losses, mia_auc
+    from .floor import reference_losses
 
     prep = ev.job.prepared
     f_idx, c_idx = prep.index("forget"), prep.index("calib")
@@ -329,9 +333,13 @@ def _attack(ev, bb, states):
         return None
     lab = np.r_[prep.labels[f_idx].numpy(), prep.labels[c_idx].numpy()]
     both, n = torch.cat([f_idx, c_idx]), len(f_idx)
+    ref = 0.0
+    if reference == "floor":
+        r = reference_losses(prep, dict(forget=f_idx, calib=c_idx))
+        ref = np.r_[r["forget"], r["calib"]]
 
     def attack():
-        loss = answer_losses(ev.predict_part(bb, both, False, states), lab)
+        loss = answer_losses(ev.predict_part(bb, both, False, states), lab) - ref
         return mia_auc(-loss[:n], -loss[n:])
 
     attack.rows = dict(forget=n, calib=len(c_idx))
@@ -339,12 +347,13 @@ def _attack(ev, bb, states):
 
 
 def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 8.0,
-              max_drop: float = 0.02, log=None, states=None) -> Calibration | None:
+              max_drop: float = 0.02, log=None, states=None, reference: str = "floor") -> Calibration | None:
     """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
     model) on this request's D_f and the calibration users, with the validation guard; None
     where the data has no calibration users (the caller says so). `ev`: the job's Evaluator;
-    `states`: the cached boundary's states the model runs from (None: full forwards)."""
-    attack = _attack(ev, bb, states)
+    `states`: the cached boundary's states the model runs from (None: full forwards);
+    `reference`: the attack's reference (`_attack`)."""
+    attack = _attack(ev, bb, states, reference)
     if attack is None:
         return None
     guards = guard_parts(ev.job.prepared)
@@ -365,18 +374,20 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
     st.set(c.strength)
     st.bake()
     c.rows = dict(attack.rows, **{k: len(i) for k, i in guards.items()})
+    c.reference = reference
     if log:
         log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
     return c
 
 
-def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log=None, states=None) -> Calibration | None:
+def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log=None, states=None,
+           reference: str = "floor") -> Calibration | None:
     """Keep the student's snapshot the rewind rule chooses (`choose_step`); `snaps`: {step:
     {trainable parameter name: tensor}} taken during its training (0: before it). None where
     the data has no calibration users."""
     from .train import named_trainable
 
-    attack = _attack(ev, bb, states)
+    attack = _attack(ev, bb, states, reference)
     if attack is None or 0 not in snaps:
         return None
     guards = guard_parts(ev.job.prepared)
@@ -398,6 +409,7 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
     c = choose_step(auc_at, guard_at if guards else None, snaps, target, max_drop)
     load(c.step)
     c.rows = dict(attack.rows, snapshots=len(snaps), **{k: len(i) for k, i in guards.items()})
+    c.reference = reference
     if log:
         log(f"calibration: {c.verdict} ({c.passes} forward passes, {c.seconds:.1f} s)")
     return c

@@ -242,6 +242,10 @@ class CalibConfig:
                          "strength); strength: as auto; off: the update as trained", shown=True,
                          choices=("auto", "strength", "teacher", "both", "rewind", "off"))
     calib_target: float = opt(0.5, "the attack AUC (D_f vs the calibration users) calibration brings D_f to", lo=0.0, hi=1.0)
+    calib_reference: str = opt("floor", "the attack calibration reads: floor, each sample's loss less its loss under a "
+                               "reference that saw neither D_f nor the held-out users (the CTR floor's logistic regression "
+                               "refitted on D_r; difficulty calibration: a user hard to predict reads as a non-member by the "
+                               "raw loss whether forgotten or not); none: the raw LOSS attack", choices=("floor", "none"))
     calib_max_strength: float = opt(8.0, "the largest strength calibration may give an update (1: as trained)", lo=0.0,
                                     lo_open=True, hi=100.0)
     calib_max_drop: float = opt(0.02, "the utility guard: how far below the Original's the AUC on 512 rows each of validation and "

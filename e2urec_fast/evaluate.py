@@ -112,6 +112,9 @@ class Evaluator:
         nonmember_users = prep.users[self.holdout_idx][torch.from_numpy(self.audit_pos)] if self.nonmembers == "holdout" \
             else prep.users[self.test_idx]
         self.groups = (prep.users[self.forget_idx].numpy(), nonmember_users.numpy())
+        # the rows of ev.losses[name]: (D_f's, the non-members')
+        self.audit_rows = (self.forget_idx, self.holdout_idx[torch.from_numpy(self.audit_pos)] if self.nonmembers == "holdout"
+                           else self.test_idx)
         targets = (prep.manifest.get("scenario") or {}).get("targets")
         self.targets = None
         if targets:

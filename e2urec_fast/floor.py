@@ -18,7 +18,9 @@ STARS = re.compile(r"\((\d) stars?\)")
 SMOOTH = 10.0
 
 
-def features(prepared) -> np.ndarray:
+def features(prepared, fit_part: str = "train") -> np.ndarray:
+    """The five features of every sample; the item statistics counted on `fit_part` ("retain":
+    D_r, for a reference that never saw D_f)."""
     n = len(prepared.prompts)
     x = np.zeros((n, 5))
     for i, p in enumerate(prepared.prompts):
@@ -27,7 +29,7 @@ def features(prepared) -> np.ndarray:
             x[i, 0] = np.mean(st)
             x[i, 1] = np.mean([v > 3 for v in st])
             x[i, 2] = st[-1]
-    tr = prepared.index("train").numpy()
+    tr = prepared.index(fit_part).numpy()
     items = prepared.items.numpy()
     labels = prepared.labels.numpy().astype(np.float64)
     prior = labels[tr].mean()
@@ -74,3 +76,21 @@ def floor_row(prepared) -> dict:
     m = ctr_metrics(y[te], fit_logreg(x[tr], y[tr])(x[te]))
     return dict(method="CTR floor (LogReg)", kind="reference", **m, jsd=None, l2=None, time_s=None, train_time_s=time.perf_counter() - t0,
                 trainable_params=x.shape[1] + 1)
+
+
+def reference_losses(prepared, parts: dict) -> dict:
+    """Each sample's log loss under the floor refitted on D_r alone (features, item statistics and
+    weights): a reference model that saw neither D_f nor any held-out user. `parts`: {name: rows};
+    returns {name: losses}. Calibration and the audit subtract it from a model's losses
+    (difficulty calibration, Watson et al., ICLR 2022): a user whose ratings are hard to predict
+    has high losses under both, member or not, and reads as a non-member by the raw loss."""
+    x = features(prepared, "retain")
+    y = prepared.labels.numpy().astype(np.float64)
+    r = prepared.index("retain").numpy()
+    p_of = fit_logreg(x[r], y[r])
+    out = {}
+    for k, rows in parts.items():
+        i = np.asarray(rows)
+        p = np.clip(p_of(x[i]), 1e-7, 1 - 1e-7)
+        out[k] = -(y[i] * np.log(p) + (1 - y[i]) * np.log1p(-p))
+    return out

@@ -83,7 +83,7 @@ def csv_table(rows: list[dict]) -> str:
     """Raw fractions (not x100), one row per method."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    cols = _columns(rows) + [("mia_loss_auc", ""), ("mia_ref_auc", ""), ("privleak", ""), ("forget_quality", "")]
+    cols = _columns(rows) + [("mia_loss_auc", ""), ("mia_ref_auc", ""), ("mia_floor_auc", ""), ("privleak", ""), ("forget_quality", "")]
     w.writerow(["method", "kind", *[k for k, _ in cols], "time_s", "trainable_params"])
     for r in rows:
         w.writerow([r["method"], r.get("kind", "unlearn"), *["" if _num(r.get(k)) is None else repr(r[k]) for k, _ in cols],
@@ -291,7 +291,9 @@ def calibration_lines(calib: dict) -> list[str]:
     if not per and not teach:
         return []
     out = [f"Calibration (how much to forget, from {calib.get('calib_users', '?')} held-out users no audit reads; target: "
-           f"LOSS-attack AUC {calib.get('target', 0.5)} on D_f vs them, validation and D_r AUC each at most "
+           f"LOSS-attack AUC {calib.get('target', 0.5)} on D_f vs them"
+           + (", each loss less the CTR floor's refitted on D_r" if calib.get("reference") == "floor" else "")
+           + f"; validation and D_r AUC each at most "
            f"{calib.get('max_drop')} below the Original's):", ""]
     out += [f"- {name}: {c.get('verdict') or 'not calibrated: ' + c.get('skipped', '?')}." for name, c in teach.items()]
     out += [f"- {name}: {c['verdict']} ({c['passes']} forward passes, {c['seconds']:.1f} s)." for name, c in per.items()]

@@ -24,14 +24,14 @@ from .config import replace_fields
 from .errors import UserError
 from .files import json_key, write_json_atomic, write_text_atomic
 
-METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "privleak", "forget_quality",
+METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "mia_floor_auc", "privleak", "forget_quality",
            "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "strength", "teacher_gamma", "rewound_step",
            "item_spread", "item_rate_corr"]
-SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1,
+SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1, "mia_floor_auc": 1,
          "privleak": 1, "forget_quality": 1, "target_p_yes": 1, "target_p_yes_test": 1, "target_p_yes_forget": 1, "strength": 1,
          "teacher_gamma": 1, "rewound_step": 1, "item_spread": 1, "item_rate_corr": 1}
 # the Original-to-Retrain gaps a method is asked to close: (O - M) / (O - R), seed by seed
-GAPS = ("jsd", "mia_loss_auc", "mia_ref_auc", "target_p_yes")
+GAPS = ("jsd", "mia_loss_auc", "mia_ref_auc", "mia_floor_auc", "target_p_yes")
 # where Retrain's own value is fixed: JSD to itself 0, its reference-calibrated AUC against itself 0.5
 GAP_IDEAL = {"jsd": 0.0, "mia_ref_auc": 0.5}
 REF = "E2URec"
@@ -112,7 +112,7 @@ def original_vs_retrain(by: list[dict]) -> dict:
     """Is there something to forget: Original - Retrain, seed by seed, per audit metric (the
     JSD row of Original is already that gap), and the Original's forget quality."""
     out = {}
-    for k in ("mia_loss_auc", "mia_ref_auc", "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "auc"):
+    for k in ("mia_loss_auc", "mia_ref_auc", "mia_floor_auc", "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "auc"):
         ideal = GAP_IDEAL.get(k)
         d = [b["Original"][k] - (ideal if ideal is not None else b["Retrain"][k]) for b in by if "Original" in b and "Retrain" in b
              and b["Original"].get(k) is not None and (ideal is not None or b["Retrain"].get(k) is not None)]
@@ -160,7 +160,7 @@ def _interval(s: dict | None, sc: float, dg: int) -> str:
 
 def markdown(agg: dict) -> str:
     cols = [("auc", "AUC"), ("acc", "ACC"), ("logloss", "LogLoss"), ("jsd", "JSD"), ("l2", "L2"), ("time_s", "Time(s)")]
-    audit = [("mia_loss_auc", "LOSS-attack AUC", 4), ("mia_ref_auc", "ref-calibrated AUC", 4),
+    audit = [("mia_loss_auc", "LOSS-attack AUC", 4), ("mia_ref_auc", "ref-calibrated AUC", 4), ("mia_floor_auc", "floor-calibrated AUC", 4),
              ("forget_quality", "forget quality", 3)]
     if any(r.get("strength") for r in agg["rows"]):
         audit.append(("strength", "strength (calibrated)", 2))
@@ -188,6 +188,7 @@ def markdown(agg: dict) -> str:
     ovr = agg.get("original_vs_retrain") or {}
     if any(ovr.values()):
         names = dict(mia_loss_auc=("LOSS-attack AUC", 4), mia_ref_auc=("ref-calibrated AUC (Retrain's: 0.5)", 4),
+                     mia_floor_auc=("floor-calibrated AUC", 4),
                      target_p_yes=("Target p(yes), every real test user (probes)", 3),
                      target_p_yes_test=("Target p(yes), real test samples about a target", 3),
                      target_p_yes_forget=("Target p(yes) on D_f", 3), auc=("test AUC (x100)", 2))

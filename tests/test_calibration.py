@@ -28,6 +28,24 @@ def test_calibration_and_audit_users_are_disjoint_and_out_of_training(tmp_path):
     assert calib_users([5, 3, 9, 3]) == calib_users([9, 5, 3]) and calib_users([7]) == []
 
 
+def test_the_floor_reference_saw_neither_d_f_nor_the_held_out_users(tmp_path):
+    """Calibration's reference (floor.reference_losses) is fitted on D_r alone: flipping every
+    label of D_f and of the held-out users leaves its losses on D_r as they were, where the CTR
+    floor's own features (item statistics on train, D_f included) change."""
+    from e2urec_fast.floor import features, reference_losses
+
+    d = make_ml1m(tmp_path / "ml1m", n_users=40, per_user=14)
+    p = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=3, holdout_ratio=0.3)
+    r = p.index("retain")
+    before, x_train = reference_losses(p, dict(r=r))["r"], features(p, "train")
+    for part in ("forget", "holdout"):
+        i = p.index(part)
+        p.labels[i] = 1 - p.labels[i]
+    assert np.array_equal(reference_losses(p, dict(r=r))["r"], before)
+    assert not np.array_equal(features(p, "train"), x_train)  # (the check can fail: train holds D_f)
+    assert before.shape == (len(r),) and np.all(before > 0)
+
+
 def test_canaries_are_deterministic_coin_flips_in_the_train_period(tmp_path):
     d = make_ml1m(tmp_path / "ml1m", n_users=40, n_items=60, per_user=14)
     inter = load_ml1m(d)
@@ -217,8 +235,10 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     r = forget(tmp_path / "b", methods="original,retrain,e2urec,neggrad", holdout_ratio=0.3, baseline_steps=4, **common)
     cal = r.report["calibration"]
     assert cal["calib_users"] >= 1 and set(cal["methods"]) == {"E2URec", "NegGrad"}
+    assert cal["reference"] == "floor" and 0.0 <= r.audit["Original"]["floor_auc"] <= 1.0
     for name, c in cal["methods"].items():
         assert r.metrics(name)["strength"] == c["strength"] and c["curve"][0][0] == 0.0 and c["passes"] >= 1
+        assert c["reference"] == "floor" and r.metrics(name)["mia_floor_auc"] == r.audit[name]["floor_auc"]
         assert c["verdict"] in (r.out / "report.md").read_text()
     c = r.report["counts"]
     assert c["calib_users"] + c["audit_users"] == c["holdout_users"] and c["audit"] == r.audit["Original"]["n_unseen"]
