@@ -147,7 +147,10 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
             mid = (good + bad) / 2
             good, bad = (mid, bad) if guard.ok(mid) else (good, mid)
         auc(good)
-        s, reached = min((k for k in curve if k <= good), key=lambda k: (curve[k], k)), False
+        # the lowest attack AUC seen at or below that limit whose own utility the guard passes (the guard need
+        # not fall monotonically with the strength: each candidate is read; 0, the Original, always passes)
+        s = next(k for k in sorted((k for k in curve if k <= good), key=lambda k: (curve[k], k)) if guard.ok(k))
+        reached = False
     c = Calibration(s, target, auc(s), a0, curve.get(1.0), reached, max_drop=max_drop)
     guard.record(c, s)
     if reached:

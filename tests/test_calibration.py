@@ -118,6 +118,16 @@ def test_strength_search_by_hand():
     r = choose_strength(lambda s: 0.6 + 0.04 * s if s <= 4 else 0.76 - 0.1 * (s - 4), lambda s: 0.75 - 0.01 * s, target=0.5,
                         max_drop=0.03)
     assert not r.reached and r.strength == 0.0 and r.calib_auc == pytest.approx(0.6)
+    # a guard that does not fall monotonically (memorize, holdout 0.4, seed 4: a strength below the guard's limit
+    # was kept unread and cost 5.7 test points): the kept strength is one the guard read and passed
+    def dip(s):
+        return 0.5 if s >= 2.0 else 0.55 if s == 0.25 else 0.6
+
+    def bumpy(s):
+        return 0.70 if s == 0.25 or s >= 1.0 else 0.75
+
+    b = choose_strength(dip, bumpy, target=0.5, max_drop=0.02)
+    assert not b.reached and b.strength != 0.25 and b.strength == 0.0
     # nothing to forget
     z = choose_strength(lambda s: 0.48, None)
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
