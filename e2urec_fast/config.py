@@ -58,7 +58,8 @@ class DataConfig:
                               "--forget-users)", shown=True, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     scenario: str = opt("random", "what is forgotten: random (the paper's: a random --forget-ratio of the train users), "
                         "memorize (privacy: the same split on the last 3000 samples, Original and Retrain fine-tuned 15 epochs, "
-                        "so the Original memorizes its D_f) or shilling (utility: 20 fake users of the average attack promoting 5 target "
+                        "so the Original memorizes its D_f; holdout 0.4) or shilling (utility: 20 fake users of the average attack promoting 5 "
+                        "target "
                         "items injected into the train period are D_f; same recipe as memorize) or canary (privacy by construction: 40 users "
                         "whose stars are coin flips, half D_f, half held out as the audit's non-members; memorize's recipe). A "
                         "scenario's recipe fills only the fields not given (config.SCENARIO_RECIPES)", shown=True,
@@ -362,7 +363,10 @@ PRESET_DIFF = {"authors": {k: v for k, v in AUTHORS.items() if k not in ("alpha"
 
 # the recipe of each scenario: the fields it sets unless they are given (data/scenarios.py)
 MEMORIZE = dict(max_samples=3000, epochs=15, patience=15, holdout_ratio=0.2)  # 0.2: as many D_h users as D_f
-SCENARIO_RECIPES = dict(random={}, memorize=MEMORIZE, shilling=MEMORIZE, canary=MEMORIZE | dict(holdout_ratio=0.0))
+# memorize holds out 0.4 (19 users: 9 calibrate, 10 audit): at 0.2 its 4 calibration and 5 audit users left the
+# attack gap unresolved over five seeds and calibration read noise (docs/results.md, #37)
+SCENARIO_RECIPES = dict(random={}, memorize=MEMORIZE | dict(holdout_ratio=0.4), shilling=MEMORIZE,
+                        canary=MEMORIZE | dict(holdout_ratio=0.0))
 
 
 def with_scenario(cfg: Config, given) -> Config:

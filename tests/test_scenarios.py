@@ -146,7 +146,7 @@ def test_gap_closed_over_seeds():
 
 def test_scenario_recipe_fills_only_what_is_not_given():
     c = from_fields(scenario="memorize")
-    assert (c.data.max_samples, c.finetune.epochs, c.finetune.patience, c.data.holdout_ratio) == (3000, 15, 15, 0.2)
+    assert (c.data.max_samples, c.finetune.epochs, c.finetune.patience, c.data.holdout_ratio) == (3000, 15, 15, 0.4)
     c = from_fields(scenario="memorize", epochs=4)
     assert (c.data.max_samples, c.finetune.epochs) == (3000, 4)
     assert from_fields().finetune.epochs == 3
