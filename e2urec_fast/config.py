@@ -59,10 +59,9 @@ class DataConfig:
     scenario: str = opt("random", "what is forgotten: random (the paper's: a random --forget-ratio of the train users), "
                         "memorize (privacy: the same split on the last 3000 samples, Original and Retrain fine-tuned 15 epochs, "
                         "so the Original memorizes its D_f; holdout 0.4) or shilling (utility: 20 fake users of the average attack promoting 5 "
-                        "target "
-                        "items injected into the train period are D_f; same recipe as memorize) or canary (privacy by construction: 40 users "
-                        "whose stars are coin flips, half D_f, half held out as the audit's non-members; memorize's recipe). A "
-                        "scenario's recipe fills only the fields not given (config.SCENARIO_RECIPES)", shown=True,
+                        "target items injected into the train period are D_f; memorize's recipe, holdout 0.2) or canary (privacy by "
+                        "construction: 40 users whose stars are coin flips, half D_f, half held out as the audit's non-members; memorize's recipe, "
+                        "no holdout). A scenario's recipe fills only the fields not given (config.SCENARIO_RECIPES)", shown=True,
                         choices=("random", "memorize", "shilling", "canary"))
     holdout_ratio: float = opt(0.1, "the benchmark: share of train users held out of every model's training (drawn like the "
                                "forget users, after them); their train-period samples D_h are the audit's same-pool "
