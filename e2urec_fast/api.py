@@ -367,14 +367,20 @@ def calibrator(st: State):
 
     losses = []
 
-    def teacher(target_yn, labels, original_yn):
+    def teacher(target_yn, labels, original_yn, rows):
         from .audit import answer_losses
         from .calibrate import teacher_offset
+        from .floor import reference_losses
 
+        floor = c.calib_reference == "floor"
+        idx = st.prep.index("calib")
+        ref = reference_losses(st.prep, dict(forget=rows, calib=idx)) if floor else None
         if not losses:  # the Original's losses on the calibration users, once
-            idx = st.prep.index("calib")
-            losses.append(answer_losses(st.ev.predict_part(st.orig, idx, False), st.prep.labels[idx].numpy()))
-        got = teacher_offset(target_yn, labels, losses[0], c.calib_target, original_yn)
+            losses.append(answer_losses(st.ev.predict_part(st.orig, idx, False), st.prep.labels[idx].numpy())
+                          - (ref["calib"] if floor else 0.0))
+        got = teacher_offset(target_yn, labels, losses[0], c.calib_target, original_yn,
+                             member_reference=ref["forget"] if floor else None)
+        got.reference = c.calib_reference
         log(f"calibration: {got.verdict}")
         return got
 

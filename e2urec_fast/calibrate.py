@@ -217,28 +217,33 @@ class TeacherCalibration:
     seconds: float = 0.0
     verdict: str = ""
     rows: dict = field(default_factory=dict)
+    reference: str = "none"  # as Calibration.reference
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def teacher_offset(teacher_yn: torch.Tensor, labels, nonmember_losses, target: float = 0.5, original_yn=None,
-                   bound: float = 30.0, iters: int = 40) -> TeacherCalibration:
+                   bound: float = 30.0, iters: int = 40, member_reference=None) -> TeacherCalibration:
     """The gamma of `ops.lowered_teacher` closest to 0 at which the LOSS attack's AUC of the
     target's losses on D_f (`teacher_yn`: (N, 2) [No, Yes] logits, `labels` 0/1) against the
-    non-members' losses reaches `target` (the AUC falls as gamma grows: bisection)."""
+    non-members' losses reaches `target` (the AUC falls as gamma grows: bisection).
+    `member_reference`: per-row reference losses subtracted from the target's (and the
+    Original's) D_f losses, the difficulty-calibrated attack (`_attack`); the caller passes
+    `nonmember_losses` with theirs already subtracted."""
     from .audit import answer_losses, mia_auc
     from .ops import lowered_teacher
 
     t0 = time.perf_counter()
     lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     non = -np.asarray(nonmember_losses, dtype=np.float64)
+    ref = 0.0 if member_reference is None else np.asarray(member_reference, dtype=np.float64)
 
     def auc(g):
-        return mia_auc(-answer_losses(lowered_teacher(teacher_yn, lab, g), lab), non)
+        return mia_auc(ref - answer_losses(lowered_teacher(teacher_yn, lab, g), lab), non)
 
     a0 = auc(0.0)
-    orig = mia_auc(-answer_losses(original_yn, lab), non) if original_yn is not None else float("nan")
+    orig = mia_auc(ref - answer_losses(original_yn, lab), non) if original_yn is not None else float("nan")
     g, ok = 0.0, True
     if a0 != target:  # a0 > target: lower (g > 0) until the AUC falls to the target; else raise (g < 0) until it climbs
         sign = 1.0 if a0 > target else -1.0
@@ -252,7 +257,7 @@ def teacher_offset(teacher_yn: torch.Tensor, labels, nonmember_losses, target: f
             mid = (inside + outside) / 2
             inside, outside = (inside, mid) if there(mid) else (mid, outside)
         g = outside
-    c = TeacherCalibration(float(g), target, a0, auc(g), orig, ok)
+    c = TeacherCalibration(float(g), target, a0, auc(g), orig, ok, reference="none" if member_reference is None else "given")
     c.seconds = time.perf_counter() - t0
     c.rows = dict(forget=len(lab), nonmembers=len(non))
     c.verdict = (f"forgetting teacher calibrated: the true answer's logit {'lowered' if g >= 0 else 'raised'} by {abs(g):.3g}, "

@@ -182,6 +182,10 @@ def test_teacher_offset_by_hand():
     assert r.reached and r.gamma < 0 and abs(r.calibrated_auc - 0.5) < 0.02 and "raised" in r.verdict
     b = teacher_offset(t, lab, non, target=0.5, bound=1.0)
     assert not b.reached and b.gamma == 1.0
+    # the difficulty-calibrated attack: a reference of 0.4 nats on every D_f row reads as the
+    # non-members' losses raised by 0.4, so the target must come down farther (gamma about 2.9)
+    f = teacher_offset(t, lab, non, target=0.5, member_reference=np.full(100, 0.4))
+    assert f.reached and abs(f.gamma - teacher_offset(t, lab, non + 0.4, target=0.5).gamma) < 1e-6 and f.gamma > c.gamma + 0.2
 
 
 @pytest.mark.parametrize("backend", ["torch", "native"])

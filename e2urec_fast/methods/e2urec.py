@@ -245,7 +245,7 @@ def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: RunPlan
     t = ops.forgetting_teacher(v, v_aug, alpha)
     cols = torch.tensor([0, 1] if t.shape[1] == 2 else yes_no_rows(orig))
     labels = job.prepared.labels[idx].long()
-    rec = choose(t[:, cols], labels, v[:, cols])
+    rec = choose(t[:, cols], labels, v[:, cols], idx)
     table = TeacherTable(ops.lowered_teacher(t, cols[labels], rec.gamma), idx, len(job.prepared.labels)).to(job.device)
     return dataclasses.replace(tables, forget=table, augmented=None), rec.to_dict()
 
@@ -296,7 +296,7 @@ def unlearn(job: Job, orig: Backbone, cfg: Config, impl: str = "fast", aug: Back
     is written (calibrate.py); its record goes into the info, its seconds into the time.
     info["states"]: the BoundarySource the student is evaluated from (a cached boundary's frozen
     part; None: full forwards); not part of the report (the registry takes it out).
-    `calibrate_teacher(target_yn, labels, original_yn)`: the forgetting target's offset from the calibration
+    `calibrate_teacher(target_yn, labels, original_yn, rows)`: the forgetting target's offset from the calibration
     users (calibrate.teacher_offset), applied to the cached D_f rows before the student trains.
     `rewind(student, snaps, states)`: the rewind rule instead of the strength (calibrate.rewind):
     the student's trainable weights kept at step 0 and every 1/REWIND_SNAPSHOTS of its schedule.
