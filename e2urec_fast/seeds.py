@@ -208,7 +208,8 @@ def markdown(agg: dict) -> str:
     if closed:
         lines += ["", "Share of the Original-to-Retrain gap closed, % (1 - (M - Retrain)/(Original - Retrain); 100 = "
                   "Retrain, 0 = untouched, below 0 = further away than the Original):", "",
-                  "| Method | JSD | LOSS-attack AUC | ref-calibrated AUC | Target p(yes) |", "|---|---|---|---|---|"]
+                  "| Method | JSD | LOSS-attack AUC | ref-calibrated AUC | floor-calibrated AUC | Target p(yes) |",
+                  "|---|---|---|---|---|---|"]
         for m, d in closed.items():
             lines.append(f"| {m} | " + " | ".join(_cell(d.get(k), 100, 1) for k in GAPS) + " |")
     g = agg["jsd_gap_closed"]
