@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_ml1m
 from e2urec_fast import ops
-from e2urec_fast.calibrate import Strength, choose_step, choose_strength, teacher_offset
+from e2urec_fast.calibrate import MAX_LOSS_RISE, Strength, choose_step, choose_strength, teacher_offset
 from e2urec_fast.data import prepare
 from e2urec_fast.data.loaders import load_ml1m
 from e2urec_fast.data.prepare import calib_users
@@ -128,6 +128,12 @@ def test_strength_search_by_hand():
 
     b = choose_strength(dip, bumpy, target=0.5, max_drop=0.02)
     assert not b.reached and b.strength != 0.25 and b.strength == 0.0
+    # the log-loss guard (memorize seed 3: AUCs inside 0.02 while the probabilities drifted): the AUCs hold, the
+    # validation log loss rises 0.04 per unit, so the search stops near strength 1.25 (MAX_LOSS_RISE 0.05) and says why
+    ll = choose_strength(lambda s: 0.8 - 0.2 * s, lambda s: {"valid": 0.75, "D_r": 0.9, "valid logloss": 0.55 + 0.04 * s},
+                         target=0.5, max_drop=0.02)
+    assert MAX_LOSS_RISE == 0.05 and not ll.reached and 1.0 < ll.strength <= 1.25 + 1e-9
+    assert "raise the valid log loss by over 0.05" in ll.verdict and ll.guard["valid logloss"][1] <= 0.6 + 1e-9
     # nothing to forget
     z = choose_strength(lambda s: 0.48, None)
     assert z.reached and z.strength == 0.0 and "nothing to forget" in z.verdict
