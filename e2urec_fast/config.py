@@ -249,7 +249,8 @@ class CalibConfig:
     calib_max_strength: float = opt(8.0, "the largest strength calibration may give an update (1: as trained)", lo=0.0,
                                     lo_open=True, hi=100.0)
     calib_max_drop: float = opt(0.02, "the utility guard: how far below the Original's the AUC on 512 rows each of validation and "
-                                "D_r may fall", lo=0.0, hi=1.0)
+                                "D_r may fall (the validation log loss may also rise at most calibrate.MAX_LOSS_RISE, 0.05 nats)",
+                                lo=0.0, hi=1.0)
 
 
 GROUPS = dict(data=DataConfig, request=RequestConfig, run=RunConfig, bench=BenchConfig, finetune=FinetuneConfig,
