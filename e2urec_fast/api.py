@@ -335,19 +335,27 @@ def run_methods(st: State) -> None:
                                 trainable_params=o.info["trainable_params"], **o.row,
                                 **(dict(strength=cal["strength"]) if cal else {}),
                                 **(dict(rewound_step=cal["step"]) if cal and cal.get("step") is not None else {}),
-                                **(dict(teacher_gamma=tcal["gamma"]) if tcal and "gamma" in tcal else {})))
+                                **(teacher_row(tcal) if tcal else {})))
+
+
+def teacher_row(tcal: dict) -> dict:
+    """The report row's figure of a calibrated teacher: its offset, or its pull toward the non-member's answers."""
+    if tcal.get("kind") == "pull":
+        return dict(teacher_pull=tcal["pull"])
+    return dict(teacher_gamma=tcal["gamma"]) if "gamma" in tcal else {}
 
 
 def calibrator(st: State):
     """The calibrations every unlearning method gets (calibrate.py), as (strength, teacher,
-    rewind): each None where off (--calibrate; rewind is E2URec's, the baselines keep the
-    strength), or without calibration users (a request without --holdout-users; the report says
+    rewind): each None where off (--calibrate; teacher and rewind are E2URec's, the baselines keep
+    the strength), or without calibration users (a request without --holdout-users; the report says
     so at its top)."""
     c = st.cfg.calibration
     n = st.prep.manifest["counts"].get("calib_users", 0)  # (prepare_stage counted them)
     mode = c.calibrate  # (resolved in resolve_models: checks.resolve_policies)
     st.calibration = dict(mode=mode, target=c.calib_target, max_drop=c.calib_max_drop,
-                          max_strength=c.calib_max_strength, calib_users=n, reference=c.calib_reference)
+                          max_strength=c.calib_max_strength, calib_users=n, reference=c.calib_reference,
+                          teacher=c.calib_teacher if mode in ("teacher", "both") else None)
     if mode == "off":
         st.calibration["note"] = "NOTE: calibration off (--calibrate off): every update is applied as trained"
         return None, None, None
@@ -369,17 +377,24 @@ def calibrator(st: State):
 
     def teacher(target_yn, labels, original_yn, rows):
         from .audit import answer_losses
-        from .calibrate import teacher_offset
-        from .floor import reference_losses
+        from .calibrate import teacher_offset, teacher_pull
+        from .floor import proxy_margins, reference_losses
 
         floor = c.calib_reference == "floor"
         idx = st.prep.index("calib")
         ref = reference_losses(st.prep, dict(forget=rows, calib=idx)) if floor else None
-        if not losses:  # the Original's losses on the calibration users, once
-            losses.append(answer_losses(st.ev.predict_part(st.orig, idx, False), st.prep.labels[idx].numpy())
-                          - (ref["calib"] if floor else 0.0))
-        got = teacher_offset(target_yn, labels, losses[0], c.calib_target, original_yn,
-                             member_reference=ref["forget"] if floor else None)
+        if not losses:  # the Original's answers and losses on the calibration users, once
+            yn = st.ev.predict_part(st.orig, idx, False).float()
+            losses.append(answer_losses(yn, st.prep.labels[idx].numpy()) - (ref["calib"] if floor else 0.0))
+            losses.append((yn[:, 1] - yn[:, 0]).numpy())
+        if c.calib_teacher == "pull":
+            proxy, line = proxy_margins(st.prep, rows, idx, losses[1])
+            got = teacher_pull(target_yn, labels, proxy, losses[0], c.calib_target, original_yn,
+                               member_reference=ref["forget"] if floor else None)
+            got.proxy, got.proxy_line = proxy, list(line)
+        else:
+            got = teacher_offset(target_yn, labels, losses[0], c.calib_target, original_yn,
+                                 member_reference=ref["forget"] if floor else None)
         got.reference = c.calib_reference
         log(f"calibration: {got.verdict}")
         return got
@@ -390,7 +405,7 @@ def calibrator(st: State):
         got = rewind(model, st.ev, snaps, c.calib_target, c.calib_max_drop, log=log, states=states, reference=c.calib_reference)
         return None if got is None else got.to_dict()
 
-    return ((strength if mode in ("strength", "both", "rewind") else None), (teacher if mode in ("teacher", "both") else None),
+    return ((strength if mode in ("strength", "both", "rewind", "teacher") else None), (teacher if mode in ("teacher", "both") else None),
             (rewind if mode == "rewind" else None))
 
 

@@ -24,7 +24,12 @@ D_f, its logit of the true answer lowered by gamma (raised where gamma < 0: the 
 model overshot), gamma chosen on the cached logits so that the target's per-sample losses on
 D_f read, to the LOSS attack, like the Original's on the calibration users (`teacher_offset`;
 `ops.lowered_teacher` is the one definition; the fused op reads the result as a plain teacher
-table). UNDIAL's adjusted target (arXiv 2402.10052) with its amount set on non-members.
+table). UNDIAL's adjusted target (arXiv 2402.10052) with its amount set on non-members. The
+default (`--calib-teacher pull`, `teacher_pull`) moves each D_f row's answer instead a share of
+the way toward what a model that never saw it answers (the CTR floor refitted on D_r, mapped to
+the model's scale on the calibration users; `ops.pulled_teacher`): a target that does not depend
+on the row's label, which the student follows where it does not follow a lowered true answer
+(memorize, #37: docs/results.md).
 
 Caveat (U-LiRA, arXiv 2403.01218): a population attack matched is not every example
 forgotten; the audit scores the result on users calibration never saw, with a second attack.
@@ -231,9 +236,62 @@ class TeacherCalibration:
     verdict: str = ""
     rows: dict = field(default_factory=dict)
     reference: str = "none"  # as Calibration.reference
+    kind: str = "offset"  # "offset": the true answer's logit moved by gamma; "pull": the margin pulled toward a proxy
+    pull: float | None = None  # kind "pull": the share of the way to the non-member proxy
+    proxy_line: list | None = None  # kind "pull": [intercept, slope] of the proxy's map (floor.proxy_margins)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def apply(self, teacher: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, proxy=None) -> torch.Tensor:
+        """The calibrated target from the uncalibrated one (`teacher`: (N, W) logits; `cols`: the
+        [No, Yes] columns; `labels`: 0/1; `proxy`: (N,) the proxy margins, kind "pull" only), through
+        the one definition in ops."""
+        from .ops import lowered_teacher, pulled_teacher
+
+        if self.kind == "pull":
+            return pulled_teacher(teacher, cols, torch.as_tensor(proxy, dtype=torch.float32), self.pull)
+        return lowered_teacher(teacher, cols[labels], self.gamma)
+
+
+def teacher_pull(teacher_yn: torch.Tensor, labels, proxy_margin, nonmember_losses, target: float = 0.5, original_yn=None,
+                 iters: int = 40, member_reference=None) -> TeacherCalibration:
+    """The share lam in [0, 1] of `ops.pulled_teacher` closest to 0 at which the LOSS attack's AUC of
+    the target's losses on D_f against the non-members' reaches `target`: each D_f row's margin moved
+    toward `proxy_margin`, what a model that never saw it would answer (floor.proxy_margins). Unlike
+    the offset, the pulled target does not depend on the row's label: the student is asked to answer
+    D_f as a non-member would, not to unlearn each label (measured: the student follows it, #37).
+    lam = 1 where even the proxy reads as a member (not reached). Arguments as `teacher_offset`."""
+    from .audit import answer_losses, mia_auc
+    from .ops import pulled_teacher
+
+    t0 = time.perf_counter()
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    prox = torch.as_tensor(np.asarray(proxy_margin), dtype=torch.float32)
+    non = -np.asarray(nonmember_losses, dtype=np.float64)
+    ref = 0.0 if member_reference is None else np.asarray(member_reference, dtype=np.float64)
+    cols = torch.tensor([0, 1])
+
+    def auc(lam):
+        return mia_auc(ref - answer_losses(pulled_teacher(teacher_yn, cols, prox, lam), lab), non)
+
+    a0 = auc(0.0)
+    orig = mia_auc(ref - answer_losses(original_yn, lab), non) if original_yn is not None else float("nan")
+    lam, ok = 0.0, True
+    if a0 > target:
+        ok = auc(1.0) <= target
+        lo, lam = 0.0, 1.0
+        for _ in range(iters if ok else 0):
+            mid = (lo + lam) / 2
+            lo, lam = (lo, mid) if auc(mid) <= target else (mid, lam)
+    c = TeacherCalibration(0.0, target, a0, auc(lam), orig, ok, reference="none" if member_reference is None else "given",
+                           kind="pull", pull=float(lam))
+    c.seconds = time.perf_counter() - t0
+    c.rows = dict(forget=len(lab), nonmembers=len(non))
+    c.verdict = (f"forgetting teacher calibrated: D_f's answers pulled {lam:.3g} of the way to a non-member's (the CTR floor "
+                 f"refitted on D_r, mapped on the calibration users), its attack AUC {a0:.3f} -> {c.calibrated_auc:.3f} (the "
+                 f"Original's {orig:.3f})" + ("" if ok else "; even the non-member's answers read as members: not reached"))
+    return c
 
 
 def teacher_offset(teacher_yn: torch.Tensor, labels, nonmember_losses, target: float = 0.5, original_yn=None,

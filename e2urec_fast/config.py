@@ -246,6 +246,10 @@ class CalibConfig:
                                "reference that saw neither D_f nor the held-out users (the CTR floor's logistic regression "
                                "refitted on D_r; difficulty calibration: a user hard to predict reads as a non-member by the "
                                "raw loss whether forgotten or not); none: the raw LOSS attack", choices=("floor", "none"))
+    calib_teacher: str = opt("pull", "how --calibrate teacher/both moves E2URec's forgetting target: pull, each D_f answer a "
+                             "share of the way to a non-member's (the CTR floor refitted on D_r, mapped to the model's scale on "
+                             "the calibration users; the share searched); offset, the true answer's logit lowered by one "
+                             "amount for every row (UNDIAL's adjusted target)", choices=("pull", "offset"))
     calib_max_strength: float = opt(8.0, "the largest strength calibration may give an update (1: as trained)", lo=0.0,
                                     lo_open=True, hi=100.0)
     calib_max_drop: float = opt(0.02, "the utility guard: how far below the Original's the AUC on 512 rows each of validation and "

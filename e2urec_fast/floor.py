@@ -78,16 +78,40 @@ def floor_row(prepared) -> dict:
                 trainable_params=x.shape[1] + 1)
 
 
+def retain_floor(prepared):
+    """(features of every sample, p(1 | features) of the floor refitted on D_r alone): a reference
+    that saw neither D_f nor any held-out user."""
+    x = features(prepared, "retain")
+    r = prepared.index("retain").numpy()
+    return x, fit_logreg(x[r], prepared.labels.numpy()[r].astype(np.float64))
+
+
+def proxy_margins(prepared, rows, calib_rows, calib_margins) -> tuple[np.ndarray, tuple[float, float]]:
+    """What a model that never saw `rows` would answer there, as a Yes-minus-No margin: the floor
+    refitted on D_r gives each row a logit, mapped to the model's own scale by a least-squares line
+    fitted on the calibration users, where the model's margins (`calib_margins`) are a non-member's.
+    Returns (margins of `rows`, (intercept, slope)); the line is flat (the calibration users' mean)
+    where the floor's logits do not vary there."""
+    x, p_of = retain_floor(prepared)
+
+    def logit(i):
+        p = np.clip(p_of(x[np.asarray(i)]), 1e-7, 1 - 1e-7)
+        return np.log(p / (1 - p))
+
+    fc, mc = logit(calib_rows), np.asarray(calib_margins, dtype=np.float64)
+    slope = float(np.polyfit(fc, mc, 1)[0]) if len(fc) > 1 and np.ptp(fc) > 0 else 0.0
+    icpt = float(mc.mean() - slope * fc.mean())
+    return icpt + slope * logit(rows), (icpt, slope)
+
+
 def reference_losses(prepared, parts: dict) -> dict:
     """Each sample's log loss under the floor refitted on D_r alone (features, item statistics and
     weights): a reference model that saw neither D_f nor any held-out user. `parts`: {name: rows};
     returns {name: losses}. Calibration and the audit subtract it from a model's losses
     (difficulty calibration, Watson et al., ICLR 2022): a user whose ratings are hard to predict
     has high losses under both, member or not, and reads as a non-member by the raw loss."""
-    x = features(prepared, "retain")
+    x, p_of = retain_floor(prepared)
     y = prepared.labels.numpy().astype(np.float64)
-    r = prepared.index("retain").numpy()
-    p_of = fit_logreg(x[r], y[r])
     out = {}
     for k, rows in parts.items():
         i = np.asarray(rows)

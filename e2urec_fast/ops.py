@@ -37,6 +37,17 @@ def lowered_teacher(teacher: torch.Tensor, answer_col: torch.Tensor, gamma: floa
     return t
 
 
+def pulled_teacher(teacher: torch.Tensor, cols, proxy_margin: torch.Tensor, lam: float) -> torch.Tensor:
+    """The calibrated forgetting target pulled toward a non-member's prediction (calibrate.teacher_pull):
+    each row's Yes logit moved so that its Yes-minus-No margin goes a share `lam` of the way to
+    `proxy_margin` (N,), what a model that never saw the row would predict; every other logit as it
+    is; in fp32. `cols`: the [No, Yes] columns."""
+    t = teacher.float().clone()
+    no, yes = int(cols[0]), int(cols[1])
+    t[:, yes] += lam * (proxy_margin.to(t.device, t.dtype) - (t[:, yes] - t[:, no]))
+    return t
+
+
 def teacher_kl_ref(student, teacher, augmented=None, alpha: float = 0.0, reduction: str = "mean", upcast: bool = True):
     """Plain PyTorch reference in fp32 (0 log 0 = 0: a teacher -inf entry contributes nothing)."""
     s = student.float() if upcast else student

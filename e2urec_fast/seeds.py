@@ -25,11 +25,11 @@ from .errors import UserError
 from .files import json_key, write_json_atomic, write_text_atomic
 
 METRICS = ["auc", "acc", "logloss", "jsd", "l2", "time_s", "mia_loss_auc", "mia_ref_auc", "mia_floor_auc", "privleak", "forget_quality",
-           "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "strength", "teacher_gamma", "rewound_step",
+           "target_p_yes", "target_p_yes_test", "target_p_yes_forget", "strength", "teacher_gamma", "teacher_pull", "rewound_step",
            "item_spread", "item_rate_corr"]
 SCALE = {"auc": 100, "acc": 100, "logloss": 100, "jsd": 100, "l2": 100, "time_s": 1, "mia_loss_auc": 1, "mia_ref_auc": 1, "mia_floor_auc": 1,
          "privleak": 1, "forget_quality": 1, "target_p_yes": 1, "target_p_yes_test": 1, "target_p_yes_forget": 1, "strength": 1,
-         "teacher_gamma": 1, "rewound_step": 1, "item_spread": 1, "item_rate_corr": 1}
+         "teacher_gamma": 1, "teacher_pull": 1, "rewound_step": 1, "item_spread": 1, "item_rate_corr": 1}
 # the Original-to-Retrain gaps a method is asked to close: (O - M) / (O - R), seed by seed
 GAPS = ("jsd", "mia_loss_auc", "mia_ref_auc", "mia_floor_auc", "target_p_yes")
 # where Retrain's own value is fixed: JSD to itself 0, its reference-calibrated AUC against itself 0.5
@@ -168,6 +168,8 @@ def markdown(agg: dict) -> str:
         audit.append(("rewound_step", "step kept (rewind)", 0))
     if any(r.get("teacher_gamma") is not None for r in agg["rows"]):
         audit.append(("teacher_gamma", "teacher offset (calibrated)", 2))
+    if any(r.get("teacher_pull") is not None for r in agg["rows"]):
+        audit.append(("teacher_pull", "teacher pull (calibrated)", 2))
     if any(r.get("item_spread") for r in agg["rows"]):
         audit += [("item_spread", "item spread", 3), ("item_rate_corr", "item-rate corr.", 3)]
     if any(r.get("target_p_yes") for r in agg["rows"]):

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_ml1m
 from e2urec_fast import ops
-from e2urec_fast.calibrate import MAX_LOSS_RISE, Strength, choose_step, choose_strength, teacher_offset
+from e2urec_fast.calibrate import MAX_LOSS_RISE, Strength, choose_step, choose_strength, teacher_offset, teacher_pull
 from e2urec_fast.data import prepare
 from e2urec_fast.data.loaders import load_ml1m
 from e2urec_fast.data.prepare import calib_users
@@ -194,6 +194,60 @@ def test_teacher_offset_by_hand():
     assert f.reached and abs(f.gamma - teacher_offset(t, lab, non + 0.4, target=0.5).gamma) < 1e-6 and f.gamma > c.gamma + 0.2
 
 
+def test_teacher_pull_by_hand():
+    """Members' targets 3 nats sure of the true answer, a proxy that knows nothing (margin 0: loss
+    log 2), non-members' losses between those of margins 0.5 and 1.5: the pull that reads as the
+    non-members moves each margin that share of the way to 0, whatever the label; a proxy as sure as
+    the members cannot reach the target (lam 1, said); a target already below it is left (lam 0)."""
+    lab = torch.tensor([0, 1] * 50)
+    sign = (2 * lab - 1).float()  # the Yes-minus-No margin of a row sure of its true answer
+    t = torch.zeros(100, 2)
+    t[:, 1] = sign * torch.linspace(2.5, 3.5, 100)
+    non = torch.nn.functional.softplus(-torch.linspace(0.5, 1.5, 100)).numpy()
+    c = teacher_pull(t, lab, np.zeros(100), non, target=0.5, original_yn=t)
+    assert c.kind == "pull" and c.reached and c.teacher_auc == 1.0 and abs(c.calibrated_auc - 0.5) < 0.02
+    assert 0.6 < c.pull < 0.75 and "pulled" in c.verdict  # margins 2.5..3.5 to about 1: 1 - 1/3 of the way
+    got = c.apply(t, torch.tensor([0, 1]), lab, np.zeros(100))
+    assert torch.allclose(got[:, 1] - got[:, 0], (t[:, 1] - t[:, 0]) * (1 - c.pull), atol=1e-5) and torch.equal(got[:, 0], t[:, 0])
+    sure = teacher_pull(t, lab, (t[:, 1] - t[:, 0]).numpy(), non, target=0.5)
+    assert not sure.reached and sure.pull == 1.0 and "not reached" in sure.verdict
+    none = teacher_pull(-t, lab, np.zeros(100), non, target=0.5)  # every member's loss above the non-members'
+    assert none.reached and none.pull == 0.0
+    # the difficulty-calibrated attack: a reference of 0.2 nats on every member reads as the non-members'
+    # losses 0.2 higher, so the target must come down farther
+    f = teacher_pull(t, lab, np.zeros(100), non, target=0.5, member_reference=np.full(100, 0.2))
+    assert f.reached and f.pull > c.pull + 0.02
+
+
+def test_pulled_teacher_moves_only_the_yes_logit_on_a_full_vocabulary():
+    gen = torch.Generator().manual_seed(5)
+    t, proxy = torch.randn(9, 30, generator=gen), torch.randn(9, generator=gen)
+    cols = torch.tensor([7, 3])  # [No, Yes]
+    got = ops.pulled_teacher(t, cols, proxy, 0.25)
+    m0, m1 = t[:, 3] - t[:, 7], got[:, 3] - got[:, 7]
+    assert torch.allclose(m1, m0 + 0.25 * (proxy - m0), atol=1e-6)
+    keep = torch.ones(30, dtype=torch.bool)
+    keep[3] = False
+    assert torch.equal(got[:, keep], t[:, keep]) and torch.allclose(ops.pulled_teacher(t, cols, proxy, 1.0)[:, 3] - t[:, 7], proxy)
+
+
+def test_proxy_margins_are_the_floor_mapped_on_the_calibration_users(tmp_path):
+    """floor.proxy_margins: the D_r floor's logits mapped by the least-squares line fitted on the
+    calibration users' margins; a model whose calibration margins are 2 * logit + 1 gets exactly that
+    line; the D_f labels do not reach it (the floor never saw them)."""
+    from e2urec_fast.floor import proxy_margins, retain_floor
+
+    d = make_ml1m(tmp_path / "ml1m", n_users=40, per_user=14)
+    p = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=3, holdout_ratio=0.3)
+    x, p_of = retain_floor(p)
+    c, f = p.index("calib"), p.index("forget")
+    logit = lambda i: np.log(p_of(x[i.numpy()]) / (1 - p_of(x[i.numpy()])))  # noqa: E731
+    got, (a, b) = proxy_margins(p, f, c, 2 * logit(c) + 1)
+    assert abs(a - 1) < 1e-6 and abs(b - 2) < 1e-6 and np.allclose(got, 2 * logit(f) + 1)
+    p.labels[f] = 1 - p.labels[f]
+    assert np.allclose(proxy_margins(p, f, c, 2 * logit(c) + 1)[0], got)
+
+
 @pytest.mark.parametrize("backend", ["torch", "native"])
 def test_fused_op_reads_the_calibrated_target_as_the_reference_does(backend):
     """The calibrated table goes into the fused op as the D_f teacher with no augmented table
@@ -201,13 +255,14 @@ def test_fused_op_reads_the_calibrated_target_as_the_reference_does(backend):
     gen = torch.Generator().manual_seed(3)
     v, aug, s = (torch.randn(37, 2, generator=gen) * 3 for _ in range(3))
     lab = torch.randint(0, 2, (37,), generator=gen)
-    t = ops.lowered_teacher(ops.forgetting_teacher(v, aug, 2.0), lab, 1.7)
-    s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
-    got = ops.teacher_kl(s1, t, None, 2.0, reduction="none", backend=backend)
-    ref = ops.teacher_kl_ref(s2, t, reduction="none")
-    got.sum().backward()
-    ref.sum().backward()
-    assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(s1.grad, s2.grad, atol=1e-6)
+    for t in (ops.lowered_teacher(ops.forgetting_teacher(v, aug, 2.0), lab, 1.7),
+              ops.pulled_teacher(ops.forgetting_teacher(v, aug, 2.0), torch.tensor([0, 1]), torch.randn(37, generator=gen), 0.6)):
+        s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+        got = ops.teacher_kl(s1, t, None, 2.0, reduction="none", backend=backend)
+        ref = ops.teacher_kl_ref(s2, t, reduction="none")
+        got.sum().backward()
+        ref.sum().backward()
+        assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(s1.grad, s2.grad, atol=1e-6)
 
 
 def test_strength_on_lora_is_baked_into_b_and_on_a_full_model_interpolates():
@@ -294,8 +349,14 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     b = forget(tmp_path / "t", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
                calibrate="both", **common)
     tc = b.report["calibration"]["teachers"]["E2URec"]
-    assert b.metrics("E2URec")["teacher_gamma"] == tc["gamma"] and tc["rows"]["forget"] == b.report["counts"]["forget"]
+    assert tc["kind"] == "pull" and len(tc["proxy_line"]) == 2 and 0.0 <= tc["pull"] <= 1.0
+    assert b.metrics("E2URec")["teacher_pull"] == tc["pull"] and tc["rows"]["forget"] == b.report["counts"]["forget"]
     assert "forgetting teacher calibrated" in (b.out / "report.md").read_text() and "E2URec" in b.report["calibration"]["methods"]
+    # the offset instead (--calib-teacher offset): the true answer's logit moved, its offset in the row
+    o = forget(tmp_path / "o", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
+               calibrate="teacher", calib_teacher="offset", **common)
+    oc = o.report["calibration"]["teachers"]["E2URec"]
+    assert oc["kind"] == "offset" and o.metrics("E2URec")["teacher_gamma"] == oc["gamma"] and "teacher_pull" not in o.metrics("E2URec")
     # the rewind rule (--calibrate rewind): E2URec kept at one of its snapshots; PEFT loads the kept adapter
     w = forget(tmp_path / "w", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
                calibrate="rewind", calib_target=0.0, calib_max_drop=1.0, **common)

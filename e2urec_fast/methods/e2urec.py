@@ -234,8 +234,9 @@ def teacher_stage(job: Job, orig: Backbone, rem: Backbone, aug, cfg: Config, p: 
 
 
 def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: RunPlan, choose):
-    """The forgetting target on the D_f rows the schedule visits, its true answer's logit moved
-    by the offset `choose` finds (calibrate.teacher_offset), as the D_f teacher itself (no
+    """The forgetting target on the D_f rows the schedule visits, calibrated as `choose` finds
+    (calibrate.teacher_pull: pulled toward a non-member's answers, its `proxy` margins on the
+    record; teacher_offset: its true answer's logit moved), as the D_f teacher itself (no
     augmented table: the fused op reads it as a plain teacher). Returns (tables, record)."""
     if not p.use_cache:
         return tables, dict(skipped="the teacher is calibrated on the cached logits: not on the reference path or "
@@ -246,7 +247,7 @@ def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: RunPlan
     cols = torch.tensor([0, 1] if t.shape[1] == 2 else yes_no_rows(orig))
     labels = job.prepared.labels[idx].long()
     rec = choose(t[:, cols], labels, v[:, cols], idx)
-    table = TeacherTable(ops.lowered_teacher(t, cols[labels], rec.gamma), idx, len(job.prepared.labels)).to(job.device)
+    table = TeacherTable(rec.apply(t, cols, labels, getattr(rec, "proxy", None)), idx, len(job.prepared.labels)).to(job.device)
     return dataclasses.replace(tables, forget=table, augmented=None), rec.to_dict()
 
 

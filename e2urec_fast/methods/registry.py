@@ -32,10 +32,11 @@ class Context:
     rem: Backbone | None = None  # the remembering teacher when it is not the Original (sequential requests)
     log: Callable[[str], None] = print
     # calibrate(model, base weights or None, states=None) -> the calibration's record (calibrate.py) or
-    # None: sets how much of an update the model keeps, from the calibration users (None: off)
+    # None: sets how much of an update the model keeps, from the calibration users (None: off; E2URec
+    # does not read it under --calibrate teacher, where its target is what is calibrated)
     calibrate: Callable[..., dict | None] | None = None
-    # calibrate_teacher(target (N, 2), labels, Original (N, 2)) -> calibrate.TeacherCalibration:
-    # the forgetting target's offset on D_f (E2URec's cached path; None: off)
+    # calibrate_teacher(target (N, 2), labels, Original (N, 2), rows) -> calibrate.TeacherCalibration:
+    # the forgetting target on D_f calibrated, pulled or offset (E2URec's cached path; None: off)
     calibrate_teacher: Callable | None = None
     # calibrate_rewind(model, snapshots, states) -> the calibration's record: E2URec's rewind rule
     # (--calibrate rewind; the baselines keep `calibrate`, the strength)
@@ -67,8 +68,9 @@ def _e2urec(ctx: Context) -> list[Outcome]:
     out = []
     for i in (["reference", "fast"] if impl == "both" else [impl]):
         ctx.log(f"E2URec ({i} path) ...")
+        strength = ctx.calibrate if ctx.cfg.calibration.calibrate != "teacher" else None  # teacher: E2URec's target only
         bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache,
-                                  calibrate=None if ctx.calibrate is None else lambda m, states: ctx.calibrate(m, None, states),
+                                  calibrate=None if strength is None else lambda m, states: strength(m, None, states),
                                   calibrate_teacher=ctx.calibrate_teacher, rewind=ctx.calibrate_rewind)
         states = info.pop("states")
         out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
