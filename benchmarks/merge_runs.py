@@ -8,6 +8,7 @@ overshoot count (a method below the second Retrain's attack AUC by more than Ret
 second Retrain differ on that seed).
 
     python benchmarks/merge_runs.py --seeds 1,2,3,4 --run OUT/main --run "OUT/both:teacher and strength" --out DIR
+    (--rename "E2URec=E2URec (before)" --rename "E2URec (new)=E2URec": which row the others are paired to)
 """
 
 from __future__ import annotations
@@ -44,11 +45,23 @@ def merge_seed(runs: list[tuple[Path, str]], seed: int) -> dict:
                 continue
             r = dict(r, method=f"{r['method']} ({label})")
             base["rows"].append(r)
-            cal = (rep.get("calibration") or {}).get("methods", {}).get(r["method"].rsplit(" (", 1)[0])
-            if cal is not None:
-                base.setdefault("calibration", {}).setdefault("methods", {})[r["method"]] = cal
+            for kind in ("methods", "teachers"):  # the strength's (or rewind's) record, the teacher's
+                cal = (rep.get("calibration") or {}).get(kind, {}).get(r["method"].rsplit(" (", 1)[0])
+                if cal is not None:
+                    base.setdefault("calibration", {}).setdefault(kind, {})[r["method"]] = cal
         base["merged_from"].append(str(d))
     return base
+
+
+def rename(rep: dict, names: dict) -> dict:
+    """The merged report with its rows (and their calibration records) renamed: `names` {old: new}."""
+    for r in rep["rows"]:
+        r["method"] = names.get(r["method"], r["method"])
+    for kind in ("methods", "teachers"):
+        recs = (rep.get("calibration") or {}).get(kind)
+        if recs:
+            rep["calibration"][kind] = {names.get(k, k): v for k, v in recs.items()}
+    return rep
 
 
 def paired(by: list[dict], to: str) -> dict:
@@ -77,20 +90,24 @@ def overshoot(by: list[dict], seeds: list[int]) -> dict:
 def verdicts(reports: list[dict], seeds: list[int]) -> dict:
     out = {}
     for s, rep in zip(seeds, reports):
-        for m, c in ((rep.get("calibration") or {}).get("methods") or {}).items():
-            out.setdefault(m, {})[s] = c.get("verdict")
-    return out
+        for kind in ("teachers", "methods"):
+            for m, c in ((rep.get("calibration") or {}).get(kind) or {}).items():
+                out.setdefault(m, {}).setdefault(s, []).append(c.get("verdict"))
+    return {m: {s: "; ".join(v) for s, v in d.items()} for m, d in out.items()}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", required=True)
     ap.add_argument("--run", action="append", required=True, help="DIR or DIR:LABEL (the first run's rows keep their names)")
+    ap.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                    help="a merged row renamed (e.g. the first run's E2URec, so that another is the one paired to)")
     ap.add_argument("--out", required=True, type=Path)
     a = ap.parse_args(argv)
     seeds = [int(x) for x in a.seeds.split(",")]
     runs = [(Path(r.split(":", 1)[0]), r.split(":", 1)[1] if ":" in r else "") for r in a.run]
-    reports = [merge_seed(runs, s) for s in seeds]
+    names = dict(x.split("=", 1) for x in a.rename)
+    reports = [rename(merge_seed(runs, s), names) for s in seeds]
     for s, rep in zip(seeds, reports):
         (a.out / f"seed-{s}").mkdir(parents=True, exist_ok=True)
         (a.out / f"seed-{s}" / "report.json").write_text(json.dumps(rep, indent=1))

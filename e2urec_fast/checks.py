@@ -285,7 +285,8 @@ def resolve_policies(cfg: Config, family: str) -> Config:
     - batch_fusion: on off the CPU (one forward over both halves pays on a GPU, not here);
     - kernel_backend: `ops.resolve_backend` on the job's device (torch where the native op did not
       build);
-    - calibrate: the strength (calibrate.py: the teacher calibrated changed nothing resolved)."""
+    - calibrate: teacher, E2URec's forgetting target pulled toward a non-member's answers, the
+      baselines' strength (calibrate.py; measured on memorize, #37: docs/results.md)."""
     from .config import replace_fields
     from .models.boundary import aug_is_lora, resolve_scope
 
@@ -305,5 +306,5 @@ def resolve_policies(cfg: Config, family: str) -> Config:
 
         new["kernel_backend"] = resolve_backend("auto", torch.empty(0, device=d))
     if cfg.calibration.calibrate == "auto":
-        new["calibrate"] = "strength"
+        new["calibrate"] = "teacher"
     return replace_fields(cfg, **new) if new else cfg

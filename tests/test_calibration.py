@@ -307,7 +307,8 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     data = make_ml1m(tmp_path / "ml1m", n_users=24, per_user=14)
     common = dict(dataset="ml-1m", max_samples=None, epochs=1, batch_size=8, student_steps=8, forget_epochs=1, quiet=True, seed=4,
                   data_dir=str(data), cache_dir=str(tmp_path / "cache"))
-    r = forget(tmp_path / "b", methods="original,retrain,e2urec,neggrad", holdout_ratio=0.3, baseline_steps=4, **common)
+    r = forget(tmp_path / "b", methods="original,retrain,e2urec,neggrad", holdout_ratio=0.3, baseline_steps=4, calibrate="strength",
+               calib_reference="floor", **common)
     cal = r.report["calibration"]
     assert cal["calib_users"] >= 1 and set(cal["methods"]) == {"E2URec", "NegGrad"}
     assert cal["reference"] == "floor" and 0.0 <= r.audit["Original"]["floor_auc"] <= 1.0
@@ -330,7 +331,7 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     # (a target no strength reaches and no guard: the strength of the lowest attack AUC on the grid up to 3,
     # 0.25 here, so the adapter's B must carry that factor for PEFT to give E2URec's figures)
     q = forget(tmp_path / "q", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
-               calib_target=0.0, calib_max_drop=1.0, calib_max_strength=3.0, **common)
+               calib_target=0.0, calib_max_drop=1.0, calib_max_strength=3.0, calibrate="strength", **common)
     assert set(q.report["calibration"]["methods"]) == {"E2URec"} and q.report["details"]["e2urec_fast"]["lora_scope"] != "all"
     # every "auto" resolved once, before any work, and shown so in the report's settings (checks.resolve_policies)
     policies = ("lora_scope", "aug_mode", "student_schedule", "batch_fusion", "kernel_backend", "calibrate", "device", "dtype")
@@ -352,11 +353,14 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     assert tc["kind"] == "pull" and len(tc["proxy_line"]) == 2 and 0.0 <= tc["pull"] <= 1.0
     assert b.metrics("E2URec")["teacher_pull"] == tc["pull"] and tc["rows"]["forget"] == b.report["counts"]["forget"]
     assert "forgetting teacher calibrated" in (b.out / "report.md").read_text() and "E2URec" in b.report["calibration"]["methods"]
-    # the offset instead (--calib-teacher offset): the true answer's logit moved, its offset in the row
+    # the default (--calibrate auto: teacher, E2URec's target only, no strength on its adapter), with the offset
+    # instead of the pull (--calib-teacher offset): the true answer's logit moved, its offset in the row
     o = forget(tmp_path / "o", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
-               calibrate="teacher", calib_teacher="offset", **common)
+               calib_teacher="offset", **common)
     oc = o.report["calibration"]["teachers"]["E2URec"]
     assert oc["kind"] == "offset" and o.metrics("E2URec")["teacher_gamma"] == oc["gamma"] and "teacher_pull" not in o.metrics("E2URec")
+    assert o.report["settings"]["calibrate"] == "teacher" and "E2URec" not in o.report["calibration"].get("methods", {})
+    assert "strength" not in o.metrics("E2URec") and o.report["calibration"]["reference"] == "none"
     # the rewind rule (--calibrate rewind): E2URec kept at one of its snapshots; PEFT loads the kept adapter
     w = forget(tmp_path / "w", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
                calibrate="rewind", calib_target=0.0, calib_max_drop=1.0, **common)

@@ -42,7 +42,7 @@ def original(tmp_path_factory):
 def test_two_processes_run_the_one_process_job(original):
     tmp, common, orig = original
     req = [*common, "--original", str(orig), "--forget-users", "1,2,3", "--no-retrain", "--methods", "e2urec",
-           "--student-steps", "6", "--forget-epochs", "1", "--lora-dropout", "0", "--keep-artifacts"]
+           "--student-steps", "6", "--forget-epochs", "1", "--lora-dropout", "0", "--keep-artifacts", "--student-lr", "1e-4"]
     one = cli(*req, "--out", str(tmp / "one"))
     assert one.returncode == 0, one.stderr
     two = cli(*req, "--out", str(tmp / "two"), n=2)

@@ -166,7 +166,8 @@ def test_authors_preset_and_where_it_differs():
     assert a["no_train_bucketing"]  # random batches for every full fine-tune too, as their scripts
     # torch AdamW's default decay, no clipping, for every unlearning run
     assert (a["unlearn_weight_decay"], a["aug_grad_clip"], a["baseline_weight_decay"], a["baseline_grad_clip"]) == (0.01, None, 0.01, None)
-    assert (d["student_lr"], d["student_steps"], d["base_dropout"], d["preset"]) == (1e-4, 300, False, "default")
+    assert (d["student_lr"], d["student_steps"], d["base_dropout"], d["preset"]) == (1e-3, 450, False, "default")
+    assert (d["retain_weight"], d["forget_epochs"], a["forget_epochs"], d["calibrate"], a["calibrate"]) == (0.2, 10, 1, "auto", "off")
     assert not d["no_train_bucketing"]
 
 
@@ -197,11 +198,14 @@ def test_schedule_refuses_a_forget_epoch_that_swallows_the_joint_steps():
     from e2urec_fast.methods.e2urec import schedule
 
     # --paper-scale: |D_f| ~ 13,000 at batch 16 is ~813 forget-only steps against 300 in all
-    with pytest.raises(UserError, match="take 813 steps, leaving no joint step"):
-        schedule(13_000, 16, 1, 300)
+    with pytest.raises(UserError, match="takes 813 steps, leaving no joint step"):
+        schedule(13_000, 16, 10, 300)
     assert schedule(13_000, 16, 1, 1000).forget_steps == 813
     assert schedule(13_000, 16, 0, 300).forget_steps == 0
     assert schedule(13_000, 16, 1, 300, joint=False).forget_steps == 300  # E2URec w/o L_REM: forget-only by design
+    # the default 10 epochs: as many whole ones as leave MIN_JOINT (20) joint steps; memorize's D_f all 10
+    assert schedule(548, 16, 10, 450).forget_steps == 350 and schedule(1500, 16, 10, 450).forget_steps == 4 * 94
+    assert schedule(27, 8, 10, 6).forget_steps == 4  # a tiny run: one epoch, two joint steps
 
 
 def test_sized_schedule_runs_its_step_count(setup, tmp_path):
@@ -215,8 +219,9 @@ def test_sized_schedule_runs_its_step_count(setup, tmp_path):
     n_f = len(job.prepared.index("forget"))
     args = cfg(student_schedule="sized", student_steps=300, quiet=True)
     _, info = e2urec.unlearn(job, copy.deepcopy(orig), args, "fast")
-    want = sized_steps(n_f, job.batch_size, 1, 1, 300)
-    assert info["steps"] == want == math.ceil(n_f / job.batch_size) + max(20, math.ceil(n_f / job.batch_size)) < 300
+    want = sized_steps(n_f, job.batch_size, 10, 1, 300)
+    per = math.ceil(n_f / job.batch_size)
+    assert info["steps"] == want == min(10 * per + max(20, per), 300) and info["forget_steps"] == min(10, (want - 20) // per) * per
 
 
 def test_auto_schedule_is_sized_for_a_request_and_fixed_for_the_benchmark(setup):
@@ -224,9 +229,9 @@ def test_auto_schedule_is_sized_for_a_request_and_fixed_for_the_benchmark(setup)
 
     job, orig, _, _ = setup
     n_f = len(job.prepared.index("forget"))
-    want = sized_steps(n_f, job.batch_size, 1, 1, 300)
+    want = sized_steps(n_f, job.batch_size, 10, 1, 450)
     plan = lambda **f: e2urec.plan_run(job, orig, cfg(**f), "fast", ("rem", "fgt"), "e2urec")  # noqa: E731
-    assert plan().sched.total == 300  # the benchmark: the fixed steps its tables were measured with
-    assert plan(forget_users="1").sched.total == want < 300  # a deletion request: sized to its D_f
-    assert plan(forget_users="1", student_schedule="fixed").sched.total == 300
+    assert plan().sched.total == 450  # the benchmark: the fixed --student-steps
+    assert plan(forget_users="1").sched.total == want < 450  # a deletion request: sized to its D_f
+    assert plan(forget_users="1", student_schedule="fixed").sched.total == 450
     assert plan(student_schedule="sized").sched.total == want

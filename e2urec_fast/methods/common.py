@@ -163,19 +163,25 @@ class Schedule:
 
 
 def schedule(n_forget: int, batch: int, forget_epochs: int, total: int, joint: bool = True) -> Schedule:
-    """`forget_epochs` epochs of forget-only steps over D_f, then joint steps, `total` in all.
-    A setting whose forget-only epochs take every step would silently run E2URec without
-    L_REM (at --paper-scale: ~812 forget-only steps per epoch against 300): refused, naming
-    the numbers, when the run has a joint phase (`joint`)."""
-    forget_steps = forget_epochs * math.ceil(n_forget / batch)
-    if joint and forget_steps >= total:
-        raise UserError(f"--student-steps {total}: the {forget_epochs} forget-only epoch(s) over |D_f| = {n_forget} "
-                        f"(batch {batch}) take {forget_steps} steps, leaving no joint step, so L_REM would never train; "
-                        f"give --student-steps above {forget_steps} or fewer --forget-epochs")
-    return Schedule(min(total, forget_steps), total)
+    """Up to `forget_epochs` epochs of forget-only steps over D_f, then joint steps, `total` in
+    all. With a joint phase (`joint`), only whole forget-only epochs that leave at least
+    MIN_JOINT joint steps run (fewer where `total` is small, at least one): a large D_f under the
+    default 10 epochs gets as many as fit. Where not even one epoch leaves a joint step the run
+    would silently be E2URec without L_REM (at --paper-scale: ~812 forget-only steps per epoch
+    against 300): refused, naming the numbers."""
+    per = math.ceil(n_forget / batch)
+    if not joint or forget_epochs == 0 or per == 0:
+        return Schedule(min(total, forget_epochs * per), total)
+    keep = min(MIN_JOINT, max(1, total - per))  # the joint steps left at least
+    epochs = min(forget_epochs, max(0, total - keep) // per)
+    if epochs == 0:
+        raise UserError(f"--student-steps {total}: one forget-only epoch over |D_f| = {n_forget} (batch {batch}) takes "
+                        f"{per} steps, leaving no joint step, so L_REM would never train; give --student-steps above {per} "
+                        f"or --forget-epochs 0")
+    return Schedule(epochs * per, total)
 
 
-MIN_JOINT = 20  # the sized schedule's floor of joint steps (a 1-sample D_f still gets its teachers' pull)
+MIN_JOINT = 20  # the floor of joint steps of both schedules (a 1-sample D_f still gets its teachers' pull)
 
 
 def sized_steps(n_forget: int, batch: int, forget_epochs: int, joint_epochs: int, cap: int) -> int:
