@@ -88,6 +88,7 @@ def target_tables(out: Path):
                  "e2urec_alpha8": ops.forgetting_teacher(v, va, 8.0), "retrain": ret,
                  "floor_mapped": torch.stack([zero, torch.as_tensor(proxy, dtype=torch.float32)], 1)}
         t = ops.forgetting_teacher(v, va, alpha)
+        chosen = {}
         for name, mref in (("raw", None), ("floor", ref)):
             kw = dict(member_reference=None if mref is None else mref["f"])
             non = l_c - (0.0 if mref is None else mref["c"])
@@ -95,13 +96,15 @@ def target_tables(out: Path):
             pull = teacher_pull(t, lab, proxy, non, **kw)
             cands[f"offset_{name}"] = off.apply(t, torch.tensor([0, 1]), lab)
             cands[f"pull_{name}"] = pull.apply(t, torch.tensor([0, 1]), lab, proxy)
+            chosen[f"offset_{name}"], chosen[f"pull_{name}"] = dict(gamma=off.gamma), dict(pull=pull.pull)
         m_r = (ret[:, 1] - ret[:, 0]).numpy()
         lines = []
         for k, c in cands.items():
             lf = answer_losses(c, y)
             lines.append(dict(seed=job.seed, target=k, audit_auc=mia_auc(-lf, -l_a),
                               audit_floor_auc=mia_auc(-(lf - ref["f"]), -(l_a - ref["a"])), calib_auc=mia_auc(-lf, -l_c),
-                              mean_loss=float(lf.mean()), margin_mae_to_retrain=float(np.abs((c[:, 1] - c[:, 0]).numpy() - m_r).mean())))
+                              mean_loss=float(lf.mean()), margin_mae_to_retrain=float(np.abs((c[:, 1] - c[:, 0]).numpy() - m_r).mean()),
+                              **chosen.get(k, {})))
         from e2urec_fast.methods.retrain import train_on
 
         retr, _, _ = train_on(st.job, "retain", st.ft, st.cache, "Retrain")
