@@ -49,6 +49,7 @@ GUARD_ROWS = 512  # validation and D_r rows the utility guard reads, each (evenl
 # 7.4 kept its validation and D_r AUC inside 0.02 while its test log loss rose 0.55 -> 0.82, ACC 73 -> 59)
 MAX_LOSS_RISE = 0.05
 GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+PULL_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # the pull's shares read where the target is out of reach
 
 
 @dataclass
@@ -261,7 +262,8 @@ def teacher_pull(teacher_yn: torch.Tensor, labels, proxy_margin, nonmember_losse
     toward `proxy_margin`, what a model that never saw it would answer (floor.proxy_margins). Unlike
     the offset, the pulled target does not depend on the row's label: the student is asked to answer
     D_f as a non-member would, not to unlearn each label (measured: the student follows it, #37).
-    lam = 1 where even the proxy reads as a member (not reached). Arguments as `teacher_offset`."""
+    Where even the proxy reads as a member (not reached), the share of PULL_GRID that brings the
+    attack lowest (0 where the pull only raises it). Arguments as `teacher_offset`."""
     from .audit import answer_losses, mia_auc
     from .ops import pulled_teacher
 
@@ -284,13 +286,16 @@ def teacher_pull(teacher_yn: torch.Tensor, labels, proxy_margin, nonmember_losse
         for _ in range(iters if ok else 0):
             mid = (lo + lam) / 2
             lo, lam = (lo, mid) if auc(mid) <= target else (mid, lam)
+        if not ok:  # out of reach: the share on a grid that brings the attack lowest (the proxy may raise it: then 0)
+            lam = min(PULL_GRID, key=lambda g: (auc(g), g))
     c = TeacherCalibration(0.0, target, a0, auc(lam), orig, ok, reference="none" if member_reference is None else "given",
                            kind="pull", pull=float(lam))
     c.seconds = time.perf_counter() - t0
     c.rows = dict(forget=len(lab), nonmembers=len(non))
     c.verdict = (f"forgetting teacher calibrated: D_f's answers pulled {lam:.3g} of the way to a non-member's (the CTR floor "
                  f"refitted on D_r, mapped on the calibration users), its attack AUC {a0:.3f} -> {c.calibrated_auc:.3f} (the "
-                 f"Original's {orig:.3f})" + ("" if ok else "; even the non-member's answers read as members: not reached"))
+                 f"Original's {orig:.3f})" + ("" if ok else "; even the non-member's answers read as members: not reached, the share "
+                                              "of the lowest attack AUC kept"))
     return c
 
 

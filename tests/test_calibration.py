@@ -198,7 +198,8 @@ def test_teacher_pull_by_hand():
     """Members' targets 3 nats sure of the true answer, a proxy that knows nothing (margin 0: loss
     log 2), non-members' losses between those of margins 0.5 and 1.5: the pull that reads as the
     non-members moves each margin that share of the way to 0, whatever the label; a proxy as sure as
-    the members cannot reach the target (lam 1, said); a target already below it is left (lam 0)."""
+    the members cannot reach the target (said; the share of the lowest attack kept: 0 where the pull
+    does not lower it); a target already below it is left (lam 0)."""
     lab = torch.tensor([0, 1] * 50)
     sign = (2 * lab - 1).float()  # the Yes-minus-No margin of a row sure of its true answer
     t = torch.zeros(100, 2)
@@ -209,8 +210,14 @@ def test_teacher_pull_by_hand():
     assert 0.6 < c.pull < 0.75 and "pulled" in c.verdict  # margins 2.5..3.5 to about 1: 1 - 1/3 of the way
     got = c.apply(t, torch.tensor([0, 1]), lab, np.zeros(100))
     assert torch.allclose(got[:, 1] - got[:, 0], (t[:, 1] - t[:, 0]) * (1 - c.pull), atol=1e-5) and torch.equal(got[:, 0], t[:, 0])
-    sure = teacher_pull(t, lab, (t[:, 1] - t[:, 0]).numpy(), non, target=0.5)
-    assert not sure.reached and sure.pull == 1.0 and "not reached" in sure.verdict
+    sure = teacher_pull(t, lab, (t[:, 1] - t[:, 0]).numpy(), non, target=0.5)  # a proxy as sure: no share helps
+    assert not sure.reached and sure.pull == 0.0 and "not reached" in sure.verdict
+    surer = teacher_pull(t, lab, 2 * (t[:, 1] - t[:, 0]).numpy(), non, target=0.5)  # a pull that raises the attack: none
+    assert not surer.reached and surer.pull == 0.0
+    # a proxy that helps but not enough (margins 2 where the non-members' spread over -1..3): all the way, AUC about 0.75
+    wide = torch.nn.functional.softplus(-torch.linspace(-1.0, 3.0, 100)).numpy()
+    part = teacher_pull(t, lab, 2.0 * sign.numpy(), wide, target=0.5)
+    assert not part.reached and part.pull == 1.0 and abs(part.calibrated_auc - 0.75) < 0.02 < part.teacher_auc - 0.75
     none = teacher_pull(-t, lab, np.zeros(100), non, target=0.5)  # every member's loss above the non-members'
     assert none.reached and none.pull == 0.0
     # the difficulty-calibrated attack: a reference of 0.2 nats on every member reads as the non-members'
