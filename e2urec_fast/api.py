@@ -373,7 +373,7 @@ def calibrator(st: State):
                         reference=c.calib_reference)
         return None if got is None else got.to_dict()
 
-    losses = []
+    calib_yn = []  # the Original's [No, Yes] logits on the calibration users, read at the first teacher
 
     def teacher(target_yn, labels, original_yn, rows):
         from .audit import answer_losses
@@ -383,17 +383,17 @@ def calibrator(st: State):
         floor = c.calib_reference == "floor"
         idx = st.prep.index("calib")
         ref = reference_losses(st.prep, dict(forget=rows, calib=idx)) if floor else None
-        if not losses:  # the Original's answers and losses on the calibration users, once
-            yn = st.ev.predict_part(st.orig, idx, False).float()
-            losses.append(answer_losses(yn, st.prep.labels[idx].numpy()) - (ref["calib"] if floor else 0.0))
-            losses.append((yn[:, 1] - yn[:, 0]).numpy())
+        if not calib_yn:  # the Original's answers on the calibration users, once
+            calib_yn.append(st.ev.predict_part(st.orig, idx, False).float())
+        yn = calib_yn[0]
+        non = answer_losses(yn, st.prep.labels[idx].numpy()) - (ref["calib"] if floor else 0.0)
         if c.calib_teacher == "pull":
-            proxy, line = proxy_margins(st.prep, rows, idx, losses[1])
-            got = teacher_pull(target_yn, labels, proxy, losses[0], c.calib_target, original_yn,
+            proxy, line = proxy_margins(st.prep, rows, idx, (yn[:, 1] - yn[:, 0]).numpy())
+            got = teacher_pull(target_yn, labels, proxy, non, c.calib_target, original_yn,
                                member_reference=ref["forget"] if floor else None)
-            got.proxy, got.proxy_line = proxy, list(line)
+            got.proxy_line = list(line)
         else:
-            got = teacher_offset(target_yn, labels, losses[0], c.calib_target, original_yn,
+            got = teacher_offset(target_yn, labels, non, c.calib_target, original_yn,
                                  member_reference=ref["forget"] if floor else None)
         got.reference = c.calib_reference
         log(f"calibration: {got.verdict}")

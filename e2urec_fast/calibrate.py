@@ -240,18 +240,20 @@ class TeacherCalibration:
     kind: str = "offset"  # "offset": the true answer's logit moved by gamma; "pull": the margin pulled toward a proxy
     pull: float | None = None  # kind "pull": the share of the way to the non-member proxy
     proxy_line: list | None = None  # kind "pull": [intercept, slope] of the proxy's map (floor.proxy_margins)
+    proxy: object = field(default=None, repr=False)  # kind "pull": (N,) the proxy margins of D_f's rows (not reported)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "proxy"}
 
     def apply(self, teacher: torch.Tensor, cols: torch.Tensor, labels: torch.Tensor, proxy=None) -> torch.Tensor:
         """The calibrated target from the uncalibrated one (`teacher`: (N, W) logits; `cols`: the
-        [No, Yes] columns; `labels`: 0/1; `proxy`: (N,) the proxy margins, kind "pull" only), through
-        the one definition in ops."""
+        [No, Yes] columns; `labels`: 0/1; `proxy`: (N,) the proxy margins, kind "pull" only; None:
+        the record's own), through the one definition in ops."""
         from .ops import lowered_teacher, pulled_teacher
 
         if self.kind == "pull":
-            return pulled_teacher(teacher, cols, torch.as_tensor(proxy, dtype=torch.float32), self.pull)
+            prox = self.proxy if proxy is None else proxy
+            return pulled_teacher(teacher, cols, torch.as_tensor(prox, dtype=torch.float32), self.pull)
         return lowered_teacher(teacher, cols[labels], self.gamma)
 
 
@@ -289,7 +291,7 @@ def teacher_pull(teacher_yn: torch.Tensor, labels, proxy_margin, nonmember_losse
         if not ok:  # out of reach: the share on a grid that brings the attack lowest (the proxy may raise it: then 0)
             lam = min(PULL_GRID, key=lambda g: (auc(g), g))
     c = TeacherCalibration(0.0, target, a0, auc(lam), orig, ok, reference="none" if member_reference is None else "given",
-                           kind="pull", pull=float(lam))
+                           kind="pull", pull=float(lam), proxy=np.asarray(proxy_margin))
     c.seconds = time.perf_counter() - t0
     c.rows = dict(forget=len(lab), nonmembers=len(non))
     c.verdict = (f"forgetting teacher calibrated: D_f's answers pulled {lam:.3g} of the way to a non-member's (the CTR floor "

@@ -118,6 +118,12 @@ class RunPlan:
     f_idx: torch.Tensor | None
 
 
+def uses_teacher_cache(cfg: Config, impl: str) -> bool:
+    """Whether a run reads cached teacher logits: the fast path unless --no-teacher-cache (and so
+    whether its forgetting target can be calibrated, `calibrated_tables`)."""
+    return impl == "fast" and not cfg.speed.no_teacher_cache
+
+
 def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str) -> RunPlan:
     s = cfg.student
     if s.student_steps < 1:
@@ -132,7 +138,7 @@ def plan_run(job: Job, orig: Backbone, cfg: Config, impl: str, parts, name: str)
     total = sized_steps(n_f, job.batch_size, s.forget_epochs, s.joint_epochs, s.student_steps) if sized else s.student_steps
     sched = schedule(n_f, job.batch_size, s.forget_epochs, total, joint="rem" in parts and "fgt" in parts)
     bucket = impl == "fast" and not cfg.speed.no_bucketing
-    use_cache = impl == "fast" and not cfg.speed.no_teacher_cache
+    use_cache = uses_teacher_cache(cfg, impl)
     r_idx, f_idx = visited(job, sched, bucket, parts) if use_cache else (None, None)
     return RunPlan(impl, tuple(parts), name, scope, run_key(job, orig, cfg, impl, parts), sched, bucket, use_cache, need_aug,
                 need_aug and aug_is_lora(cfg, scope), job.out / "work", job.out / "cache", r_idx, f_idx)
@@ -247,7 +253,7 @@ def calibrated_tables(job: Job, orig: Backbone, tables, alpha: float, p: RunPlan
     cols = torch.tensor([0, 1] if t.shape[1] == 2 else yes_no_rows(orig))
     labels = job.prepared.labels[idx].long()
     rec = choose(t[:, cols], labels, v[:, cols], idx)
-    table = TeacherTable(rec.apply(t, cols, labels, getattr(rec, "proxy", None)), idx, len(job.prepared.labels)).to(job.device)
+    table = TeacherTable(rec.apply(t, cols, labels), idx, len(job.prepared.labels)).to(job.device)
     return dataclasses.replace(tables, forget=table, augmented=None), rec.to_dict()
 
 

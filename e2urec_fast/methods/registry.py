@@ -70,8 +70,8 @@ def _e2urec(ctx: Context) -> list[Outcome]:
         ctx.log(f"E2URec ({i} path) ...")
         # --calibrate teacher: E2URec's target is what is calibrated; where it cannot be (the reference path, no teacher
         # cache: e2urec.calibrated_tables), the strength is
-        cached = i == "fast" and not ctx.cfg.speed.no_teacher_cache
-        strength = None if ctx.cfg.calibration.calibrate == "teacher" and cached else ctx.calibrate
+        teacher_only = ctx.cfg.calibration.calibrate == "teacher" and e2urec.uses_teacher_cache(ctx.cfg, i)
+        strength = None if teacher_only else ctx.calibrate
         bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache,
                                   calibrate=None if strength is None else lambda m, states: strength(m, None, states),
                                   calibrate_teacher=ctx.calibrate_teacher, rewind=ctx.calibrate_rewind)
