@@ -366,11 +366,11 @@ def calibrator(st: State):
             + ("compares D_f with the later test samples" if not len(st.prep.index("holdout")) else "reads the one held-out user"))
         return None, None, None
 
-    def strength(model, base, states=None):
+    def strength(model, base, states=None, guard_only=False):
         from .calibrate import calibrate
 
         got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log, states=states,
-                        reference=c.calib_reference)
+                        reference=c.calib_reference, guard_only=guard_only)
         return None if got is None else got.to_dict()
 
     calib_yn = []  # the Original's [No, Yes] logits on the calibration users, read at the first teacher

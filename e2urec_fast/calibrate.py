@@ -183,6 +183,35 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
     return _done(c, curve, guard, t0)
 
 
+def choose_guarded(auc_at, valid_at, target: float = 0.5, max_drop: float = 0.02, bisect: int = 6) -> Calibration:
+    """The utility guard alone, on an update whose amount was decided before it trained (the pulled
+    teacher): strength 1 (as trained) where the guard passes, else the largest strength in [0, 1]
+    it allows (bisection; the guard is read at each step), never more than as trained. The attack
+    is read at 0 and at the choice, for the record; it does not choose (the teacher's calibration
+    did). `auc_at`, `valid_at` as in `choose_strength`."""
+    t0 = time.perf_counter()
+    curve: dict[float, float] = {}
+    guard = _Guard(valid_at, max_drop)
+    a0 = curve[0.0] = float(auc_at(0.0))
+    s = 1.0
+    if not guard.ok(1.0):
+        good, bad = 0.0, 1.0
+        for _ in range(bisect):
+            mid = (good + bad) / 2
+            good, bad = (mid, bad) if guard.ok(mid) else (good, mid)
+        s = good
+    a = curve[s] = float(auc_at(s)) if s not in curve else curve[s]
+    c = Calibration(s, target, a, a0, a if s == 1.0 else None, s == 1.0, max_drop=max_drop)
+    guard.record(c, s)
+    if s == 1.0:
+        c.verdict = (f"kept as trained: the utility guard passes (calibration attack AUC {a0:.3f} -> {a:.3f})"
+                     if guard.read is not None else f"kept as trained, no guard rows (calibration attack AUC {a0:.3f} -> {a:.3f})")
+    else:
+        c.verdict = (f"not forgotten to the non-member level: the update as trained would {guard.names()}; kept strength "
+                     f"{s:.3g} (calibration attack AUC {a0:.3f} -> {a:.3f})")
+    return _done(c, curve, guard, t0)
+
+
 def choose_step(auc_at, valid_at, steps, target: float = 0.5, max_drop: float = 0.02) -> Calibration:
     """The rewind rule (SCRUB+R, arXiv 2302.09880, with the target set by non-members): of the
     student's snapshots at `steps` (0: before training, the Original), the first whose attack
@@ -440,12 +469,15 @@ def _attack(ev, bb, states, reference: str = "floor"):
 
 
 def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 8.0,
-              max_drop: float = 0.02, log=None, states=None, reference: str = "floor") -> Calibration | None:
+              max_drop: float = 0.02, log=None, states=None, reference: str = "floor",
+              guard_only: bool = False) -> Calibration | None:
     """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
     model) on this request's D_f and the calibration users, with the validation guard; None
     where the data has no calibration users (the caller says so). `ev`: the job's Evaluator;
     `states`: the cached boundary's states the model runs from (None: full forwards);
-    `reference`: the attack's reference (`_attack`)."""
+    `reference`: the attack's reference (`_attack`). `guard_only`: the amount was decided
+    before training (the pulled teacher): the guard alone may lower the strength below 1
+    (`choose_guarded`)."""
     attack = _attack(ev, bb, states, reference)
     if attack is None:
         return None
@@ -461,7 +493,8 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
         return guard_aucs(ev, bb, guards, states)
 
     try:
-        c = choose_strength(auc_at, guard_at if guards else None, target, max_strength, max_drop)
+        c = (choose_guarded(auc_at, guard_at if guards else None, target, max_drop) if guard_only
+             else choose_strength(auc_at, guard_at if guards else None, target, max_strength, max_drop))
     finally:
         st.set(1.0)
     st.set(c.strength)

@@ -287,16 +287,20 @@ def flat_stages(report: dict) -> dict | None:
 
 def calibration_lines(calib: dict) -> list[str]:
     """The report's paragraph on how much each method forgot, and why (calibrate.py)."""
+    from .calibrate import MAX_LOSS_RISE
+
     per, teach = calib.get("methods") or {}, calib.get("teachers") or {}
     if not per and not teach:
         return []
     out = [f"Calibration (how much to forget, from {calib.get('calib_users', '?')} held-out users no audit reads; target: "
            f"LOSS-attack AUC {calib.get('target', 0.5)} on D_f vs them"
            + (", each loss less the CTR floor's refitted on D_r" if calib.get("reference") == "floor" else "")
-           + (f"; a strength's guard: validation and D_r AUC each at most {calib.get('max_drop')} below the Original's"
+           + (f"; a strength's guard: validation and D_r AUC each at most {calib.get('max_drop')} below the Original's, "
+              f"validation log loss at most {MAX_LOSS_RISE} nats above"
               if per else "")
-           + ("; a calibrated teacher sets the amount on E2URec's target, unguarded: its utility is in the table"
-              if teach and not any(n in per for n in teach) else "") + "):", ""]
+           + ("; a calibrated teacher sets the amount on E2URec's target" + (
+               ", its strength (at most 1) only the guard's" if any(n in per for n in teach)
+               else ", unguarded: its utility is in the table") if teach else "") + "):", ""]
     out += [f"- {name}: {c.get('verdict') or 'not calibrated: ' + c.get('skipped', '?')}." for name, c in teach.items()]
     out += [f"- {name}: {c['verdict']} ({c['passes']} forward passes, {c['seconds']:.1f} s)." for name, c in per.items()]
     return out + [""]

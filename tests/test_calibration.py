@@ -144,6 +144,26 @@ def test_strength_search_by_hand():
     assert read == []
 
 
+def test_guard_alone_by_hand():
+    """The pulled teacher's guard (choose_guarded): the update as trained where the guard passes,
+    else the largest strength in [0, 1] it allows; never above 1, and the attack never chooses."""
+    from e2urec_fast.calibrate import choose_guarded
+
+    ok = choose_guarded(lambda s: 0.7 - 0.1 * s, lambda s: {"valid": 0.75, "valid logloss": 0.55 + 0.01 * s})
+    assert ok.strength == 1.0 and ok.reached and "kept as trained" in ok.verdict and ok.calib_auc == pytest.approx(0.6)
+    # the log loss rises 0.1 per unit: the guard (0.05 nats) allows strength 0.5 at most; the attack curve, which would
+    # reach 0.5 only at strength 2, is not searched
+    g = choose_guarded(lambda s: 0.7 - 0.1 * s, lambda s: {"valid": 0.75, "valid logloss": 0.55 + 0.1 * s})
+    assert 0.45 < g.strength <= 0.5 + 1e-9 and not g.reached and "raise the valid log loss by over 0.05" in g.verdict
+    assert g.original_auc == pytest.approx(0.7) and g.calib_auc == pytest.approx(0.7 - 0.1 * g.strength)
+    assert g.guard["valid logloss"][1] <= 0.6 + 1e-9 and "not forgotten to the non-member level" in g.verdict
+    # no guard rows: as trained
+    assert choose_guarded(lambda s: 0.6, None).strength == 1.0
+    # an update the guard refuses at every strength above 0: the Original's weights
+    z = choose_guarded(lambda s: 0.6, lambda s: {"valid": 0.75 - (0.5 if s > 0 else 0.0)})
+    assert z.strength == 0.0 and "kept strength 0" in z.verdict
+
+
 def test_rewind_rule_by_hand():
     """Snapshots every 25 steps; the attack AUC falls 0.01 per 25 steps from 0.6, then climbs
     back after step 200 (an update that overshoots and returns): the first snapshot at or under
@@ -298,7 +318,7 @@ def test_strength_on_lora_is_baked_into_b_and_on_a_full_model_interpolates():
         Strength(torch.nn.Linear(2, 2))
 
 
-def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path):
+def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path, monkeypatch):
     """A benchmark with a holdout: E2URec and NegGrad are calibrated on the calibration users
     (the report's rows carry the strength, the calibration its curve); the adapter written
     carries the strength (PEFT, loaded as it is, gives E2URec's test AUC); a request without
@@ -360,14 +380,25 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     assert tc["kind"] == "pull" and len(tc["proxy_line"]) == 2 and 0.0 <= tc["pull"] <= 1.0
     assert b.metrics("E2URec")["teacher_pull"] == tc["pull"] and tc["rows"]["forget"] == b.report["counts"]["forget"]
     assert "forgetting teacher calibrated" in (b.out / "report.md").read_text() and "E2URec" in b.report["calibration"]["methods"]
-    # the default (--calibrate auto: teacher, E2URec's target only, no strength on its adapter), with the offset
-    # instead of the pull (--calib-teacher offset): the true answer's logit moved, its offset in the row
+    # the default (--calibrate auto: teacher, E2URec's target calibrated, a strength on its adapter only where the
+    # utility guard refuses it as trained), with the offset instead of the pull (--calib-teacher offset): the true
+    # answer's logit moved, its offset in the row
     o = forget(tmp_path / "o", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
                calib_teacher="offset", **common)
     oc = o.report["calibration"]["teachers"]["E2URec"]
     assert oc["kind"] == "offset" and o.metrics("E2URec")["teacher_gamma"] == oc["gamma"] and "teacher_pull" not in o.metrics("E2URec")
-    assert o.report["settings"]["calibrate"] == "teacher" and "E2URec" not in o.report["calibration"].get("methods", {})
-    assert "strength" not in o.metrics("E2URec") and o.report["calibration"]["reference"] == "none"
+    assert o.report["settings"]["calibrate"] == "teacher" and o.report["calibration"]["reference"] == "none"
+    og = o.report["calibration"]["methods"]["E2URec"]
+    assert 0.0 <= og["strength"] <= 1.0 and o.metrics("E2URec")["strength"] == og["strength"]
+    assert ("kept as trained" in og["verdict"]) == (og["strength"] == 1.0) and og["verdict"] in (o.out / "report.md").read_text()
+    assert "its strength (at most 1) only the guard's" in (o.out / "report.md").read_text()
+    # a guard no update passes (the validation log loss must fall by a nat): the adapter at strength 0, the Original
+    monkeypatch.setattr("e2urec_fast.calibrate.MAX_LOSS_RISE", -1.0)
+    x = forget(tmp_path / "x", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
+               **common)
+    monkeypatch.undo()
+    assert x.report["calibration"]["methods"]["E2URec"]["strength"] == 0.0
+    assert abs(x.metrics("E2URec")["auc"] - x.metrics("Original")["auc"]) < 1e-6
     # the rewind rule (--calibrate rewind): E2URec kept at one of its snapshots; PEFT loads the kept adapter
     w = forget(tmp_path / "w", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
                calibrate="rewind", calib_target=0.0, calib_max_drop=1.0, **common)

@@ -32,8 +32,9 @@ class Context:
     rem: Backbone | None = None  # the remembering teacher when it is not the Original (sequential requests)
     log: Callable[[str], None] = print
     # calibrate(model, base weights or None, states=None) -> the calibration's record (calibrate.py) or
-    # None: sets how much of an update the model keeps, from the calibration users (None: off; E2URec
-    # does not read it under --calibrate teacher, where its target is what is calibrated)
+    # None: sets how much of an update the model keeps, from the calibration users (None: off; under
+    # --calibrate teacher E2URec reads it with guard_only=True: its target is what is calibrated, the
+    # strength may only lower the update where the utility guard refuses it as trained)
     calibrate: Callable[..., dict | None] | None = None
     # calibrate_teacher(target (N, 2), labels, Original (N, 2), rows) -> calibrate.TeacherCalibration:
     # the forgetting target on D_f calibrated, pulled or offset (E2URec's cached path; None: off)
@@ -68,12 +69,14 @@ def _e2urec(ctx: Context) -> list[Outcome]:
     out = []
     for i in (["reference", "fast"] if impl == "both" else [impl]):
         ctx.log(f"E2URec ({i} path) ...")
-        # --calibrate teacher: E2URec's target is what is calibrated; where it cannot be (the reference path, no teacher
-        # cache: e2urec.calibrated_tables), the strength is
+        # --calibrate teacher: E2URec's target is what is calibrated, the strength only guards the utility (at most 1: as
+        # trained); where the target cannot be calibrated (the reference path, no teacher cache: e2urec.calibrated_tables),
+        # the strength is
         teacher_only = ctx.cfg.calibration.calibrate == "teacher" and e2urec.uses_teacher_cache(ctx.cfg, i)
-        strength = None if teacher_only else ctx.calibrate
+        strength = ctx.calibrate
         bb, info = e2urec.unlearn(ctx.job, ctx.orig, ctx.cfg, i, rem=ctx.rem, store=ctx.model_cache,
-                                  calibrate=None if strength is None else lambda m, states: strength(m, None, states),
+                                  calibrate=None if strength is None
+                                  else lambda m, states: strength(m, None, states, guard_only=teacher_only),
                                   calibrate_teacher=ctx.calibrate_teacher, rewind=ctx.calibrate_rewind)
         states = info.pop("states")
         out.append(Outcome("E2URec" if impl != "both" else f"E2URec ({i})", bb, info, row=dict(stages=info["stages"], impl=i),
