@@ -366,16 +366,22 @@ def calibrator(st: State):
             + ("compares D_f with the later test samples" if not len(st.prep.index("holdout")) else "reads the one held-out user"))
         return None, None, None
 
+    from .calibrate import AtZero
+
+    zero = AtZero()  # the Original's readings (attack, guard), taken once for every method of the job
+
     def strength(model, base, states=None, guard_only=False):
         from .calibrate import calibrate
 
         got = calibrate(model, st.ev, base, c.calib_target, c.calib_max_strength, c.calib_max_drop, log=log, states=states,
-                        reference=c.calib_reference, guard_only=guard_only)
+                        reference=c.calib_reference, guard_only=guard_only, zero=zero)
         return None if got is None else got.to_dict()
 
     calib_yn = []  # the Original's [No, Yes] logits on the calibration users, read at the first teacher
 
     def teacher(target_yn, labels, original_yn, rows):
+        import torch
+
         from .audit import answer_losses
         from .calibrate import teacher_offset, teacher_pull
         from .floor import proxy_margins, reference_losses
@@ -396,13 +402,19 @@ def calibrator(st: State):
             got = teacher_offset(target_yn, labels, non, c.calib_target, original_yn,
                                  member_reference=ref["forget"] if floor else None)
         got.reference = c.calib_reference
+        f_idx = st.prep.index("forget")
+        if got.original_auc == got.original_auc and len(rows) == len(f_idx) and \
+                torch.equal(torch.as_tensor(rows).sort().values, f_idx.sort().values):
+            # the Original's attack AUC on these rows is the strength's at 0: no forward pass for it
+            zero.values.setdefault(("attack", c.calib_reference), got.original_auc)
         log(f"calibration: {got.verdict}")
         return got
 
     def rewind(model, snaps, states=None):
         from .calibrate import rewind
 
-        got = rewind(model, st.ev, snaps, c.calib_target, c.calib_max_drop, log=log, states=states, reference=c.calib_reference)
+        got = rewind(model, st.ev, snaps, c.calib_target, c.calib_max_drop, log=log, states=states, reference=c.calib_reference,
+                     zero=zero)
         return None if got is None else got.to_dict()
 
     return ((strength if mode in ("strength", "both", "rewind", "teacher") else None), (teacher if mode in ("teacher", "both") else None),

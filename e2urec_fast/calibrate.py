@@ -468,29 +468,55 @@ def _attack(ev, bb, states, reference: str = "floor"):
     return attack
 
 
+class AtZero:
+    """The readings at strength (or step) 0, the model every calibration of a job starts from (the
+    Original, or a sequential request's base), taken once a job and shared by its methods: the
+    attack's AUC per reference and the guard's utility. `wrap(read, key)`: `read` with its value
+    at 0 remembered; `passes`: the readings actually taken through it."""
+
+    def __init__(self):
+        self.values, self.passes = {}, 0
+
+    def wrap(self, read, key):
+        def at(k):
+            if k == 0 and key in self.values:
+                return self.values[key]
+            self.passes += 1
+            v = read(k)
+            if k == 0:
+                self.values[key] = v
+            return v
+
+        return at
+
+
 def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strength: float = 8.0,
               max_drop: float = 0.02, log=None, states=None, reference: str = "floor",
-              guard_only: bool = False) -> Calibration | None:
+              guard_only: bool = False, zero: AtZero | None = None) -> Calibration | None:
     """Choose and keep the strength of the update `bb` carries (E2URec's student or a baseline's
     model) on this request's D_f and the calibration users, with the validation guard; None
     where the data has no calibration users (the caller says so). `ev`: the job's Evaluator;
     `states`: the cached boundary's states the model runs from (None: full forwards);
     `reference`: the attack's reference (`_attack`). `guard_only`: the amount was decided
     before training (the pulled teacher): the guard alone may lower the strength below 1
-    (`choose_guarded`)."""
+    (`choose_guarded`). `zero`: the job's readings at strength 0 (`AtZero`), shared."""
     attack = _attack(ev, bb, states, reference)
     if attack is None:
         return None
     guards = guard_parts(ev.job.prepared)
     st = Strength(bb.model, base)
+    zero = AtZero() if zero is None else zero
+    taken = zero.passes
 
-    def auc_at(s):
+    def _auc(s):
         st.set(s)
         return attack()
 
-    def guard_at(s):
+    def _guard(s):
         st.set(s)
         return guard_aucs(ev, bb, guards, states)
+
+    auc_at, guard_at = zero.wrap(_auc, ("attack", reference)), zero.wrap(_guard, "guard")
 
     try:
         c = (choose_guarded(auc_at, guard_at if guards else None, target, max_drop) if guard_only
@@ -499,6 +525,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
         st.set(1.0)
     st.set(c.strength)
     st.bake()
+    c.passes = zero.passes - taken  # (the readings at 0 another method of the job took are not this one's)
     c.rows = dict(attack.rows, **{k: len(i) for k, i in guards.items()})
     c.reference = reference
     if log:
@@ -507,7 +534,7 @@ def calibrate(bb, ev, base: dict | None = None, target: float = 0.5, max_strengt
 
 
 def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log=None, states=None,
-           reference: str = "floor") -> Calibration | None:
+           reference: str = "floor", zero: AtZero | None = None) -> Calibration | None:
     """Keep the student's snapshot the rewind rule chooses (`choose_step`); `snaps`: {step:
     {trainable parameter name: tensor}} taken during its training (0: before it). None where
     the data has no calibration users."""
@@ -524,15 +551,20 @@ def rewind(bb, ev, snaps: dict, target: float = 0.5, max_drop: float = 0.02, log
         for n, p in params.items():
             p.copy_(snaps[k][n])
 
-    def auc_at(k):
+    zero = AtZero() if zero is None else zero
+    taken = zero.passes
+
+    def _auc(k):
         load(k)
         return attack()
 
-    def guard_at(k):
+    def _guard(k):
         load(k)
         return guard_aucs(ev, bb, guards, states)
 
+    auc_at, guard_at = zero.wrap(_auc, ("attack", reference)), zero.wrap(_guard, "guard")
     c = choose_step(auc_at, guard_at if guards else None, snaps, target, max_drop)
+    c.passes = zero.passes - taken
     load(c.step)
     c.rows = dict(attack.rows, snapshots=len(snaps), **{k: len(i) for k, i in guards.items()})
     c.reference = reference

@@ -164,6 +164,21 @@ def test_guard_alone_by_hand():
     assert z.strength == 0.0 and "kept strength 0" in z.verdict
 
 
+def test_readings_at_zero_are_taken_once_a_job():
+    """AtZero: every method of a job starts from the same model, so its readings at strength 0 are
+    taken once and shared; readings elsewhere are always taken; `passes` counts those taken."""
+    from e2urec_fast.calibrate import AtZero
+
+    z, taken = AtZero(), []
+    a = z.wrap(lambda k: taken.append(("a", k)) or 0.6 - 0.1 * k, "attack")
+    g = z.wrap(lambda k: taken.append(("g", k)) or {"valid": 0.7}, "guard")
+    first = choose_strength(a, g, target=0.5, max_drop=0.05)
+    n = z.passes
+    second = choose_strength(a, g, target=0.5, max_drop=0.05)
+    assert first.strength == second.strength and first.original_auc == second.original_auc == pytest.approx(0.6)
+    assert taken.count(("a", 0)) == 1 and taken.count(("g", 0)) == 1 and z.passes - n == n - 2
+
+
 def test_rewind_rule_by_hand():
     """Snapshots every 25 steps; the attack AUC falls 0.01 per 25 steps from 0.6, then climbs
     back after step 200 (an update that overshoots and returns): the first snapshot at or under
@@ -392,6 +407,9 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     assert 0.0 <= og["strength"] <= 1.0 and o.metrics("E2URec")["strength"] == og["strength"]
     assert ("kept as trained" in og["verdict"]) == (og["strength"] == 1.0) and og["verdict"] in (o.out / "report.md").read_text()
     assert "its strength (at most 1) only the guard's" in (o.out / "report.md").read_text()
+    # the Original's attack AUC at strength 0 is the teacher calibration's, read without a forward pass: the guard
+    # passing takes 3 (the utility at 0 and at 1, the attack at 1)
+    assert og["original_auc"] == oc["original_auc"] and (og["passes"] == 3 or og["strength"] < 1.0)
     # a guard no update passes (the validation log loss must fall by a nat): the adapter at strength 0, the Original
     monkeypatch.setattr("e2urec_fast.calibrate.MAX_LOSS_RISE", -1.0)
     x = forget(tmp_path / "x", original=str(r.original), forget_users=users[:2], holdout_users=users[2:8], no_retrain=True,
