@@ -18,7 +18,8 @@ augmented model and a student over the whole network, the request's default befo
 cached boundary became it), is timed beside them, and a fourth: this checkout with
 `--holdout-users` (10 train users outside the request), so that the request calibrates its
 strength (calibrate.py) and its report gives the calibration's seconds (time only: these users
-are members of the Original, so its verdict means nothing here). Writes `request_timing.json`
+are members of the Original, so its verdict means nothing here); `calib_before` is the same
+request with the --before code, for a calibrated ratio in one sitting. Writes `request_timing.json`
 into --work.
 
 1. Our Original on the default data (real ML-100K, last 10,000 samples, tiny T5), handed out
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="1,2,3", help="--timing: the seeds")
     ap.add_argument("--base", default=None, help="--timing: this Original (a HuggingFace folder of the tiny preset) "
                     "instead of training ours on the default data (the request's cost does not depend on the weights)")
-    ap.add_argument("--variants", default="before,after,all,calib", help="--timing: which of before, after, all, calib")
+    ap.add_argument("--variants", default="before,after,all,calib", help="--timing: which of before, after, all, calib, "
+                    "calib_before (the --before code with the same --holdout-users as calib)")
     a = ap.parse_args(argv)
     if a.timing:
         return timing(a)
@@ -264,6 +266,11 @@ def summarize(rows) -> dict:
                                                                                          max(r["wall_s"] for r in cal)],
                               calibrate_stage_median_s=med([r["stages"].get("calibrate", 0.0) for r in cal]),
                               calibrate_share_median=med([r["stages"].get("calibrate", 0.0) / r["wall_s"] for r in cal]))
+        cb = {r["seed"]: r["wall_s"] for r in rows if r["request"] == size and r["code"] == "calib_before"}
+        if cb:
+            out[size] |= dict(calib_before_median_s=med(cb.values()), calib_before_range=[min(cb.values()), max(cb.values())])
+            if cal:
+                out[size]["calib_ratio_after_to_before_median"] = med([r["wall_s"] / cb[r["seed"]] for r in cal if r["seed"] in cb])
         if bd:
             out[size] |= dict(all_median_s=med(bd.values()), all_range=[min(bd.values()), max(bd.values())],
                               all_stages_median={k: med([r["stages"][k] for r in fb]) for k in fb[0]["stages"]},
@@ -298,7 +305,7 @@ def timing(a) -> int:
     base = Path(a.base).resolve() if a.base else forget(work / "base", methods="original", cache_dir=str(cache), quiet=True,
                                                          seed=42, **common).original
     before = work / f"src-{a.before}"
-    if "before" in variants and not before.is_dir():
+    if {"before", "calib_before"} & set(variants) and not before.is_dir():
         before.mkdir()
         arch = subprocess.run(["git", "-C", str(here), "archive", a.before], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(before)], input=arch, check=True)
@@ -312,7 +319,8 @@ def timing(a) -> int:
     sizes = dict(five=min(5, len(train_users) - 1), twenty=max(1, round(0.2 * len(train_users))))
     # the default (a request on t5: the cached boundary) beside LoRA everywhere (`--lora-scope all`, the full augmented
     # model: the request default until #26's evidence)
-    srcs = dict(before=(before, ()), after=(here, ()), all=(here, ("--lora-scope", "all")), calib=(here, ()))
+    srcs = dict(before=(before, ()), after=(here, ()), all=(here, ("--lora-scope", "all")), calib=(here, ()),
+                calib_before=(before, ()))
     srcs = {k: v for k, v in srcs.items() if k in variants}
 
     def held(order):  # the calibrated variant's non-members: the last 10 users of the seed's order (never asked to forget)
@@ -320,7 +328,7 @@ def timing(a) -> int:
 
     for name, (src, extra) in srcs.items():  # warm-up: data prepared, native op built
         _request(src, base, train_users[:1], 0, work / f"warm-{name}", cache, dargs,
-                 held(train_users) if name == "calib" else extra)
+                 held(train_users) if name.startswith("calib") else extra)
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         order = list(train_users)
@@ -330,14 +338,15 @@ def timing(a) -> int:
                 out = work / f"{name}-{size}-seed{seed}"
                 if out.exists():
                     subprocess.run(["rm", "-rf", str(out)], check=True)
-                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs, held(order) if name == "calib" else extra)
+                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs,
+                                     held(order) if name.startswith("calib") else extra)
                 row = dict(seed=seed, request=size, users=n, code=name, wall_s=wall, stages=_stages(rep, wall),
                            forget_samples=rep["counts"]["forget"], steps=rep["details"]["e2urec_fast"].get("steps"),
                            cache_rows=rep["details"]["e2urec_fast"].get("teacher_cache", {}).get("rows"),
                            boundary=(rep["details"]["e2urec_fast"].get("teacher_cache") or {}).get("boundary"),
                            auc=next(r["auc"] for r in rep["rows"] if r["method"] == "E2URec"),
                            loss_auc=rep.get("audit", {}).get("E2URec", {}).get("loss_auc"))
-                if name != "before":
+                if src != before:
                     row["floor"] = _floor(base, order[:n], out, cache, dataset, data_dir, max_samples, work / "floor_scratch")
                 rows.append(row)
                 print(f"seed {seed} {size} {name}: {wall:.1f} s", file=sys.stderr)
