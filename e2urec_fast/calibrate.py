@@ -29,7 +29,9 @@ default (`--calib-teacher pull`, `teacher_pull`) moves each D_f row's answer ins
 the way toward what a model that never saw it answers (the CTR floor refitted on D_r, mapped to
 the model's scale on the calibration users; `ops.pulled_teacher`): a target that does not depend
 on the row's label, which the student follows where it does not follow a lowered true answer
-(memorize, #37: docs/results.md).
+(memorize, #37: docs/results.md). The student trained on it is kept as trained where the
+utility guard passes, else scaled to the largest strength in [0, 1] the guard allows
+(`choose_guarded`: the guard bounds the cost, the pull already set the amount).
 
 Caveat (U-LiRA, arXiv 2403.01218): a population attack matched is not every example
 forgotten; the audit scores the result on users calibration never saw, with a second attack.
