@@ -396,7 +396,7 @@ def calibrator(st: State):
         if c.calib_teacher == "pull":
             proxy, line = proxy_margins(st.prep, rows, idx, (yn[:, 1] - yn[:, 0]).numpy())
             got = teacher_pull(target_yn, labels, proxy, non, c.calib_target, original_yn,
-                               member_reference=ref["forget"] if floor else None)
+                               member_reference=ref["forget"] if floor else None, unreached=c.calib_unreached)
             got.proxy_line = list(line)
         else:
             got = teacher_offset(target_yn, labels, non, c.calib_target, original_yn,

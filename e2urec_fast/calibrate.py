@@ -289,14 +289,16 @@ class TeacherCalibration:
 
 
 def teacher_pull(teacher_yn: torch.Tensor, labels, proxy_margin, nonmember_losses, target: float = 0.5, original_yn=None,
-                 iters: int = 40, member_reference=None) -> TeacherCalibration:
+                 iters: int = 40, member_reference=None, unreached: str = "lowest") -> TeacherCalibration:
     """The share lam in [0, 1] of `ops.pulled_teacher` closest to 0 at which the LOSS attack's AUC of
     the target's losses on D_f against the non-members' reaches `target`: each D_f row's margin moved
     toward `proxy_margin`, what a model that never saw it would answer (floor.proxy_margins). Unlike
     the offset, the pulled target does not depend on the row's label: the student is asked to answer
     D_f as a non-member would, not to unlearn each label (measured: the student follows it, #37).
     Where even the proxy reads as a member (not reached), the share of PULL_GRID that brings the
-    attack lowest (0 where the pull only raises it). Arguments as `teacher_offset`."""
+    attack lowest (0 where the pull only raises it), or with `unreached="none"` no pull at all: the
+    non-members do not read like D_f even for a non-member's answers, so they cannot set the
+    amount. Arguments as `teacher_offset`."""
     from .audit import answer_losses, mia_auc
     from .ops import pulled_teacher
 
@@ -319,16 +321,18 @@ def teacher_pull(teacher_yn: torch.Tensor, labels, proxy_margin, nonmember_losse
         for _ in range(iters if ok else 0):
             mid = (lo + lam) / 2
             lo, lam = (lo, mid) if auc(mid) <= target else (mid, lam)
-        if not ok:  # out of reach: the share on a grid that brings the attack lowest (the proxy may raise it: then 0)
-            lam = min(PULL_GRID, key=lambda g: (auc(g), g))
+        if not ok:  # out of reach: the share on a grid that brings the attack lowest (the proxy may raise it: then 0),
+            # or none where the caller does not let unreadable non-members set the amount
+            lam = min(PULL_GRID, key=lambda g: (auc(g), g)) if unreached == "lowest" else 0.0
     c = TeacherCalibration(0.0, target, a0, auc(lam), orig, ok, reference="none" if member_reference is None else "given",
                            kind="pull", pull=float(lam), proxy=np.asarray(proxy_margin))
     c.seconds = time.perf_counter() - t0
     c.rows = dict(forget=len(lab), nonmembers=len(non))
     c.verdict = (f"forgetting teacher calibrated: D_f's answers pulled {lam:.3g} of the way to a non-member's (the CTR floor "
                  f"refitted on D_r, mapped on the calibration users), its attack AUC {a0:.3f} -> {c.calibrated_auc:.3f} (the "
-                 f"Original's {orig:.3f})" + ("" if ok else "; even the non-member's answers read as members: not reached, the share "
-                                              "of the lowest attack AUC kept"))
+                 f"Original's {orig:.3f})" + ("" if ok else "; even the non-member's answers read as members: not reached, "
+                                              + ("the share of the lowest attack AUC kept" if unreached == "lowest" else
+                                                 "so these users cannot set the amount: no pull")))
     return c
 
 
