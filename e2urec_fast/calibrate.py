@@ -289,16 +289,16 @@ class TeacherCalibration:
 
 
 def teacher_pull(teacher_yn: torch.Tensor, labels, proxy_margin, nonmember_losses, target: float = 0.5, original_yn=None,
-                 iters: int = 40, member_reference=None, unreached: str = "lowest") -> TeacherCalibration:
+                 iters: int = 40, member_reference=None, unreached: str = "none") -> TeacherCalibration:
     """The share lam in [0, 1] of `ops.pulled_teacher` closest to 0 at which the LOSS attack's AUC of
     the target's losses on D_f against the non-members' reaches `target`: each D_f row's margin moved
     toward `proxy_margin`, what a model that never saw it would answer (floor.proxy_margins). Unlike
     the offset, the pulled target does not depend on the row's label: the student is asked to answer
     D_f as a non-member would, not to unlearn each label (measured: the student follows it, #37).
-    Where even the proxy reads as a member (not reached), the share of PULL_GRID that brings the
-    attack lowest (0 where the pull only raises it), or with `unreached="none"` no pull at all: the
+    Where even the proxy reads as a member (not reached), no pull (`unreached="none"`): the
     non-members do not read like D_f even for a non-member's answers, so they cannot set the
-    amount. Arguments as `teacher_offset`."""
+    amount; with `unreached="lowest"` the share of PULL_GRID that brings the attack lowest (0
+    where the pull only raises it). Arguments as `teacher_offset`."""
     from .audit import answer_losses, mia_auc
     from .ops import pulled_teacher
 

@@ -251,10 +251,10 @@ def test_teacher_pull_by_hand():
     assert not surer.reached and surer.pull == 0.0
     # a proxy that helps but not enough (margins 2 where the non-members' spread over -1..3): all the way, AUC about 0.75
     wide = torch.nn.functional.softplus(-torch.linspace(-1.0, 3.0, 100)).numpy()
-    part = teacher_pull(t, lab, 2.0 * sign.numpy(), wide, target=0.5)
+    part = teacher_pull(t, lab, 2.0 * sign.numpy(), wide, target=0.5, unreached="lowest")
     assert not part.reached and part.pull == 1.0 and abs(part.calibrated_auc - 0.75) < 0.02 < part.teacher_auc - 0.75
-    # the same with unreached="none": non-members that do not read like D_f do not set the amount, no pull
-    held = teacher_pull(t, lab, 2.0 * sign.numpy(), wide, target=0.5, unreached="none")
+    # the same by default (unreached="none"): non-members that do not read like D_f do not set the amount, no pull
+    held = teacher_pull(t, lab, 2.0 * sign.numpy(), wide, target=0.5)
     assert not held.reached and held.pull == 0.0 and held.calibrated_auc == held.teacher_auc and "no pull" in held.verdict
     none = teacher_pull(-t, lab, np.zeros(100), non, target=0.5)  # every member's loss above the non-members'
     assert none.reached and none.pull == 0.0
