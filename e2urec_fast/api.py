@@ -406,7 +406,7 @@ def calibrator(st: State):
         if got.original_auc == got.original_auc and len(rows) == len(f_idx) and \
                 torch.equal(torch.as_tensor(rows).sort().values, f_idx.sort().values):
             # the Original's attack AUC on these rows is the strength's at 0: no forward pass for it
-            zero.values.setdefault(("attack", c.calib_reference), got.original_auc)
+            zero.know(("attack", c.calib_reference), got.original_auc)
         log(f"calibration: {got.verdict}")
         return got
 

@@ -116,6 +116,16 @@ class _Guard:
             c.original_valid_auc, c.valid_auc = self.util[0].get("valid"), self.util[at].get("valid")
 
 
+def _guard_limit(guard: _Guard, hi: float, steps: int) -> float:
+    """The largest strength in [0, hi] the guard passes, by bisection (`steps` halvings; 0, the
+    Original, always passes)."""
+    good, bad = 0.0, hi
+    for _ in range(steps):
+        mid = (good + bad) / 2
+        good, bad = (mid, bad) if guard.ok(mid) else (good, mid)
+    return good
+
+
 def _nothing(a0: float, target: float) -> str:
     return f"nothing to forget: the Original's D_f already reads as non-members (attack AUC {a0:.3f} <= {target})"
 
@@ -163,10 +173,7 @@ def choose_strength(auc_at, valid_at, target: float = 0.5, max_strength: float =
         s = min(curve, key=lambda k: (curve[k], k))
     guarded = not guard.ok(s)
     if guarded:  # the largest strength the guard allows, unless a smaller one seen lowers the attack more (0: the Original)
-        good, bad = 0.0, s
-        for _ in range(bisect + 1):
-            mid = (good + bad) / 2
-            good, bad = (mid, bad) if guard.ok(mid) else (good, mid)
+        good = _guard_limit(guard, s, bisect + 1)
         auc(good)
         # the lowest attack AUC seen at or below that limit whose own utility the guard passes (the guard need
         # not fall monotonically with the strength: each candidate is read; 0, the Original, always passes)
@@ -195,14 +202,10 @@ def choose_guarded(auc_at, valid_at, target: float = 0.5, max_drop: float = 0.02
     curve: dict[float, float] = {}
     guard = _Guard(valid_at, max_drop)
     a0 = curve[0.0] = float(auc_at(0.0))
-    s = 1.0
-    if not guard.ok(1.0):
-        good, bad = 0.0, 1.0
-        for _ in range(bisect):
-            mid = (good + bad) / 2
-            good, bad = (mid, bad) if guard.ok(mid) else (good, mid)
-        s = good
-    a = curve[s] = float(auc_at(s)) if s not in curve else curve[s]
+    s = 1.0 if guard.ok(1.0) else _guard_limit(guard, 1.0, bisect)
+    if s not in curve:
+        curve[s] = float(auc_at(s))
+    a = curve[s]
     c = Calibration(s, target, a, a0, a if s == 1.0 else None, s == 1.0, max_drop=max_drop)
     guard.record(c, s)
     if s == 1.0:
@@ -482,6 +485,10 @@ class AtZero:
 
     def __init__(self):
         self.values, self.passes = {}, 0
+
+    def know(self, key, value) -> None:
+        """A reading at 0 taken elsewhere (the teacher calibration's attack on the same rows)."""
+        self.values.setdefault(key, value)
 
     def wrap(self, read, key):
         def at(k):
