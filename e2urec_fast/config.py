@@ -141,6 +141,9 @@ class FinetuneConfig:
                            "planned steps) and linear decay to 0 at the last planned epoch", choices=("constant", "linear"))
     warmup: float = opt(0.1, "warm-up share of the planned steps (--lr-schedule linear)", lo=0.0, hi=1.0, hi_open=True)
     batch_size: int = opt(16, "training batch size", lo=1)
+    item_lr: float = opt(1.0, "with --item-tokens: each item token's embedding row moves this many times the full fine-tunes' "
+                         "learning rate (AdamW moves a row about lr per update it is in; an item in a few dozen prompts "
+                         "learns little at the shared rate)", type=float, lo=0.0, lo_open=True)
     no_model_cache: bool = opt(False, "retrain Original/Retrain (and evaluate them again; no cached boundary states kept) even if cached")
     no_train_bucketing: bool = opt(False, "random padded batches (the authors' code) for the full fine-tunes (Original, Retrain, "
                                    "shards, the augmented model, NegGrad/NegKL/Bad-T) instead of length-bucketed ones")

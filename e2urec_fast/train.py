@@ -59,6 +59,9 @@ class TrainConfig:
     schedule: str = "constant"
     warmup: float = 0.0
     total_steps: int | None = None
+    # the update of some rows of one weight scaled by this factor after each optimizer step
+    # (`fit(scaled_rows=...)`: the item tokens' embedding rows under --item-lr)
+    row_lr: float = 1.0
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -170,8 +173,10 @@ class _Losses:
         self.bar.set_postfix(loss=f"{vals[-1]:.4f}", sps=f"{self.res.samples / max(el, 1e-9):.0f}", refresh=False)
 
 
-def _update(batch, step, ddp, opt, params: dict, cfg: TrainConfig, steps_done: int):
-    """One optimizer update on `batch`; returns (loss on the device, rows)."""
+def _update(batch, step, ddp, opt, params: dict, cfg: TrainConfig, steps_done: int, scaled_rows=None):
+    """One optimizer update on `batch`; returns (loss on the device, rows). `scaled_rows`:
+    (weight, row indices): those rows' update multiplied by `cfg.row_lr` (AdamW's step is
+    invariant to a gradient's scale, so the factor is applied to the step itself)."""
     opt.zero_grad(set_to_none=True)
     if ddp is not None:  # torchrun: this rank's share of the global batch through DDP (dist.py)
         local, share = dist.shard(batch)
@@ -192,7 +197,13 @@ def _update(batch, step, ddp, opt, params: dict, cfg: TrainConfig, steps_done: i
     if cfg.schedule != "constant":  # a function of the step count: a resumed run continues it
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, steps_done)
+    if scaled_rows is not None:
+        w, rows = scaled_rows
+        before = w.detach()[rows]
     opt.step()
+    if scaled_rows is not None:
+        with torch.no_grad():
+            w[rows] = before + cfg.row_lr * (w.detach()[rows] - before)
     # autocast keeps a bf16 copy of each trainable weight until its outermost context exits; a
     # run under one long-lived context (precision.autocast) would go on using the weights of the
     # first step: drop the copies after every update
@@ -223,7 +234,8 @@ class _Best:
 
 
 def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckpt=None, desc: str = "train",
-        progress: bool = True, train_mode=None, resume: Resume | None = None, hook=None, snapshot_every: int = 0) -> TrainResult:
+        progress: bool = True, train_mode=None, resume: Resume | None = None, hook=None, snapshot_every: int = 0,
+        scaled_rows=None) -> TrainResult:
     """Train the parameters of `model` that require grad. See the module docstring.
 
     `train_mode(model)` puts the model in training mode (default `model.train()`); the
@@ -233,6 +245,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
     the loop through it: returning "stop" ends training after this step; ("rewind", j) ends it
     with the trainable weights as they were after step j (a stopping or rewind rule, SCRUB+R),
     which `snapshot_every` (keep the weights every that many steps, in memory) must cover.
+    `scaled_rows` = (weight, row indices): those rows learn at `cfg.row_lr` times the rate.
     """
     if resume is not None and valid is not None:
         raise ValueError("resumable runs take no validation")
@@ -267,7 +280,7 @@ def fit(model: torch.nn.Module, batches, step, cfg: TrainConfig, valid=None, ckp
                 continue
             for f in BEFORE_STEP:
                 f(desc, res.steps)
-            loss, n = _update(batch, step, ddp, opt, params, cfg, res.steps)
+            loss, n = _update(batch, step, ddp, opt, params, cfg, res.steps, scaled_rows)
             res.steps += 1
             res.samples += n
             losses.pending.append(loss.detach().float())

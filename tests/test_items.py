@@ -56,7 +56,7 @@ def test_item_tokens_through_a_job_peft_and_a_request(tmp_path):
     data = make_ml1m(tmp_path / "ml1m", n_users=20, per_user=12)
     common = dict(dataset="ml-1m", max_samples=None, epochs=1, batch_size=8, student_steps=4, forget_epochs=1, quiet=True, seed=5,
                   data_dir=str(data), cache_dir=str(tmp_path / "cache"), calibrate="off")
-    r = forget(tmp_path / "b", methods="original,e2urec", item_tokens=True, item_separation=True, **common)
+    r = forget(tmp_path / "b", methods="original,e2urec", item_tokens=True, item_separation=True, item_lr=10.0, **common)
     assert r.report["settings"]["item_tokens"] is True and has_item_tokens(r.original)
     for m in ("Original", "E2URec"):  # --item-separation: every model's row says how much the item matters
         assert 0.0 <= r.metrics(m)["item_spread"] < 0.5 and -1.0 <= r.metrics(m)["item_rate_corr"] <= 1.0
@@ -96,3 +96,30 @@ def test_item_swaps_ask_each_user_about_each_popular_item(tmp_path):
         head = p.prompts[latest].split("***")[0]
         assert prompt.startswith(head)  # the user's own history kept, only the target swapped
     assert all(0.0 <= x <= 1.0 for x in sw["rate"])
+
+
+def test_item_lr_scales_the_item_rows_update_alone(tmp_path):
+    """--item-lr: AdamW's step is invariant to a gradient's scale, so the factor multiplies the
+    item rows' step itself; every other row moves as without it. Models trained before the
+    option keep their cache keys (row_lr left out of the key at 1)."""
+    from e2urec_fast import forget
+    from e2urec_fast.errors import UserError
+    from e2urec_fast.methods.retrain import _settings
+    from e2urec_fast.train import TrainConfig, fit
+
+    def one_step(row_lr):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(10, 4)
+        batch = torch.tensor([[1, 8], [2, 9], [8, 3]])
+        step = lambda b: ((emb(b).sum(1) ** 2).sum(), len(b))
+        w0 = emb.weight.detach().clone()
+        cfg = TrainConfig(lr=0.1, epochs=1, grad_clip=None, row_lr=row_lr)
+        fit(emb, lambda e: [batch], step, cfg, progress=False, scaled_rows=(emb.weight, torch.tensor([7, 8, 9])))
+        return emb.weight.detach() - w0
+
+    d1, d5 = one_step(1.0), one_step(5.0)
+    assert d1[8].abs().min() > 0 and torch.allclose(d5[7:], 5 * d1[7:]) and torch.equal(d5[:7], d1[:7])
+    assert "row_lr" not in _settings(TrainConfig()) and _settings(TrainConfig(row_lr=3.0))["row_lr"] == 3.0
+    with pytest.raises(UserError, match="--item-lr .* needs --item-tokens"):
+        forget(tmp_path / "o", item_lr=10.0, methods="original", quiet=True)
+    assert not (tmp_path / "o").exists()

@@ -32,7 +32,8 @@ def finetune_config(cfg: Config) -> TrainConfig:
     f = cfg.finetune
     lr = f.lr if f.lr is not None else (1e-3 if cfg.backbone_name in BACKBONE_PRESETS else 5e-5)
     return TrainConfig(lr=lr, batch_size=f.batch_size, epochs=f.epochs, patience=f.patience, schedule=f.lr_schedule,
-                       warmup=f.warmup if f.lr_schedule == "linear" else 0.0)
+                       warmup=f.warmup if f.lr_schedule == "linear" else 0.0,
+                       row_lr=f.item_lr if cfg.data.item_tokens else 1.0)
 
 
 def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
@@ -40,8 +41,14 @@ def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
     # set or request must never be reused)
     rows = hashlib.sha256((job.prepared.index(part) if idx is None else idx).numpy().tobytes()).hexdigest()
     return json_key(dict(bb=job.backbone().fingerprint(), data=job.prepared.manifest["content_hash"], part=part,
-                         cfg={k: v for k, v in asdict(cfg).items() if k != "sync_every"}, seed=job.seed, bucket=job.bucket, rows=rows)
+                         cfg=_settings(cfg), seed=job.seed, bucket=job.bucket, rows=rows)
                     | cache_tag(job.dtype))
+
+
+def _settings(cfg: TrainConfig) -> dict:
+    """The settings a trained model's key holds: row_lr only where set (the keys of models
+    trained before it existed stay valid)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "sync_every" and not (k == "row_lr" and v == 1.0)}
 
 
 def _cached(job: Job, path: Path):

@@ -449,3 +449,9 @@ def has_item_tokens(folder) -> bool:
     except (OSError, ValueError):
         return False
     return any(str(t.get("content", "")).startswith(ITEM_TOKEN.split("{")[0]) for t in added)
+
+
+def item_token_rows(tokenizer) -> torch.Tensor:
+    """The ids of the item tokens (<item_ID>) in `tokenizer`: their rows of the input embedding."""
+    head = ITEM_TOKEN.split("{")[0]
+    return torch.tensor(sorted(i for t, i in tokenizer.get_added_vocab().items() if t.startswith(head)), dtype=torch.int64)
