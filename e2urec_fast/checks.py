@@ -31,8 +31,8 @@ def check(cfg: Config) -> JobPlan:
         raise UserError(f"--lora-r must be at most 4096, got {cfg.student.lora_r}")
     if cfg.data.paper_scale and cfg.data.max_samples is not None:
         raise UserError("--paper-scale and --max-samples conflict: --paper-scale means --max-samples 100000")
-    if cfg.finetune.item_lr != 1.0 and not cfg.data.item_tokens and not cfg.is_request:
-        raise UserError("--item-lr is the item tokens' learning rate: it needs --item-tokens")
+    if (cfg.finetune.item_lr != 1.0 or cfg.finetune.item_init != "random") and not cfg.data.item_tokens and not cfg.is_request:
+        raise UserError("--item-lr and --item-init set the item tokens' training: they need --item-tokens")
     _check_device(str(cfg.run.device))
     if cfg.student.load_in_8bit:
         from .models.quant import bitsandbytes_or_error

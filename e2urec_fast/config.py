@@ -144,6 +144,9 @@ class FinetuneConfig:
     item_lr: float = opt(1.0, "with --item-tokens: each item token's embedding row moves this many times the full fine-tunes' "
                          "learning rate (AdamW moves a row about lr per update it is in; an item in a few dozen prompts "
                          "learns little at the shared rate)", type=float, lo=0.0, lo_open=True)
+    item_init: str = opt("random", "with --item-tokens: the item tokens' embedding rows as the preset drew them (random), or set to "
+                         "zero before the Original and Retrain are trained (an item without evidence adds nothing to the "
+                         "prompt; its row grows with the evidence)", choices=("random", "zero"))
     no_model_cache: bool = opt(False, "retrain Original/Retrain (and evaluate them again; no cached boundary states kept) even if cached")
     no_train_bucketing: bool = opt(False, "random padded batches (the authors' code) for the full fine-tunes (Original, Retrain, "
                                    "shards, the augmented model, NegGrad/NegKL/Bad-T) instead of length-bucketed ones")

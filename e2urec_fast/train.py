@@ -62,6 +62,7 @@ class TrainConfig:
     # the update of some rows of one weight scaled by this factor after each optimizer step
     # (`fit(scaled_rows=...)`: the item tokens' embedding rows under --item-lr)
     row_lr: float = 1.0
+    row_zero: bool = False  # those rows set to zero before training (finetune; --item-init zero)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:

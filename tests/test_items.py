@@ -53,10 +53,11 @@ def test_item_tokens_through_a_job_peft_and_a_request(tmp_path):
     from e2urec_fast.evaluate import ctr_metrics, p_yes, predict_logits
     from e2urec_fast.models import load_backbone
 
-    data = make_ml1m(tmp_path / "ml1m", n_users=20, per_user=12)
+    data = make_ml1m(tmp_path / "ml1m", n_users=20, per_user=12, n_items=80)  # (items no training prompt names: below)
     common = dict(dataset="ml-1m", max_samples=None, epochs=1, batch_size=8, student_steps=4, forget_epochs=1, quiet=True, seed=5,
                   data_dir=str(data), cache_dir=str(tmp_path / "cache"), calibrate="off")
-    r = forget(tmp_path / "b", methods="original,e2urec", item_tokens=True, item_separation=True, item_lr=10.0, **common)
+    r = forget(tmp_path / "b", methods="original,e2urec", item_tokens=True, item_separation=True, item_lr=10.0, item_init="zero",
+               **common)
     assert r.report["settings"]["item_tokens"] is True and has_item_tokens(r.original)
     for m in ("Original", "E2URec"):  # --item-separation: every model's row says how much the item matters
         assert 0.0 <= r.metrics(m)["item_spread"] < 0.5 and -1.0 <= r.metrics(m)["item_rate_corr"] <= 1.0
@@ -64,6 +65,14 @@ def test_item_tokens_through_a_job_peft_and_a_request(tmp_path):
     bb = load_backbone(r.original)
     prep = prepare("ml-1m", data, tmp_path / "cache", max_samples=None, seed=5, holdout_ratio=0.1, item_tokens=True)
     seqs = prep.tokens(bb.tokenizer, bb.tokenizer_key(), suffix=bb.suffix)
+    # --item-init zero: the rows of the items no training prompt names started equal and got the
+    # same gradient (the tied output head's alone), so they are still equal to one another
+    w = bb.model.get_input_embeddings().weight.detach()
+    seen = {int(t) for k in prep.index("train").tolist() for t in re.findall(r"<item_(\d+)>", prep.prompts[k])}
+    row = lambda i: w[bb.tokenizer.convert_tokens_to_ids(item_token(i))]
+    unseen = [i for i in prep.manifest["catalogue"] if i not in seen]
+    assert len(unseen) > 1 and all(torch.equal(row(i), row(unseen[0])) for i in unseen)
+    assert not any(torch.equal(row(i), row(unseen[0])) for i in seen)
     idx = prep.index("test")
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(r.original)), str(r.adapter))
     auc = ctr_metrics(prep.labels[idx].numpy(), p_yes(predict_logits(bb, model, seqs, idx, 8)))["auc"]
@@ -120,6 +129,6 @@ def test_item_lr_scales_the_item_rows_update_alone(tmp_path):
     d1, d5 = one_step(1.0), one_step(5.0)
     assert d1[8].abs().min() > 0 and torch.allclose(d5[7:], 5 * d1[7:]) and torch.equal(d5[:7], d1[:7])
     assert "row_lr" not in _settings(TrainConfig()) and _settings(TrainConfig(row_lr=3.0))["row_lr"] == 3.0
-    with pytest.raises(UserError, match="--item-lr .* needs --item-tokens"):
+    with pytest.raises(UserError, match="--item-lr and --item-init .* need --item-tokens"):
         forget(tmp_path / "o", item_lr=10.0, methods="original", quiet=True)
     assert not (tmp_path / "o").exists()

@@ -101,13 +101,17 @@ def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, 
 
         cfg = replace(cfg, total_steps=cfg.epochs * len(batcher.order(train_idx, 0)))
     rows = None
-    if cfg.row_lr != 1.0:  # --item-lr: the item tokens' embedding rows
+    if cfg.row_lr != 1.0 or cfg.row_zero:  # --item-lr, --item-init: the item tokens' embedding rows
         from ..models.backbone import item_token_rows
 
         ids = item_token_rows(bb.tokenizer)
         if not len(ids):
-            raise UserError(f"{bb.folder}: --item-lr needs item tokens (<item_ID>) in the tokenizer (--item-tokens)")
-        rows = (bb.model.get_input_embeddings().weight, ids.to(bb.model.get_input_embeddings().weight.device))
+            raise UserError(f"{bb.folder}: --item-lr/--item-init need item tokens (<item_ID>) in the tokenizer (--item-tokens)")
+        w = bb.model.get_input_embeddings().weight
+        rows = (w, ids.to(w.device))
+        if cfg.row_zero:
+            with torch.no_grad():
+                w[rows[1]] = 0.0
     res = fit(bb.model, lambda e: batcher.epoch(train_idx, e), step, cfg, valid=valid, ckpt=ckpt, desc=desc,
               progress=job.progress, train_mode=train_mode, scaled_rows=rows)
     for p in bb.model.parameters():

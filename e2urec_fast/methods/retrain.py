@@ -33,7 +33,7 @@ def finetune_config(cfg: Config) -> TrainConfig:
     lr = f.lr if f.lr is not None else (1e-3 if cfg.backbone_name in BACKBONE_PRESETS else 5e-5)
     return TrainConfig(lr=lr, batch_size=f.batch_size, epochs=f.epochs, patience=f.patience, schedule=f.lr_schedule,
                        warmup=f.warmup if f.lr_schedule == "linear" else 0.0,
-                       row_lr=f.item_lr if cfg.data.item_tokens else 1.0)
+                       row_lr=f.item_lr if cfg.data.item_tokens else 1.0, row_zero=cfg.data.item_tokens and f.item_init == "zero")
 
 
 def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
@@ -46,9 +46,10 @@ def _key(job: Job, part: str, cfg: TrainConfig, idx=None) -> str:
 
 
 def _settings(cfg: TrainConfig) -> dict:
-    """The settings a trained model's key holds: row_lr only where set (the keys of models
-    trained before it existed stay valid)."""
-    return {k: v for k, v in asdict(cfg).items() if k != "sync_every" and not (k == "row_lr" and v == 1.0)}
+    """The settings a trained model's key holds: row_lr and row_zero only where set (the keys of
+    models trained before they existed stay valid)."""
+    unset = dict(row_lr=1.0, row_zero=False)
+    return {k: v for k, v in asdict(cfg).items() if k != "sync_every" and not (k in unset and v == unset[k])}
 
 
 def _cached(job: Job, path: Path):
