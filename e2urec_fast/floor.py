@@ -18,29 +18,33 @@ STARS = re.compile(r"\((\d) stars?\)")
 SMOOTH = 10.0
 
 
-def features(prepared, fit_part: str = "train") -> np.ndarray:
-    """The five features of every sample; the item statistics counted on `fit_part` ("retain":
-    D_r, for a reference that never saw D_f)."""
-    n = len(prepared.prompts)
-    x = np.zeros((n, 5))
-    for i, p in enumerate(prepared.prompts):
-        st = [int(v) for v in STARS.findall(p)]
+def _stars(prompts: list[str], rows: np.ndarray) -> np.ndarray:
+    """(len(rows), 3): the mean stars of each prompt's history, the share above 3, the last."""
+    out = np.zeros((len(rows), 3))
+    for j, i in enumerate(rows.tolist()):
+        st = [int(v) for v in STARS.findall(prompts[i])]
         if st:
-            x[i, 0] = np.mean(st)
-            x[i, 1] = np.mean([v > 3 for v in st])
-            x[i, 2] = st[-1]
+            out[j] = sum(st) / len(st), sum(v > 3 for v in st) / len(st), st[-1]
+    return out
+
+
+def features(prepared, fit_part: str = "train", rows=None) -> np.ndarray:
+    """The five features of the samples `rows` (default: every sample; the prompts are read for
+    those rows alone: a job needs a few thousand of the data set's ~95,000); the item statistics
+    counted on `fit_part` ("retain": D_r, for a reference that never saw D_f)."""
+    rows = np.arange(len(prepared.prompts)) if rows is None else np.asarray(rows, dtype=np.int64)
+    x = np.zeros((len(rows), 5))
+    x[:, :3] = _stars(prepared.prompts, rows)
     tr = prepared.index(fit_part).numpy()
     items = prepared.items.numpy()
     labels = prepared.labels.numpy().astype(np.float64)
     prior = labels[tr].mean()
-    pos, cnt = {}, {}
-    for i in tr:
-        cnt[items[i]] = cnt.get(items[i], 0) + 1
-        pos[items[i]] = pos.get(items[i], 0.0) + labels[i]
-    for i in range(n):
-        c = cnt.get(items[i], 0)
-        x[i, 3] = (pos.get(items[i], 0.0) + SMOOTH * prior) / (c + SMOOTH)
-        x[i, 4] = np.log1p(c)
+    n_items = int(items.max()) + 1
+    cnt = np.bincount(items[tr], minlength=n_items)
+    pos = np.bincount(items[tr], weights=labels[tr], minlength=n_items)
+    it = items[rows]
+    x[:, 3] = (pos[it] + SMOOTH * prior) / (cnt[it] + SMOOTH)
+    x[:, 4] = np.log1p(cnt[it])
     return x
 
 
@@ -70,20 +74,20 @@ def floor_row(prepared) -> dict:
     from .evaluate import ctr_metrics
 
     t0 = time.perf_counter()
-    x = features(prepared)
     y = prepared.labels.numpy()
     tr, te = prepared.index("train").numpy(), prepared.index("test").numpy()
-    m = ctr_metrics(y[te], fit_logreg(x[tr], y[tr])(x[te]))
+    x = features(prepared, rows=np.r_[tr, te])
+    m = ctr_metrics(y[te], fit_logreg(x[:len(tr)], y[tr])(x[len(tr):]))
     return dict(method="CTR floor (LogReg)", kind="reference", **m, jsd=None, l2=None, time_s=None, train_time_s=time.perf_counter() - t0,
                 trainable_params=x.shape[1] + 1)
 
 
 def retain_floor(prepared):
-    """(features of every sample, p(1 | features) of the floor refitted on D_r alone): a reference
-    that saw neither D_f nor any held-out user."""
-    x = features(prepared, "retain")
+    """p(1) of the floor refitted on D_r alone, as a function of sample rows: a reference that saw
+    neither D_f nor any held-out user."""
     r = prepared.index("retain").numpy()
-    return x, fit_logreg(x[r], prepared.labels.numpy()[r].astype(np.float64))
+    fit = fit_logreg(features(prepared, "retain", r), prepared.labels.numpy()[r].astype(np.float64))
+    return lambda rows: fit(features(prepared, "retain", rows))
 
 
 def proxy_margins(prepared, rows, calib_rows, calib_margins) -> tuple[np.ndarray, tuple[float, float]]:
@@ -92,10 +96,10 @@ def proxy_margins(prepared, rows, calib_rows, calib_margins) -> tuple[np.ndarray
     fitted on the calibration users, where the model's margins (`calib_margins`) are a non-member's.
     Returns (margins of `rows`, (intercept, slope)); the line is flat (the calibration users' mean)
     where the floor's logits do not vary there."""
-    x, p_of = retain_floor(prepared)
+    p_of = retain_floor(prepared)
 
     def logit(i):
-        p = np.clip(p_of(x[np.asarray(i)]), 1e-7, 1 - 1e-7)
+        p = np.clip(p_of(i), 1e-7, 1 - 1e-7)
         return np.log(p / (1 - p))
 
     fc, mc = logit(calib_rows), np.asarray(calib_margins, dtype=np.float64)
@@ -110,11 +114,11 @@ def reference_losses(prepared, parts: dict) -> dict:
     returns {name: losses}. Calibration and the audit subtract it from a model's losses
     (difficulty calibration, Watson et al., ICLR 2022): a user whose ratings are hard to predict
     has high losses under both, member or not, and reads as a non-member by the raw loss."""
-    x, p_of = retain_floor(prepared)
+    p_of = retain_floor(prepared)
     y = prepared.labels.numpy().astype(np.float64)
     out = {}
     for k, rows in parts.items():
         i = np.asarray(rows)
-        p = np.clip(p_of(x[i]), 1e-7, 1 - 1e-7)
+        p = np.clip(p_of(i), 1e-7, 1 - 1e-7)
         out[k] = -(y[i] * np.log(p) + (1 - y[i]) * np.log1p(-p))
     return out

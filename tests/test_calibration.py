@@ -44,6 +44,8 @@ def test_the_floor_reference_saw_neither_d_f_nor_the_held_out_users(tmp_path):
     assert np.array_equal(reference_losses(p, dict(r=r))["r"], before)
     assert not np.array_equal(features(p, "train"), x_train)  # (the check can fail: train holds D_f)
     assert before.shape == (len(r),) and np.all(before > 0)
+    rows = np.array([7, 0, 3, int(r[-1])])  # the features of some rows are those rows of every sample's
+    assert np.array_equal(features(p, "retain", rows), features(p, "retain")[rows])
 
 
 def test_canaries_are_deterministic_coin_flips_in_the_train_period(tmp_path):
@@ -284,9 +286,9 @@ def test_proxy_margins_are_the_floor_mapped_on_the_calibration_users(tmp_path):
 
     d = make_ml1m(tmp_path / "ml1m", n_users=40, per_user=14)
     p = prepare("ml-1m", d, tmp_path / "cache", max_samples=None, forget_ratio=0.25, seed=3, holdout_ratio=0.3)
-    x, p_of = retain_floor(p)
+    p_of = retain_floor(p)
     c, f = p.index("calib"), p.index("forget")
-    logit = lambda i: np.log(p_of(x[i.numpy()]) / (1 - p_of(x[i.numpy()])))  # noqa: E731
+    logit = lambda i: np.log(p_of(i.numpy()) / (1 - p_of(i.numpy())))  # noqa: E731
     got, (a, b) = proxy_margins(p, f, c, 2 * logit(c) + 1)
     assert abs(a - 1) < 1e-6 and abs(b - 2) < 1e-6 and np.allclose(got, 2 * logit(f) + 1)
     p.labels[f] = 1 - p.labels[f]
