@@ -389,8 +389,9 @@ def calibrator(st: State):
         floor = c.calib_reference == "floor"
         idx = st.prep.index("calib")
         ref = reference_losses(st.prep, dict(forget=rows, calib=idx)) if floor else None
-        if not calib_yn:  # the Original's answers on the calibration users, once
-            calib_yn.append(st.ev.predict_part(st.orig, idx, False).float())
+        if not calib_yn:  # the Original's answers on the calibration users, once (kept from its evaluation)
+            kept = st.ev.held_out_answers("Original", idx)
+            calib_yn.append((st.ev.predict_part(st.orig, idx, False) if kept is None else kept).float())
         yn = calib_yn[0]
         non = answer_losses(yn, st.prep.labels[idx].numpy()) - (ref["calib"] if floor else 0.0)
         if c.calib_teacher == "pull":

@@ -122,6 +122,7 @@ class Evaluator:
             self.targets = (torch.isin(prep.items[self.test_idx], t).numpy(), torch.isin(prep.items[self.forget_idx], t).numpy())
         self.losses: dict = {}
         self.seconds: dict = {}
+        self.held_out: dict = {}  # a reference's [No, Yes] logits on D_h, kept (held_out_answers)
         # cache_dir: the references' predictions are kept there, keyed by the model's fingerprint,
         # the prepared data, each part's rows, the dtype and the batch size (evaluate.cache_key)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -181,6 +182,18 @@ class Evaluator:
             self.from_cache.add(name)
         return got["test"], got["forget_full"], got.get("holdout")
 
+    def held_out_answers(self, name: str, idx: torch.Tensor):
+        """The [No, Yes] logits reference `name` (the Original) gave the held-out rows `idx` when it
+        was evaluated: the calibration users' answers without another forward pass. None where it
+        was not evaluated or a row is not in D_h."""
+        h = self.held_out.get(name)
+        if h is None:
+            return None
+        pos = torch.searchsorted(self.holdout_idx, idx)  # (D_h's rows are sorted: Prepared.index)
+        if len(idx) and (pos.max() >= len(self.holdout_idx) or not torch.equal(self.holdout_idx[pos], idx)):
+            return None
+        return h[pos]
+
     def probe_p_yes(self, bb) -> float | None:
         """The targets' mean p(yes) over the probes (None without probes). The whole model runs
         (a cached boundary's student too: its LoRA sits in the model)."""
@@ -220,6 +233,8 @@ class Evaluator:
 
         t0 = time.perf_counter()
         yn, full, h_yn = self._predict_cached(bb, name, states)
+        if name in self.CACHED and h_yn is not None:
+            self.held_out[name] = h_yn
         f_yn = yes_no(bb, full)
         unseen = answer_losses(h_yn, self.holdout_labels)[self.audit_pos] if self.nonmembers == "holdout" \
             else answer_losses(yn, self.test_labels)

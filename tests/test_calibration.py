@@ -433,3 +433,18 @@ def test_a_calibrated_run_keeps_its_strength_in_the_adapter_and_says_so(tmp_path
     assert abs(auc - w.metrics("E2URec")["auc"]) < 1e-6 and w.report["settings"]["calibrate"] == "rewind"
     n = forget(tmp_path / "n", original=str(r.original), forget_users=users[:2], no_retrain=True, **common)
     assert "NOTE: no calibration users" in (n.out / "report.md").read_text() and not n.report["calibration"].get("methods")
+
+
+def test_held_out_answers_are_the_evaluated_rows():
+    """Evaluator.held_out_answers: the calibration users' answers read from the Original's
+    evaluation on D_h (no second forward pass), row for row; None for a row outside D_h or a
+    model not evaluated."""
+    from e2urec_fast.evaluate import Evaluator
+
+    ev = Evaluator.__new__(Evaluator)
+    ev.holdout_idx = torch.tensor([3, 5, 8, 13, 21])
+    ev.held_out = {"Original": torch.arange(10.0).reshape(5, 2)}
+    assert torch.equal(ev.held_out_answers("Original", torch.tensor([5, 13])), torch.tensor([[2.0, 3.0], [6.0, 7.0]]))
+    assert ev.held_out_answers("Original", torch.tensor([5, 6])) is None and ev.held_out_answers("Original", torch.tensor([22])) is None
+    assert ev.held_out_answers("Retrain", torch.tensor([5])) is None
+    assert ev.held_out_answers("Original", torch.tensor([], dtype=torch.int64)).shape == (0, 2)
