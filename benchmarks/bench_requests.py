@@ -13,7 +13,9 @@ the report's. After each request of this checkout, the floor: one no-grad forwar
 the Original over the rows the request touched (the D_r rows its teacher cache holds, D_f,
 test and D_h), timed in this process; the request's time is quoted as a multiple of it.
 A warm-up request per revision (not timed) prepares the data and builds what each builds
-once. A third variant, this checkout with LoRA everywhere (`--lora-scope all`: the full
+once. Each variant has its own cache folder under --work (what a request caches, its prepared
+data, the Original's teacher rows and predictions, would otherwise be ready for every variant
+that runs after the first one of a seed: until 2026-12-07 the first paid for the others). A third variant, this checkout with LoRA everywhere (`--lora-scope all`: the full
 augmented model and a student over the whole network, the request's default before the
 cached boundary became it), is timed beside them, and a fourth: this checkout with
 `--holdout-users` (10 train users outside the request), so that the request calibrates its
@@ -326,8 +328,11 @@ def timing(a) -> int:
     def held(order):  # the calibrated variant's non-members: the last 10 users of the seed's order (never asked to forget)
         return ("--holdout-users", ",".join(map(str, order[-10:])))
 
+    # each variant its own cache folder: a request caches its prepared data, the Original's teacher rows and
+    # predictions, so in one shared folder the variants run after the first of a seed found them ready
+    vcache = {name: work / "caches" / name for name in srcs}
     for name, (src, extra) in srcs.items():  # warm-up: data prepared, native op built
-        _request(src, base, train_users[:1], 0, work / f"warm-{name}", cache, dargs,
+        _request(src, base, train_users[:1], 0, work / f"warm-{name}", vcache[name], dargs,
                  held(train_users) if name.startswith("calib") else extra)
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
@@ -338,7 +343,7 @@ def timing(a) -> int:
                 out = work / f"{name}-{size}-seed{seed}"
                 if out.exists():
                     subprocess.run(["rm", "-rf", str(out)], check=True)
-                wall, rep = _request(src, base, order[:n], seed, out, cache, dargs,
+                wall, rep = _request(src, base, order[:n], seed, out, vcache[name], dargs,
                                      held(order) if name.startswith("calib") else extra)
                 row = dict(seed=seed, request=size, users=n, code=name, wall_s=wall, stages=_stages(rep, wall),
                            forget_samples=rep["counts"]["forget"], steps=rep["details"]["e2urec_fast"].get("steps"),
