@@ -15,7 +15,8 @@ test and D_h), timed in this process; the request's time is quoted as a multiple
 A warm-up request per revision (not timed) prepares the data and builds what each builds
 once. Each variant has its own cache folder under --work (what a request caches, its prepared
 data, the Original's teacher rows and predictions, would otherwise be ready for every variant
-that runs after the first one of a seed: until 2026-12-07 the first paid for the others). A third variant, this checkout with LoRA everywhere (`--lora-scope all`: the full
+that runs after the first one of a seed: until 2026-12-07 the first paid for the others).
+A third variant, this checkout with LoRA everywhere (`--lora-scope all`: the full
 augmented model and a student over the whole network, the request's default before the
 cached boundary became it), is timed beside them, and a fourth: this checkout with
 `--holdout-users` (10 train users outside the request), so that the request calibrates its
