@@ -113,7 +113,7 @@ def finetune(job: Job, bb: Backbone, train_idx: torch.Tensor, cfg: TrainConfig, 
             with torch.no_grad():
                 w[rows[1]] = 0.0
     res = fit(bb.model, lambda e: batcher.epoch(train_idx, e), step, cfg, valid=valid, ckpt=ckpt, desc=desc,
-              progress=job.progress, train_mode=train_mode, scaled_rows=rows)
+              progress=job.progress, train_mode=train_mode, scaled_rows=rows if cfg.row_lr != 1.0 else None)
     for p in bb.model.parameters():
         p.requires_grad_(False)
     return res
